@@ -1,0 +1,74 @@
+"""Helpers shared by the stage scripts: reading params, writing small files, failing clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from ddpmlab.config import ConfigError, Params
+
+# Exit status of every ddpmlab command when params.yaml is invalid (sysexits' EX_CONFIG).
+EXIT_CONFIG_ERROR = 78
+
+
+def read_params(path: str | Path) -> Params:
+    """Parse and validate params.yaml; exit with EXIT_CONFIG_ERROR listing every problem."""
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        return Params.from_dict(raw if raw is not None else {})
+    except yaml.YAMLError as e:
+        click.echo(f"error: {path} is not valid YAML: {e}", err=True)
+    except ConfigError as e:
+        click.echo(f"error: {path}: {e}", err=True)
+    raise SystemExit(EXIT_CONFIG_ERROR)
+
+
+def params_option(fn: Callable) -> Callable:
+    return click.option(
+        "--params",
+        "params_path",
+        default="params.yaml",
+        show_default=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Params file (validated before any work starts).",
+    )(fn)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file + rename) so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise click.ClickException(f"missing {path}: run the stage that produces it first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def stage_errors(fn: Callable) -> Callable:
+    """Turn the library's expected failures into one-line errors instead of tracebacks."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ddpmlab.checkpoint import CheckpointError
+        from ddpmlab.training import TrainingDiverged
+
+        try:
+            return fn(*args, **kwargs)
+        except (CheckpointError, TrainingDiverged, FileNotFoundError) as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper

@@ -1,0 +1,257 @@
+"""Typed, validated view of params.yaml: frozen dataclasses, no I/O, no globals.
+
+``Params.from_dict`` checks every key and value before any stage does work. Problems are
+collected and raised together as one :class:`ConfigError` whose lines each name the key,
+the value and what is allowed (with a "did you mean" for misspelt keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from ddpmlab.diffusion import VARIANCES
+from ddpmlab.samplers import SAMPLERS
+from ddpmlab.schedules import SCHEDULES
+from ddpmlab.unet import UNetConfig
+
+OBJECTIVES = ("eps",)
+DATA_SOURCES = ("digits",)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """One or more invalid params; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid params:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "digits"
+    image_size: int = 16
+    test_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    log_every: int = 25
+    checkpoint_every: int = 500
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str = "ddpm"
+    variance: str = "fixed_large"
+    clip_x0: bool = True
+    num_samples: int = 500
+    batch_size: int = 500
+    seed: int = 1
+    strip_images: int = 8
+    strip_columns: int = 8
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 500
+    kid_subset_size: int = 100
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "ddpmlab"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    schedule: str = "linear"
+    T: int = 1000
+    objective: str = "eps"
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Params:
+        problems: list[str] = []
+        params = _build(cls, raw, "", problems)
+        if not problems:
+            problems.extend(_check_values(params))
+        if problems:
+            raise ConfigError(problems)
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def training_dict(self) -> dict[str, Any]:
+        """The params a trained model depends on (stored in its checkpoint, logged with its run)."""
+        full = self.to_dict()
+        return {k: full[k] for k in ("seed", "schedule", "T", "objective", "device", "data", "model", "train")}
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}; lists become comma-separated strings."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = ",".join(str(v) for v in value)
+        else:
+            flat[name] = value
+    return flat
+
+
+# -- building and checking -----------------------------------------------------------------
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    section = prefix.rstrip(".") or "params.yaml"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{section}: expected a mapping of keys, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            problems.append(f"{prefix}{key}: unknown key{hint}")
+    values = {}
+    for name in known:
+        if name not in raw:
+            continue
+        expected = hints[name]
+        if dataclasses.is_dataclass(expected):
+            values[name] = _build(expected, raw[name], f"{prefix}{name}.", problems)
+        else:
+            values[name] = _coerce(raw[name], expected, f"{prefix}{name}", problems)
+    return cls(**{k: v for k, v in values.items() if v is not _INVALID})
+
+
+_INVALID = object()
+
+
+def _coerce(value: Any, expected: Any, key: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(expected)
+    if origin in (tuple, list):
+        (item_type, *_) = typing.get_args(expected)
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # `dvc exp run -S model.attention_resolutions=8` gives a scalar
+        items = [_coerce(v, item_type, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return _INVALID if _INVALID in items else tuple(items)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported type for {key}")
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[expected]
+    if not ok:
+        problems.append(f"{key}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")
+        return _INVALID
+    return float(value) if expected is float else value
+
+
+def _check_values(p: Params) -> list[str]:
+    problems: list[str] = []
+
+    def require(condition: bool, key: str, value: Any, allowed: str) -> None:
+        if not condition:
+            problems.append(f"{key}: got {value!r}; allowed: {allowed}")
+
+    def one_of(key: str, value: Any, choices: Any) -> None:
+        require(value in choices, key, value, ", ".join(sorted(choices)))
+
+    one_of("schedule", p.schedule, SCHEDULES)
+    one_of("objective", p.objective, OBJECTIVES)
+    one_of("device", p.device, DEVICES)
+    one_of("data.source", p.data.source, DATA_SOURCES)
+    one_of("sample.sampler", p.sample.sampler, SAMPLERS)
+    one_of("sample.variance", p.sample.variance, VARIANCES)
+    require(p.T >= 1, "T", p.T, "an integer >= 1")
+    require(0 < p.data.test_fraction < 1, "data.test_fraction", p.data.test_fraction, "a fraction in (0, 1)")
+    for key, value in [
+        ("train.steps", p.train.steps),
+        ("train.batch_size", p.train.batch_size),
+        ("train.log_every", p.train.log_every),
+        ("train.checkpoint_every", p.train.checkpoint_every),
+        ("sample.num_samples", p.sample.num_samples),
+        ("sample.batch_size", p.sample.batch_size),
+        ("sample.strip_columns", p.sample.strip_columns),
+        ("classifier.epochs", p.classifier.epochs),
+        ("classifier.batch_size", p.classifier.batch_size),
+        ("evaluate.batch_size", p.evaluate.batch_size),
+        ("model.channels", p.model.channels),
+        ("model.num_res_blocks", p.model.num_res_blocks),
+        ("model.norm_groups", p.model.norm_groups),
+    ]:
+        require(value >= 1, key, value, "an integer >= 1")
+    require(p.train.warmup_steps >= 0, "train.warmup_steps", p.train.warmup_steps, "an integer >= 0")
+    require(p.sample.strip_images >= 0, "sample.strip_images", p.sample.strip_images, "an integer >= 0")
+    for key, value in [("train.lr", p.train.lr), ("classifier.lr", p.classifier.lr), ("train.grad_clip", p.train.grad_clip)]:
+        require(value > 0, key, value, "a number > 0")
+    require(p.train.weight_decay >= 0, "train.weight_decay", p.train.weight_decay, "a number >= 0")
+    require(0 <= p.train.ema_decay < 1, "train.ema_decay", p.train.ema_decay, "a number in [0, 1)")
+    require(0 <= p.model.dropout < 1, "model.dropout", p.model.dropout, "a number in [0, 1)")
+    require(
+        2 <= p.evaluate.kid_subset_size <= p.sample.num_samples,
+        "evaluate.kid_subset_size",
+        p.evaluate.kid_subset_size,
+        f"an integer in [2, sample.num_samples = {p.sample.num_samples}]",
+    )
+    problems.extend(_check_architecture(p.model, p.data.image_size))
+    return problems
+
+
+def _check_architecture(m: UNetConfig, image_size: int) -> list[str]:
+    problems = []
+    levels = len(m.channel_mult)
+    if levels == 0 or any(c < 1 for c in m.channel_mult):
+        problems.append(f"model.channel_mult: got {list(m.channel_mult)}; allowed: a non-empty list of integers >= 1")
+        return problems
+    if image_size < 1 or image_size % 2 ** (levels - 1):
+        problems.append(
+            f"data.image_size: got {image_size}; allowed: a positive multiple of {2 ** (levels - 1)} "
+            f"(the U-Net halves it {levels - 1} times for model.channel_mult={list(m.channel_mult)})"
+        )
+        return problems
+    bad_groups = sorted({m.channels * c for c in m.channel_mult if (m.channels * c) % m.norm_groups})
+    if bad_groups:
+        problems.append(f"model.norm_groups: got {m.norm_groups}; allowed: a divisor of every level's width {bad_groups}")
+    available = m.resolutions(image_size)
+    missing = [r for r in m.attention_resolutions if r not in available]
+    if missing:
+        problems.append(f"model.attention_resolutions: got {list(m.attention_resolutions)}; allowed: values among {available}")
+    return problems

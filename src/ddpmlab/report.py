@@ -1,0 +1,180 @@
+"""Report building blocks: figures (matplotlib) and a tiny document model rendered to
+Markdown (images linked) and HTML (images embedded), so both always say the same thing."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from ddpmlab.data import to_model_range, to_uint8  # noqa: E402
+from ddpmlab.diffusion import DiffusionProcess  # noqa: E402
+from ddpmlab.schedules import SCHEDULES, make_betas  # noqa: E402
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def loss_figure(log: pd.DataFrame, path: Path) -> None:
+    """L_simple against training step (log y), with the learning rate on a second axis."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(log["step"], log["loss"], color="tab:blue", label="loss (mean over log window)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("L_simple (MSE of eps)")
+    ax.grid(True, which="both", alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(log["step"], log["lr"], color="tab:orange", alpha=0.6, label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    lines = ax.get_lines() + lr_ax.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
+    ax.set_title("Training loss")
+    _save(fig, path)
+
+
+def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
+    """beta_t and alpha-bar_t of the run's schedule, with the other named schedules at the same T for reference."""
+    T = len(schedule)
+    fig, (ax_beta, ax_abar) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in sorted(SCHEDULES):
+        if name == chosen:
+            continue
+        try:
+            process = DiffusionProcess(make_betas(name, T))
+        except ValueError:
+            continue  # e.g. linear at very small T leaves (0, 1)
+        t = np.arange(1, T + 1)
+        ax_beta.plot(t, process.betas.numpy(), "--", color="grey", alpha=0.7, label=f"{name} (reference)")
+        ax_abar.plot(t, process.alpha_bars.numpy(), "--", color="grey", alpha=0.7, label=f"{name} (reference)")
+    ax_beta.plot(schedule["t"], schedule["beta"], color="tab:red", lw=2, label=f"{chosen} (this run)")
+    ax_abar.plot(schedule["t"], schedule["alpha_bar"], color="tab:red", lw=2, label=f"{chosen} (this run)")
+    ax_beta.set_yscale("log")
+    ax_beta.set(xlabel="timestep t", ylabel="beta_t (log scale)", title=f"Noise added per step (T = {T})")
+    ax_abar.set(xlabel="timestep t", ylabel="alpha-bar_t = prod (1 - beta_s)", title="Signal kept: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps")
+    for ax in (ax_beta, ax_abar):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def forward_strip(images: np.ndarray, betas: torch.Tensor, columns: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """Images under q(x_t | x_0) at ``columns`` timesteps from t = 0 (clean) to T (eq. 4).
+
+    images: (R, C, H, W) uint8. Returns ((R * columns, C, H, W) uint8 row-major, the t of each column).
+    """
+    process = DiffusionProcess(betas)
+    ts = np.linspace(0, process.T, columns).round().astype(int).tolist()
+    x0 = to_model_range(torch.from_numpy(images))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    frames = []
+    for t in ts:
+        if t == 0:
+            frames.append(x0)
+        else:
+            index = torch.full((len(x0),), t - 1, dtype=torch.long)
+            frames.append(process.q_sample(x0, index, noise))
+    stacked = torch.stack(frames, dim=1).flatten(0, 1)
+    return to_uint8(stacked).numpy(), ts
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- document ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Document:
+    """Headings, paragraphs, tables and images in order; rendered to Markdown and HTML.
+
+    Image paths are relative to the folder the document is written to.
+    """
+
+    title: str
+    blocks: list[tuple[str, object]] = field(default_factory=list)
+
+    def heading(self, text: str) -> None:
+        self.blocks.append(("heading", text))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append(("paragraph", text))
+
+    def table(self, header: list[str], rows: list[list[object]]) -> None:
+        self.blocks.append(("table", (header, rows)))
+
+    def image(self, relative_path: str, caption: str) -> None:
+        self.blocks.append(("image", (relative_path, caption)))
+
+    def to_markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for kind, content in self.blocks:
+            if kind == "heading":
+                out += [f"## {content}", ""]
+            elif kind == "paragraph":
+                out += [str(content), ""]
+            elif kind == "table":
+                header, rows = content
+                out.append("| " + " | ".join(header) + " |")
+                out.append("|" + "|".join("---" for _ in header) + "|")
+                out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+                out.append("")
+            elif kind == "image":
+                path, caption = content
+                out += [f"![{caption}]({path})", f"*{caption}*", ""]
+        return "\n".join(out)
+
+    def to_html(self, base: Path) -> str:
+        """Self-contained HTML: images are read from ``base / path`` and embedded as data URIs."""
+        parts = [
+            "<!doctype html><html><head><meta charset='utf-8'>",
+            f"<title>{html.escape(self.title)}</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+            "img{max-width:100%;image-rendering:pixelated}figure{margin:1em 0}figcaption{color:#555;font-size:90%}"
+            "code{background:#f3f3f3;padding:0 3px}</style></head><body>",
+            f"<h1>{html.escape(self.title)}</h1>",
+        ]
+        for kind, content in self.blocks:
+            if kind == "heading":
+                parts.append(f"<h2>{html.escape(str(content))}</h2>")
+            elif kind == "paragraph":
+                parts.append(f"<p>{_inline_code(html.escape(str(content)))}</p>")
+            elif kind == "table":
+                header, rows = content
+                parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+                for row in rows:
+                    parts.append("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>")
+                parts.append("</table>")
+            elif kind == "image":
+                path, caption = content
+                data = base64.b64encode((base / path).read_bytes()).decode()
+                parts.append(
+                    f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _inline_code(text: str) -> str:
+    """Render `code` spans the way Markdown would."""
+    pieces = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))

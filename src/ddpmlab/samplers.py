@@ -1,0 +1,94 @@
+"""Reverse processes. Every sampler has the same signature:
+
+    sampler(model, process, noise, *, callback=None, **options) -> x_0   (B, C, H, W)
+
+``noise`` is a :class:`SeededNoise`: it draws x_T and every later Gaussian, image by image,
+from per-image generators, so image i depends only on its own seed and never on the batch
+it was drawn in. ``callback(info)`` is called after every step with a :class:`StepInfo`;
+progress bars and intermediate-image recorders are callbacks, not sampler code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ddpmlab.diffusion import DiffusionProcess
+
+
+class SeededNoise:
+    """Standard normal draws of shape (B, *image_shape), row i from its own generator.
+
+    Generators live on the CPU so a seed gives the same image on every device.
+    """
+
+    def __init__(self, seeds: Sequence[int], image_shape: Sequence[int], device: torch.device | str = "cpu"):
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.image_shape = tuple(image_shape)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def __call__(self) -> torch.Tensor:
+        draws = [torch.randn(self.image_shape, generator=g) for g in self.generators]
+        return torch.stack(draws).to(self.device)
+
+
+def image_seeds(base_seed: int, first_index: int, count: int) -> list[int]:
+    """Seeds of images first_index .. first_index + count - 1 of a run seeded with base_seed.
+
+    A fixed odd multiplier keeps the seeds of different base seeds from overlapping
+    for any realistic number of images.
+    """
+    return [base_seed * 1_000_003 + i for i in range(first_index, first_index + count)]
+
+
+@dataclass
+class StepInfo:
+    step: int  # 1-based count of reverse steps taken
+    total: int  # number of reverse steps in this run
+    t: int  # 0-based timestep index just left (x_t -> x_{t-1})
+    x: torch.Tensor  # x_{t-1}, (B, C, H, W)
+    x0_pred: torch.Tensor  # the model's estimate of x_0 at this step, (B, C, H, W)
+
+
+StepCallback = Callable[[StepInfo], None]
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: torch.nn.Module,
+    process: DiffusionProcess,
+    noise: SeededNoise,
+    *,
+    variance: str = "fixed_large",
+    clip_x0: bool = True,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling (Algorithm 2) with an eps-prediction model.
+
+    x_T ~ N(0, I); for t = T..1: x_{t-1} = tilde-mu_t(x_t, x0_hat) + sigma_t z, z = 0 at t = 1,
+    where x0_hat = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t). Without clipping this is
+    exactly Algorithm 2's mean; clipping x0_hat to [-1, 1] (the data range) is what the
+    reference implementation does when sampling.
+    """
+    sigmas = process.reverse_variance(variance).sqrt()
+    x = noise()
+    batch = x.shape[0]
+    for step, t_index in enumerate(range(process.T - 1, -1, -1), start=1):
+        t = torch.full((batch,), t_index, device=x.device, dtype=torch.long)
+        eps = model(x, t).to(x.dtype)
+        x0_pred = process.x0_from_eps(x, t, eps)
+        if clip_x0:
+            x0_pred = x0_pred.clamp(-1.0, 1.0)
+        mean = process.q_posterior_mean(x0_pred, x, t)
+        x = mean + float(sigmas[t_index]) * noise() if t_index > 0 else mean
+        if callback is not None:
+            callback(StepInfo(step=step, total=process.T, t=t_index, x=x, x0_pred=x0_pred))
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm_sample}

@@ -1,0 +1,69 @@
+"""Noise schedules: beta_t for t = 1..T, as float64 tensors of shape (T,).
+
+A named schedule is a pure function of T and never changes once released: experiments
+compared across versions must mean the same thing. Golden values live in the tests.
+
+Index convention used throughout ddpmlab: array index i holds paper timestep t = i + 1,
+so ``betas[0]`` is beta_1 and ``alpha_bars[T - 1]`` is alpha-bar_T.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+# DDPM (Ho et al. 2020, sec. 4): beta rises linearly from 1e-4 to 0.02 over T = 1000 steps.
+LINEAR_BETA_START = 1e-4
+LINEAR_BETA_END = 0.02
+# Improved DDPM (Nichol & Dhariwal 2021, eq. 17): offset s and the clip on beta.
+COSINE_OFFSET = 0.008
+MAX_BETA = 0.999
+
+
+def linear_betas(T: int) -> torch.Tensor:
+    """Ho et al.'s linear schedule, rescaled so any T ends as close to pure noise as T = 1000.
+
+    Multiplying both endpoints by 1000 / T keeps sum(beta) (and so alpha-bar_T) roughly
+    constant; this is the rescaling Improved DDPM uses for its T ablations.
+    """
+    scale = 1000.0 / T
+    return torch.linspace(scale * LINEAR_BETA_START, scale * LINEAR_BETA_END, T, dtype=torch.float64)
+
+
+def cosine_alpha_bar(t_over_T: torch.Tensor) -> torch.Tensor:
+    """f(t) / f(0) with f(t) = cos^2(((t/T + s) / (1 + s)) * pi/2) (Improved DDPM eq. 17)."""
+
+    def f(u: torch.Tensor) -> torch.Tensor:
+        return torch.cos((u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+
+    return f(t_over_T) / f(torch.zeros((), dtype=t_over_T.dtype))
+
+
+def cosine_betas(T: int) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule: beta_t = 1 - abar(t) / abar(t-1), clipped at 0.999."""
+    grid = torch.arange(T + 1, dtype=torch.float64) / T
+    abar = cosine_alpha_bar(grid)
+    return (1 - abar[1:] / abar[:-1]).clamp(max=MAX_BETA)
+
+
+SCHEDULES: dict[str, Callable[[int], torch.Tensor]] = {
+    "linear": linear_betas,
+    "cosine": cosine_betas,
+}
+
+
+def make_betas(name: str, T: int) -> torch.Tensor:
+    """beta_1..beta_T of the named schedule, float64, shape (T,)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(sorted(SCHEDULES))}")
+    if T < 1:
+        raise ValueError(f"T must be a positive integer, got {T}")
+    betas = SCHEDULES[name](T)
+    if not bool(((betas > 0) & (betas < 1)).all()):
+        raise ValueError(
+            f"schedule {name!r} with T={T} gives betas outside (0, 1) "
+            f"(max {betas.max().item():.4g}); use a larger T"
+        )
+    return betas

@@ -1,0 +1,44 @@
+"""A trained DDPM as stored in its checkpoint: the EMA network, its process and its params."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpmlab import checkpoint
+from ddpmlab.diffusion import DiffusionProcess
+from ddpmlab.training import TrainState
+from ddpmlab.unet import UNet, UNetConfig
+
+KIND = "ddpm"
+
+
+def build_unet(model_params: dict[str, Any], in_channels: int, image_size: int) -> UNet:
+    fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in model_params.items()}
+    return UNet(UNetConfig(**fields), in_channels, image_size)
+
+
+def save_training(state: TrainState, training_params: dict[str, Any], in_channels: int, image_size: int, path: str | Path) -> None:
+    """Everything to resume training or to sample: weights, EMA, optimizer, RNG, step, params."""
+    payload = {"params": training_params, "in_channels": in_channels, "image_size": image_size, **state.state_dict()}
+    checkpoint.save(payload, path, KIND)
+
+
+@dataclass
+class TrainedDiffusion:
+    model: UNet  # EMA weights, eval mode
+    process: DiffusionProcess
+    params: dict[str, Any]  # the training params (Params.training_dict()) it was trained with
+    step: int
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device) -> TrainedDiffusion:
+        payload = checkpoint.load(path, KIND)
+        params = payload["params"]
+        model = build_unet(params["model"], payload["in_channels"], payload["image_size"])
+        model.load_state_dict(payload["ema"])
+        process = DiffusionProcess.from_schedule(params["schedule"], params["T"])
+        return cls(model.to(device, memory_format=torch.channels_last).eval(), process, params, int(payload["step"]))

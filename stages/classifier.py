@@ -1,0 +1,49 @@
+"""DVC stage `classifier`: train the dataset classifier whose features FID / IS / KID are computed with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ddpmlab import checkpoint
+from ddpmlab.classifier import CHECKPOINT_KIND as CLASSIFIER_KIND
+from ddpmlab.classifier import train_classifier
+from ddpmlab.cli import params_option, read_params, write_json
+from ddpmlab.data import ImageSet
+from ddpmlab.devices import resolve_device
+
+
+@click.command(help=__doc__)
+@params_option
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data folder.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Classifier checkpoint to write.")
+@click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="JSON file for its accuracy.")
+def main(params_path: str, data_dir: Path, out: Path, metrics_path: Path) -> None:
+    params = read_params(params_path)
+    cfg = params.classifier
+    device = resolve_device(params.device)
+    train, test = ImageSet.load(data_dir / "train.npz"), ImageSet.load(data_dir / "test.npz")
+    with tqdm(total=cfg.epochs, desc="classifier", unit="epoch") as bar:
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        result = train_classifier(
+            train, test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=params.seed, device=device, on_epoch=on_epoch
+        )
+    payload = {
+        "in_channels": result.model.in_channels,
+        "num_classes": result.model.num_classes,
+        "model": result.model.cpu().state_dict(),
+        "test_accuracy": result.test_accuracy,
+    }
+    checkpoint.save(payload, out, CLASSIFIER_KIND)
+    write_json(metrics_path, {"test_accuracy": round(result.test_accuracy, 4), "train_accuracy": round(result.train_accuracy, 4)})
+    click.echo(f"classifier test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""params.yaml validation: every problem named by key, value and what is allowed."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ddpmlab.config import ConfigError, Params, flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_repository_params_yaml_is_valid_and_has_the_documented_keys():
+    params = Params.from_dict(default_raw())
+    flat = flatten(params.to_dict())
+    for key in ("seed", "schedule", "T", "data.source", "data.image_size", "train.steps", "train.batch_size", "train.lr", "sample.num_samples"):
+        assert key in flat
+
+
+def with_change(path: str, value) -> dict:
+    raw = default_raw()
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("schedule", "cosin", "schedule: got 'cosin'; allowed: cosine, linear"),
+        ("T", 0, "T: got 0"),
+        ("T", "many", "T: expected int"),
+        ("train.lr", -1.0, "train.lr: got -1.0"),
+        ("train.steps", 1.5, "train.steps: expected int"),
+        ("train.ema_decay", 1.0, "train.ema_decay"),
+        ("data.image_size", 10, "data.image_size: got 10"),
+        ("data.source", "imagenet", "data.source: got 'imagenet'"),
+        ("model.attention_resolutions", [3], "model.attention_resolutions: got [3]"),
+        ("model.norm_groups", 7, "model.norm_groups: got 7"),
+        ("sample.variance", "learned", "sample.variance: got 'learned'"),
+        ("sample.clip_x0", "yes", "sample.clip_x0: expected bool"),
+        ("evaluate.kid_subset_size", 100_000, "evaluate.kid_subset_size"),
+        ("device", "tpu", "device: got 'tpu'"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
+    with pytest.raises(ConfigError) as info:
+        Params.from_dict(with_change(key, value))
+    assert expected in str(info.value)
+
+
+def test_unknown_keys_suggest_the_closest_one():
+    raw = default_raw()
+    raw["train"]["stpes"] = 10
+    raw["shedule"] = "linear"
+    with pytest.raises(ConfigError) as info:
+        Params.from_dict(raw)
+    assert len(info.value.problems) == 2
+    assert "train.stpes: unknown key; did you mean 'train.steps'?" in str(info.value)
+    assert "shedule: unknown key; did you mean 'schedule'?" in str(info.value)
+
+
+def test_scalar_for_a_list_param_is_accepted():
+    # `dvc exp run -S model.attention_resolutions=8` writes a scalar
+    assert Params.from_dict(with_change("model.attention_resolutions", 8)).model.attention_resolutions == (8,)
+
+
+def test_training_dict_excludes_sampling_and_evaluation():
+    training = Params.from_dict(default_raw()).training_dict()
+    assert {"schedule", "T", "model", "train", "data"} <= training.keys()
+    assert not {"sample", "evaluate", "classifier", "tracking"} & training.keys()

@@ -1,0 +1,84 @@
+"""The forward process and posterior against Monte Carlo and numerically integrated Bayes' rule."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpmlab.diffusion import DiffusionProcess, eps_mse_loss
+
+
+@pytest.fixture(scope="module")
+def process():
+    return DiffusionProcess.from_schedule("linear", 1000)
+
+
+@pytest.mark.parametrize("t_index", [0, 99, 499, 999])
+def test_q_sample_moments_by_monte_carlo(process, t_index):
+    n = 200_000
+    x0 = torch.full((n, 1, 1, 1), 0.7, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t_index), dtype=torch.float64)
+    t = torch.full((n,), t_index)
+    xt = process.q_sample(x0, t, noise)
+    abar = math.prod(1 - b for b in process.betas[: t_index + 1].tolist())
+    se = math.sqrt((1 - abar) / n)
+    assert xt.mean().item() == pytest.approx(math.sqrt(abar) * 0.7, abs=5 * se)
+    assert xt.var().item() == pytest.approx(1 - abar, rel=0.02, abs=1e-6)
+
+
+@pytest.mark.parametrize("t_index", [1, 10, 300, 999])
+def test_posterior_matches_bayes_rule_numerically(process, t_index):
+    """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0), integrated on a fine grid."""
+    x0, xt = 0.3, -0.4
+    beta = process.betas[t_index].item()
+    abar_prev = process.alpha_bars[t_index - 1].item()
+    grid = np.linspace(-6, 6, 400_001)
+    log_lik = -((xt - math.sqrt(1 - beta) * grid) ** 2) / (2 * beta)
+    log_prior = -((grid - math.sqrt(abar_prev) * x0) ** 2) / (2 * (1 - abar_prev))
+    w = np.exp(log_lik + log_prior - (log_lik + log_prior).max())
+    w /= w.sum()
+    mean = (w * grid).sum()
+    var = (w * (grid - mean) ** 2).sum()
+
+    t = torch.tensor([t_index])
+    code_mean = process.q_posterior_mean(torch.tensor([[x0]], dtype=torch.float64), torch.tensor([[xt]], dtype=torch.float64), t)
+    assert code_mean.item() == pytest.approx(mean, abs=1e-6)
+    assert process.posterior_variance[t_index].item() == pytest.approx(var, rel=1e-4)
+
+
+def test_posterior_at_t1_returns_x0_exactly(process):
+    # alpha-bar_0 = 1, so q(x_0 | x_1, x_0) is a point mass at x_0.
+    assert process.posterior_variance[0].item() == 0.0
+    assert process.posterior_mean_coef_x0[0].item() == pytest.approx(1.0)
+    assert process.posterior_mean_coef_xt[0].item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_x0_from_eps_inverts_q_sample(process):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand((8, 1, 4, 4), generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 1000, (8,), generator=g)
+    assert torch.allclose(process.x0_from_eps(process.q_sample(x0, t, eps), t, eps), x0, atol=1e-9)
+
+
+def test_exact_noise_oracle_has_zero_loss(process):
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand((16, 1, 4, 4), generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (16,), generator=g)
+
+    def oracle(xt, t):  # solves eq. 4 for eps given the true x0
+        abar = process.alpha_bars[t].float().reshape(-1, 1, 1, 1)
+        return (xt - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    assert eps_mse_loss(oracle, process, x0, t, noise).item() < 1e-10
+    assert eps_mse_loss(lambda xt, t: torch.zeros_like(xt), process, x0, t, noise).item() > 0.5
+
+
+def test_reverse_variances(process):
+    assert torch.equal(process.reverse_variance("fixed_large"), process.betas)
+    assert torch.equal(process.reverse_variance("fixed_small"), process.posterior_variance)
+    assert (process.posterior_variance[1:] < process.betas[1:]).all()  # tilde-beta_t < beta_t
+    with pytest.raises(ValueError, match="fixed_large, fixed_small"):
+        process.reverse_variance("learned")

@@ -1,0 +1,89 @@
+"""End to end: `dvc repro` and `dvc exp run -S schedule=cosine` in a temporary copy of the
+repository (tracked and new files, so uncommitted work is tested too) with tiny params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.e2e
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[Path, dict]:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    clone = tmp_path / "clone"
+    for name in files:
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    (clone / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in dvc.yaml = this interpreter
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="ddpmlab test", GIT_AUTHOR_EMAIL="test@example.invalid",
+        GIT_COMMITTER_NAME="ddpmlab test", GIT_COMMITTER_EMAIL="test@example.invalid",
+    )  # fmt: skip
+    run(["git", "init", "-q", "-b", "main"], clone, env)
+    run(["git", "add", "-A"], clone, env)
+    run(["git", "commit", "-q", "-m", "tiny params"], clone, env)
+    return clone, env
+
+
+def test_repro_sampling_change_and_cosine_experiment(repo):
+    clone, env = repo
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "repro"], clone, env)
+    metrics = json.loads((clone / "reports" / "metrics.json").read_text())
+    assert {"fid", "is_mean", "kid_mean", "real"} <= metrics.keys()
+    assert (clone / "reports" / "report.html").is_file()
+    assert json.loads(run([*dvc, "status", "--json"], clone, env)) == {}
+
+    # A sampling param re-samples without retraining.
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["sample"]["num_samples"] = 12
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run([*dvc, "repro"], clone, env)
+    assert "Stage 'train' didn't change, skipping" in out and "Running stage 'sample'" in out
+    run(["git", "commit", "-q", "-am", "fewer samples"], clone, env)
+
+    # `schedule` retrains, as a tracked experiment.
+    out = run([*dvc, "exp", "run", "-S", "schedule=cosine", "-n", "cosine-tiny"], clone, env)
+    assert "Running stage 'train'" in out
+    shown = json.loads(run([*dvc, "exp", "show", "--json"], clone, env))
+    names = [exp.get("name") for entry in shown for exp in (entry.get("experiments") or [])]
+    assert "cosine-tiny" in names, names
+
+    mlflow.set_tracking_uri(f"sqlite:///{clone / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["ddpmlab"])
+    evaluations = runs[runs["tags.ddpmlab.stage"] == "evaluate"]
+    assert sorted(evaluations["params.schedule"]) == ["cosine", "linear", "linear"]
+    assert sorted(evaluations["params.sample.num_samples"]) == ["12", "12", "24"]
+    assert evaluations["metrics.fid"].notna().all() and evaluations["metrics.is_mean"].notna().all()
+    trains = runs[runs["tags.ddpmlab.stage"] == "train"]
+    assert sorted(trains["params.schedule"]) == ["cosine", "linear"]
+    assert (trains["params.T"] == "30").all() and trains["params.train.lr"].notna().all()
+    cosine_eval = evaluations[evaluations["params.schedule"] == "cosine"].iloc[0]
+    assert cosine_eval["tags.dvc.exp_name"] == "cosine-tiny"
+    assert len(cosine_eval["tags.mlflow.source.git.commit"]) == 40
+    artifacts = Path(mlflow.get_experiment_by_name("ddpmlab").artifact_location.removeprefix("file://"))
+    assert artifacts == clone / "mlruns" and artifacts.is_dir()

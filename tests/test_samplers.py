@@ -1,0 +1,75 @@
+"""Samplers with exact oracles and the per-image seeding contract."""
+
+import pytest
+import torch
+
+from ddpmlab.diffusion import DiffusionProcess
+from ddpmlab.samplers import SeededNoise, ddpm_sample, image_seeds
+from ddpmlab.unet import UNet, UNetConfig
+
+
+def exact_eps_oracle(process: DiffusionProcess, point: torch.Tensor):
+    """The optimal eps_theta when the data is the single point ``point``: solve eq. 4 for eps."""
+
+    def model(xt, t):
+        abar = process.alpha_bars.to(xt.dtype)[t].reshape(-1, 1, 1, 1)
+        return (xt - abar.sqrt() * point) / (1 - abar).sqrt()
+
+    return model
+
+
+@pytest.mark.parametrize("schedule,T", [("linear", 100), ("cosine", 100), ("linear", 1000)])
+@pytest.mark.parametrize("variance", ["fixed_large", "fixed_small"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_single_point_data_is_recovered_exactly(schedule, T, variance, clip):
+    process = DiffusionProcess.from_schedule(schedule, T)
+    point = torch.linspace(-0.9, 0.9, 16).reshape(1, 1, 4, 4)
+    x = ddpm_sample(exact_eps_oracle(process, point), process, SeededNoise(range(3), (1, 4, 4)), variance=variance, clip_x0=clip)
+    assert torch.allclose(x, point.expand(3, -1, -1, -1), atol=1e-4)
+
+
+def random_unet() -> UNet:
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), norm_groups=4), 1, 8)
+    with torch.no_grad():  # zero-initialised output layers would make eps_theta = 0 everywhere
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model.eval()
+
+
+def test_same_seed_same_image_regardless_of_batch_size():
+    process = DiffusionProcess.from_schedule("linear", 30)
+    model = random_unet()
+    seeds = image_seeds(7, 0, 6)
+    whole = ddpm_sample(model, process, SeededNoise(seeds, (1, 8, 8)))
+    split = torch.cat([ddpm_sample(model, process, SeededNoise(seeds[i : i + 2], (1, 8, 8))) for i in (0, 2, 4)])
+    alone = ddpm_sample(model, process, SeededNoise(seeds[3:4], (1, 8, 8)))
+    assert torch.allclose(whole, split, atol=1e-5)
+    assert torch.allclose(whole[3:4], alone, atol=1e-5)
+    other = ddpm_sample(model, process, SeededNoise(image_seeds(8, 0, 6), (1, 8, 8)))
+    assert not torch.allclose(whole, other, atol=1e-2)
+
+
+def test_image_seeds_do_not_collide_across_base_seeds():
+    a, b = set(image_seeds(0, 0, 10_000)), set(image_seeds(1, 0, 10_000))
+    assert len(a) == 10_000 and not a & b
+
+
+def test_callback_sees_every_step_in_reverse_order():
+    process = DiffusionProcess.from_schedule("cosine", 12)
+    seen = []
+    ddpm_sample(lambda x, t: torch.zeros_like(x), process, SeededNoise([0, 1], (1, 2, 2)), callback=lambda info: seen.append((info.step, info.t, info.total)))
+    assert seen == [(i + 1, 11 - i, 12) for i in range(12)]
+
+
+def test_fixed_large_final_sample_spread_matches_data_for_gaussian_data():
+    """For x_0 ~ N(0, I) the optimal eps_theta(x_t) = sqrt(1 - abar_t) x_t and the reverse
+    process with sigma_t^2 = beta_t is exact in the limit; samples should have unit variance."""
+    process = DiffusionProcess.from_schedule("linear", 1000)
+
+    def model(xt, t):
+        return (1 - process.alpha_bars.to(xt.dtype)[t]).sqrt().reshape(-1, 1, 1, 1) * xt
+
+    x = ddpm_sample(model, process, SeededNoise(range(200), (1, 8, 8)), variance="fixed_large", clip_x0=False)  # 12,800 values
+    assert x.mean().item() == pytest.approx(0.0, abs=0.05)
+    assert x.std().item() == pytest.approx(1.0, abs=0.05)

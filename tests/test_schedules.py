@@ -1,0 +1,73 @@
+"""Schedules against their closed forms and golden values from the papers' definitions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ddpmlab.schedules import SCHEDULES, cosine_betas, linear_betas, make_betas
+
+
+def test_linear_matches_ddpm_endpoints_at_T1000():
+    betas = linear_betas(1000)
+    assert betas.dtype == torch.float64 and betas.shape == (1000,)
+    assert betas[0].item() == pytest.approx(1e-4, rel=1e-12)
+    assert betas[-1].item() == pytest.approx(0.02, rel=1e-12)
+    assert np.allclose(np.diff(betas.numpy()), (0.02 - 1e-4) / 999)
+
+
+def test_linear_alpha_bar_T_near_4e5():
+    # prod_{t=1}^{1000} (1 - beta_t) with beta_t = 1e-4 + (t - 1) * (0.02 - 1e-4) / 999,
+    # evaluated independently in plain Python: 4.0358e-5.
+    expected = math.prod(1 - (1e-4 + i * (0.02 - 1e-4) / 999) for i in range(1000))
+    alpha_bar_T = torch.cumprod(1 - linear_betas(1000), 0)[-1].item()
+    assert alpha_bar_T == pytest.approx(expected, rel=1e-9)
+    assert 4.0e-5 < alpha_bar_T < 4.1e-5
+
+
+@pytest.mark.parametrize("T", [50, 100, 250, 4000])
+def test_linear_rescaled_for_other_T_still_ends_in_noise(T):
+    alpha_bar_T = torch.cumprod(1 - linear_betas(T), 0)[-1].item()
+    assert alpha_bar_T < 1e-4  # as close to pure noise as T = 1000 (4e-5), up to discretisation
+
+
+@pytest.mark.parametrize("T", [10, 100, 1000])
+def test_cosine_alpha_bar_follows_its_formula(T):
+    s = 0.008
+
+    def f(t):
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    alpha_bar = torch.cumprod(1 - cosine_betas(T), 0).numpy()
+    unclipped = [t for t in range(1, T + 1) if 1 - f(t) / f(t - 1) < 0.999]
+    for t in unclipped:
+        assert alpha_bar[t - 1] == pytest.approx(f(t) / f(0), rel=1e-9, abs=1e-15)
+
+
+def test_cosine_golden_values_T1000():
+    # f(t)/f(0) from Improved DDPM eq. 17, computed by hand for a few t.
+    abar = torch.cumprod(1 - cosine_betas(1000), 0)
+    assert abar[0].item() == pytest.approx(0.9999587158, rel=1e-9)  # t = 1
+    assert abar[499].item() == pytest.approx(0.4938435904, rel=1e-9)  # t = 500
+    assert abar[899].item() == pytest.approx(0.0240917241, rel=1e-8)  # t = 900
+    assert cosine_betas(1000)[-1].item() == pytest.approx(0.999)  # clipped at the end
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("T", [30, 100, 1000])
+def test_betas_in_open_unit_interval_and_alpha_bar_strictly_decreasing(name, T):
+    betas = make_betas(name, T)
+    assert ((betas > 0) & (betas < 1)).all()
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    assert (alpha_bar[1:] < alpha_bar[:-1]).all()
+
+
+def test_unknown_schedule_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown schedule 'cosin'.*cosine.*linear"):
+        make_betas("cosin", 100)
+
+
+def test_linear_with_too_small_T_is_rejected_clearly():
+    with pytest.raises(ValueError, match="betas outside"):
+        make_betas("linear", 20)  # beta_T = 0.02 * 1000 / 20 = 1

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from ddpmlab.config import TrainConfig
+from ddpmlab.diffusion import DiffusionProcess
+from ddpmlab.training import EMA, TrainingDiverged, new_train_state, train
+from ddpmlab.unet import UNet, UNetConfig
+
+TINY = UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), norm_groups=4, dropout=0.1)
+
+
+def tiny_data(n=32):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+
+
+def make_state(cfg, seed=0):
+    torch.manual_seed(123)
+    return new_train_state(UNet(TINY, 1, 8), cfg, seed, torch.device("cpu"))
+
+
+def weights(state):
+    return torch.cat([p.detach().flatten() for p in state.model.parameters()] + [p.flatten() for p in state.ema.model.parameters()])
+
+
+def test_ema_warms_up_then_holds_its_decay():
+    ema = EMA(torch.nn.Linear(2, 2), decay=0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1)
+    assert ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(100_000) == 0.999
+
+
+def test_ema_update_is_the_exponential_average():
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.model.weight.fill_(0.0)
+    ema.update(model, num_updates=1000)  # decay 0.5 after warm-up
+    assert ema.model.weight.item() == pytest.approx(0.5)
+
+
+def test_loss_decreases_on_a_tiny_problem():
+    cfg = TrainConfig(steps=60, batch_size=16, lr=2e-3, warmup_steps=5, log_every=10, checkpoint_every=1000)
+    logs = []
+    train(make_state(cfg), DiffusionProcess.from_schedule("linear", 50), tiny_data(), cfg, on_log=logs.append)
+    assert [r.step for r in logs] == [10, 20, 30, 40, 50, 60]
+    assert logs[-1].loss < 0.7 * logs[0].loss
+
+
+def test_resumed_training_is_bit_identical_to_uninterrupted():
+    cfg = TrainConfig(steps=8, batch_size=4, lr=1e-3, warmup_steps=3, log_every=2, checkpoint_every=3)
+    process = DiffusionProcess.from_schedule("cosine", 40)
+    straight = train(make_state(cfg), process, tiny_data(), cfg)
+
+    saved = []
+    first = make_state(cfg)
+    try:
+        def crash_after_checkpoint(state):
+            saved.append({k: v for k, v in state.state_dict().items()})
+            torch.save(saved[-1], buffer_path)
+            raise KeyboardInterrupt  # simulated crash right after the step-3 checkpoint
+
+        import tempfile
+
+        buffer_path = tempfile.mktemp(suffix=".pt")
+        with pytest.raises(KeyboardInterrupt):
+            train(first, process, tiny_data(), cfg, on_checkpoint=crash_after_checkpoint)
+        resumed = make_state(cfg, seed=999)  # a different seed: everything must come from the checkpoint
+        resumed.load_state_dict(torch.load(buffer_path, weights_only=True))
+        assert resumed.step == 3
+        train(resumed, process, tiny_data(), cfg)
+    finally:
+        torch.manual_seed(0)
+    assert torch.equal(weights(straight), weights(resumed))
+
+
+def test_non_finite_loss_stops_training_with_the_step():
+    cfg = TrainConfig(steps=10, batch_size=4, lr=1e-3, log_every=2, checkpoint_every=100)
+    state = make_state(cfg)
+    with torch.no_grad():
+        state.model.conv_in.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="between steps 1 and 2"):
+        train(state, DiffusionProcess.from_schedule("linear", 50), tiny_data(), cfg)
