@@ -78,8 +78,9 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
     doc.heading("Training")
     doc.image("figures/loss.png", "L_simple during training")
     doc.heading("Params")
-    doc.paragraph("As stored in the checkpoint (the params this model was trained with), plus this report's sampling settings.")
-    doc.table(["param", "value"], [[k, v] for k, v in flatten(params).items()])
+    doc.paragraph("Training params as stored in the checkpoint, then the sampling settings the samples were drawn with.")
+    sampling_rows = [[f"sample.{k}", sampling[k]] for k in ("sampler", "steps", "variance", "clip_x0", "num_samples")]
+    doc.table(["param", "value"], [[k, v] for k, v in flatten(params).items()] + sampling_rows)
     return doc
 
 

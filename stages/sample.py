@@ -12,38 +12,14 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ddpmlab import images, tracking
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.data import to_uint8
 from ddpmlab.devices import resolve_device
-from ddpmlab.samplers import SAMPLERS, SeededNoise, StepInfo, image_seeds
+from ddpmlab.samplers import SAMPLERS, StepInfo, TrajectoryRecorder, image_seeds, sample_seeded
 from ddpmlab.trained import TrainedDiffusion
-
-
-class StripRecorder:
-    """Keeps x_t of the first ``count`` images at ``columns`` evenly spaced reverse steps."""
-
-    def __init__(self, count: int, columns: int, total_steps: int):
-        self.count = count
-        keep = np.linspace(0, total_steps, num=max(2, columns)).round().astype(int)
-        self.keep_steps = set(keep.tolist())
-        self.frames: list[torch.Tensor] = []
-
-    def record_start(self, x: torch.Tensor) -> None:
-        if 0 in self.keep_steps:
-            self.frames.append(to_uint8(x[: self.count]).cpu())
-
-    def __call__(self, info: StepInfo) -> None:
-        if info.step in self.keep_steps:
-            self.frames.append(to_uint8(info.x[: self.count]).cpu())
-
-    def strip(self) -> np.ndarray:
-        """(count * columns, C, H, W): row r is image r from x_T (left) to x_0 (right)."""
-        frames = torch.stack(self.frames, dim=1)  # (count, columns, C, H, W)
-        return frames.flatten(0, 1).numpy()
 
 
 @click.command(help=__doc__)
@@ -56,31 +32,25 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
     cfg = params.sample
     device = resolve_device(params.device)
     trained = TrainedDiffusion.load(model_dir / "model.pt", device)
-    sampler = SAMPLERS[cfg.sampler]
     image_shape = (trained.model.in_channels, trained.model.image_size, trained.model.image_size)
     seeds = image_seeds(cfg.seed, 0, cfg.num_samples)
     steps = trained.process.T
-    strip = StripRecorder(min(cfg.strip_images, cfg.num_samples), cfg.strip_columns, steps)
+    strip = TrajectoryRecorder(min(cfg.strip_images, cfg.num_samples), cfg.strip_columns, steps)
 
-    batches = []
     started = time.perf_counter()
     with tqdm(total=cfg.num_samples * steps, desc="sample", unit="img-step", unit_scale=True) as bar:
-        for start in range(0, cfg.num_samples, cfg.batch_size):
-            batch_seeds = seeds[start : start + cfg.batch_size]
-            noise = SeededNoise(batch_seeds, image_shape, device)
-            record = strip if start == 0 and strip.count else None
 
-            def callback(info: StepInfo, n: int = len(batch_seeds), record=record) -> None:
-                bar.update(n)
-                if record is not None:
-                    record(info)
+        def callback(info: StepInfo) -> None:
+            if info.step > 0:
+                bar.update(info.x.shape[0])
+            strip(info)
 
-            if record is not None:  # x_T of this batch is the first draw of its generators
-                record.record_start(SeededNoise(batch_seeds[: strip.count], image_shape, device)())
-            x0 = sampler(trained.model, trained.process, noise, variance=cfg.variance, clip_x0=cfg.clip_x0, callback=callback)
-            batches.append(to_uint8(x0).cpu().numpy())
+        x0 = sample_seeded(
+            SAMPLERS[cfg.sampler], trained.model, trained.process, seeds, image_shape,
+            batch_size=cfg.batch_size, device=device, callback=callback, variance=cfg.variance, clip_x0=cfg.clip_x0,
+        )  # fmt: skip
     seconds = time.perf_counter() - started
-    samples = np.concatenate(batches)
+    samples = to_uint8(x0).cpu().numpy()
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "samples.npz", images=samples, seeds=np.asarray(seeds, dtype=np.int64))
@@ -90,7 +60,7 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
     images.save_png(images.upscale(images.grid(samples[:64], columns=8), scale), out / "grid.png")
     if strip.count:
         columns = len(strip.frames)
-        images.save_png(images.upscale(images.grid(strip.strip(), columns=columns), scale), out / "denoise_strip.png")
+        images.save_png(images.upscale(images.grid(to_uint8(strip.strip()).numpy(), columns=columns), scale), out / "denoise_strip.png")
     write_json(
         out / "sampling.json",
         {

@@ -73,8 +73,8 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
     process = DiffusionProcess.from_schedule(params.schedule, params.T)
     write_schedule_csv(process, schedule_path)
 
-    model = build_unet(training_params["model"], in_channels, image_size)
-    state = new_train_state(model, cfg, params.seed, device)
+    state = new_train_state(lambda: build_unet(training_params["model"], in_channels, image_size), cfg, params.seed, device)
+    model = state.model
     key = fingerprint(training_params, data_dir / "train.npz")
     resume_state, resume_info = resume_dir / f"{key}.pt", resume_dir / f"{key}.json"
     log_rows: list[dict] = []

@@ -55,11 +55,11 @@ def test_image_seeds_do_not_collide_across_base_seeds():
     assert len(a) == 10_000 and not a & b
 
 
-def test_callback_sees_every_step_in_reverse_order():
+def test_callback_sees_x_T_then_every_step_in_reverse_order():
     process = DiffusionProcess.from_schedule("cosine", 12)
     seen = []
     ddpm_sample(lambda x, t: torch.zeros_like(x), process, SeededNoise([0, 1], (1, 2, 2)), callback=lambda info: seen.append((info.step, info.t, info.total)))
-    assert seen == [(i + 1, 11 - i, 12) for i in range(12)]
+    assert seen == [(0, 12, 12)] + [(i + 1, 11 - i, 12) for i in range(12)]  # x_T first
 
 
 def test_fixed_large_final_sample_spread_matches_data_for_gaussian_data():
@@ -73,3 +73,27 @@ def test_fixed_large_final_sample_spread_matches_data_for_gaussian_data():
     x = ddpm_sample(model, process, SeededNoise(range(200), (1, 8, 8)), variance="fixed_large", clip_x0=False)  # 12,800 values
     assert x.mean().item() == pytest.approx(0.0, abs=0.05)
     assert x.std().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_sample_seeded_batches_and_trajectory_recorder():
+    from ddpmlab.samplers import TrajectoryRecorder, sample_seeded
+
+    process = DiffusionProcess.from_schedule("cosine", 12)
+    recorder = TrajectoryRecorder(count=2, columns=4, total_steps=12)  # steps 0, 4, 8, 12
+    starts = []
+
+    def callback(info):
+        starts.append(info.batch_start)
+        recorder(info)
+
+    seeds = [5, 6, 7]
+    zero_model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    x0 = sample_seeded(ddpm_sample, zero_model, process, seeds, (1, 2, 2), batch_size=2, callback=callback)
+    assert x0.shape == (3, 1, 2, 2)
+    assert sorted(set(starts)) == [0, 2] and starts.count(0) == 13  # x_T and 12 steps per batch
+    strip = recorder.strip().reshape(2, 4, 1, 2, 2)
+    x_T = torch.stack([torch.randn((1, 2, 2), generator=torch.Generator().manual_seed(s)) for s in seeds[:2]])
+    assert torch.equal(strip[:, 0], x_T)  # x_T is each image's first draw
+    assert torch.equal(strip[:, -1], x0[:2])
+    alone = ddpm_sample(zero_model, process, SeededNoise(seeds[2:], (1, 2, 2)))
+    assert torch.allclose(x0[2:], alone)

@@ -133,3 +133,48 @@ def test_invalid_params_exit_with_the_config_code_before_work(tmp_path: Path):
     assert result.exit_code == EXIT_CONFIG_ERROR
     assert "schedule: got 'cosin'; allowed: cosine, linear" in result.output
     assert not (tmp_path / "never").exists()
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_interrupted_train_stage_resumes_to_identical_weights(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    isolate_mlflow(monkeypatch, tmp_path)
+    params = write_tiny_params(tmp_path / "params.yaml", train={"steps": 6, "checkpoint_every": 2})
+
+    def train_args(name: str) -> list:
+        return [
+            "--params", params, "--data", pipeline / "data", "--out", tmp_path / name, "--log", tmp_path / f"{name}.csv",
+            "--schedule", tmp_path / f"{name}_schedule.csv", "--resume-dir", tmp_path / f"{name}_resume",
+        ]  # fmt: skip
+
+    invoke(train, *train_args("straight"))
+
+    real_train = train.train
+
+    def crash_after_step_4(state, *args, on_checkpoint=None, **kwargs):
+        def checkpoint_then_crash(s):
+            on_checkpoint(s)
+            if s.step == 4:
+                raise SimulatedCrash  # as if killed right after the step-4 checkpoint
+
+        return real_train(state, *args, on_checkpoint=checkpoint_then_crash, **kwargs)
+
+    monkeypatch.setattr(train, "train", crash_after_step_4)
+    with pytest.raises(SimulatedCrash):
+        CliRunner().invoke(train.main, [str(a) for a in train_args("resumed")], catch_exceptions=False)
+    assert len(list((tmp_path / "resumed_resume").glob("*.pt"))) == 1
+    monkeypatch.setattr(train, "train", real_train)
+    result = invoke(train, *train_args("resumed"))
+    assert "resuming training from step 4" in result.output
+
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs after resume"
+    steps = [row.split(",")[0] for row in (tmp_path / "resumed.csv").read_text().splitlines()[1:]]
+    assert steps == ["2", "4", "6"]  # the log survives the interruption

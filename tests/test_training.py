@@ -15,8 +15,18 @@ def tiny_data(n=32):
 
 
 def make_state(cfg, seed=0):
-    torch.manual_seed(123)
-    return new_train_state(UNet(TINY, 1, 8), cfg, seed, torch.device("cpu"))
+    return new_train_state(lambda: UNet(TINY, 1, 8), cfg, seed, torch.device("cpu"))
+
+
+def test_initial_weights_depend_on_the_seed_alone():
+    cfg = TrainConfig()
+    torch.manual_seed(1)
+    a = make_state(cfg, seed=3)
+    torch.manual_seed(2)  # whatever the global RNG did before must not matter
+    b = make_state(cfg, seed=3)
+    c = make_state(cfg, seed=4)
+    assert torch.equal(weights(a), weights(b))
+    assert not torch.equal(weights(a), weights(c))
 
 
 def weights(state):

@@ -34,8 +34,9 @@ def loss_figure(log: pd.DataFrame, path: Path) -> None:
     lr_ax = ax.twinx()
     lr_ax.plot(log["step"], log["lr"], color="tab:orange", alpha=0.6, label="learning rate")
     lr_ax.set_ylabel("learning rate")
+    lr_ax.set_ylim(0, 1.15 * float(log["lr"].max()))
     lines = ax.get_lines() + lr_ax.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
     ax.set_title("Training loss")
     _save(fig, path)
 

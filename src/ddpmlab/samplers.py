@@ -4,8 +4,9 @@
 
 ``noise`` is a :class:`SeededNoise`: it draws x_T and every later Gaussian, image by image,
 from per-image generators, so image i depends only on its own seed and never on the batch
-it was drawn in. ``callback(info)`` is called after every step with a :class:`StepInfo`;
-progress bars and intermediate-image recorders are callbacks, not sampler code.
+it was drawn in. ``callback(info)`` receives a :class:`StepInfo` once with x_T (step 0) and
+then after every step; progress bars and intermediate-image recorders are callbacks, not
+sampler code. :func:`sample_seeded` draws any number of images in batches.
 """
 
 from __future__ import annotations
@@ -48,14 +49,33 @@ def image_seeds(base_seed: int, first_index: int, count: int) -> list[int]:
 
 @dataclass
 class StepInfo:
-    step: int  # 1-based count of reverse steps taken
+    step: int  # reverse steps taken so far: 0 for x_T, then 1..total
     total: int  # number of reverse steps in this run
-    t: int  # 0-based timestep index just left (x_t -> x_{t-1})
-    x: torch.Tensor  # x_{t-1}, (B, C, H, W)
-    x0_pred: torch.Tensor  # the model's estimate of x_0 at this step, (B, C, H, W)
+    t: int  # 0-based timestep index just left (x_t -> x_{t-1}); T for x_T
+    x: torch.Tensor  # the current state (x_T at step 0, then x_{t-1}), (B, C, H, W)
+    x0_pred: torch.Tensor | None  # the model's estimate of x_0 at this step (None at step 0)
+    batch_start: int = 0  # index of this batch's first image (set by sample_seeded)
 
 
 StepCallback = Callable[[StepInfo], None]
+
+
+class TrajectoryRecorder:
+    """A step callback that keeps x_t of the first ``count`` images (of the first batch) at
+    ``columns`` evenly spaced points of the reverse process, x_T first and x_0 last."""
+
+    def __init__(self, count: int, columns: int, total_steps: int):
+        self.count = count
+        self.keep_steps = set(torch.linspace(0, total_steps, max(2, columns)).round().long().tolist())
+        self.frames: list[torch.Tensor] = []
+
+    def __call__(self, info: StepInfo) -> None:
+        if info.batch_start == 0 and info.step in self.keep_steps:
+            self.frames.append(info.x[: self.count].detach().cpu())
+
+    def strip(self) -> torch.Tensor:
+        """(count * columns, C, H, W), row-major: row r is image r from x_T (left) to x_0 (right)."""
+        return torch.stack(self.frames, dim=1).flatten(0, 1)
 
 
 @torch.no_grad()
@@ -78,6 +98,8 @@ def ddpm_sample(
     sigmas = process.reverse_variance(variance).sqrt()
     x = noise()
     batch = x.shape[0]
+    if callback is not None:
+        callback(StepInfo(step=0, total=process.T, t=process.T, x=x, x0_pred=None))
     for step, t_index in enumerate(range(process.T - 1, -1, -1), start=1):
         t = torch.full((batch,), t_index, device=x.device, dtype=torch.long)
         eps = model(x, t).to(x.dtype)
@@ -92,3 +114,32 @@ def ddpm_sample(
 
 
 SAMPLERS = {"ddpm": ddpm_sample}
+
+
+def sample_seeded(
+    sampler: Callable[..., torch.Tensor],
+    model: torch.nn.Module,
+    process: DiffusionProcess,
+    seeds: Sequence[int],
+    image_shape: Sequence[int],
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    callback: StepCallback | None = None,
+    **options,
+) -> torch.Tensor:
+    """Draw image i from ``seeds[i]`` for every i, ``batch_size`` images at a time.
+
+    Returns (len(seeds), *image_shape) on ``device``. ``callback`` sees every batch's steps,
+    with ``StepInfo.batch_start`` telling the batches apart.
+    """
+    outputs = []
+    for start in range(0, len(seeds), batch_size):
+        noise = SeededNoise(seeds[start : start + batch_size], image_shape, device)
+
+        def batch_callback(info: StepInfo, start: int = start) -> None:
+            info.batch_start = start
+            callback(info)
+
+        outputs.append(sampler(model, process, noise, callback=batch_callback if callback else None, **options))
+    return torch.cat(outputs)

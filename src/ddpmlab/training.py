@@ -77,11 +77,13 @@ class TrainState:
         self.step = int(state["step"])
 
 
-def new_train_state(model: torch.nn.Module, cfg: TrainConfig, seed: int, device: torch.device) -> TrainState:
-    """AdamW with linear warmup to ``cfg.lr`` then a constant rate (DDPM, appendix B)."""
+def new_train_state(build_model: Callable[[], torch.nn.Module], cfg: TrainConfig, seed: int, device: torch.device) -> TrainState:
+    """Seed, build the model, and set up AdamW with linear warmup to ``cfg.lr`` then a
+    constant rate (DDPM, appendix B). The model is built here, after seeding, so its
+    initial weights are a function of ``seed`` alone."""
     torch.manual_seed(seed)
     # channels_last: same math, measurably faster convolutions on CPU and GPU tensor cores.
-    model = model.to(device, memory_format=torch.channels_last)
+    model = build_model().to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
