@@ -85,13 +85,13 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
 
 
 @click.command(help=__doc__)
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--samples", "samples_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--metrics", "metrics_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--classifier-metrics", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--train-log", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--schedule", "schedule_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data folder (card, test images, real grid).")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Output folder of `train` (train.json).")
+@click.option("--samples", "samples_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Output folder of `sample`.")
+@click.option("--metrics", "metrics_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="metrics.json of `evaluate`.")
+@click.option("--classifier-metrics", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Classifier accuracy JSON.")
+@click.option("--train-log", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Training log CSV.")
+@click.option("--schedule", "schedule_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Schedule CSV (beta_t, alpha-bar_t).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.md, report.html, figures/.")
 def main(data_dir, model_dir, samples_dir, metrics_path, classifier_metrics, train_log, schedule_path, out) -> None:
     doc = build(
