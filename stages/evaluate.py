@@ -77,6 +77,7 @@ def main(params_path: str, data_dir: Path, samples_dir: Path, model_dir: Path, c
                 "sampler": sampling["sampler"],
                 "sample_steps": sampling["steps"],
                 "variance": sampling["variance"],
+                "eta": sampling["eta"],
                 "feature_extractor": EXTRACTOR,
                 "reference_split": "test",
                 "num_generated": len(generated),

@@ -24,6 +24,10 @@ METRIC_ROWS = [
 ]
 
 
+def sampler_setting(sampling: dict) -> str:
+    return f"eta {sampling['eta']}" if sampling["sampler"] == "ddim" else f"variance `{sampling['variance']}`"
+
+
 def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, classifier: dict, log: pd.DataFrame, schedule: pd.DataFrame, out: Path) -> Document:
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,7 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
         f"({card['train']['count']} train / {card['test']['count']} test images, {card['channels']}x{card['image_size']}x{card['image_size']}), "
         f"U-Net with {train['num_parameters']:,} parameters on {train['device']}. "
         f"Sampled {sampling['num_samples']} images with the `{sampling['sampler']}` sampler, {sampling['steps']} steps, "
-        f"variance `{sampling['variance']}`, in {sampling['seconds']:.0f} s ({sampling['seconds_per_sample'] * 1000:.1f} ms per image on {sampling['device']})."
+        f"{sampler_setting(sampling)}, in {sampling['seconds']:.0f} s ({sampling['seconds_per_sample'] * 1000:.1f} ms per image on {sampling['device']})."
     )
     doc.heading("Metrics")
     doc.paragraph(
@@ -79,7 +83,7 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
     doc.image("figures/loss.png", "L_simple during training")
     doc.heading("Params")
     doc.paragraph("Training params as stored in the checkpoint, then the sampling settings the samples were drawn with.")
-    sampling_rows = [[f"sample.{k}", sampling[k]] for k in ("sampler", "steps", "variance", "clip_x0", "num_samples")]
+    sampling_rows = [[f"sample.{k}", sampling[k]] for k in ("sampler", "steps", "variance", "eta", "clip_x0", "num_samples")]
     doc.table(["param", "value"], [[k, v] for k, v in flatten(params).items()] + sampling_rows)
     return doc
 

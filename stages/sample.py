@@ -18,7 +18,7 @@ from ddpmlab import images, tracking
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.data import to_uint8
 from ddpmlab.devices import resolve_device
-from ddpmlab.samplers import SAMPLERS, StepInfo, TrajectoryRecorder, image_seeds, sample_seeded
+from ddpmlab.samplers import SAMPLERS, StepInfo, TrajectoryRecorder, image_seeds, sample_seeded, sampler_options
 from ddpmlab.trained import TrainedDiffusion
 
 
@@ -47,7 +47,8 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
 
         x0 = sample_seeded(
             SAMPLERS[cfg.sampler], trained.model, trained.process, seeds, image_shape,
-            batch_size=cfg.batch_size, device=device, callback=callback, variance=cfg.variance, clip_x0=cfg.clip_x0,
+            batch_size=cfg.batch_size, device=device, callback=callback, clip_x0=cfg.clip_x0,
+            objective=trained.params["objective"], **sampler_options(cfg.sampler, variance=cfg.variance, eta=cfg.eta),
         )  # fmt: skip
     seconds = time.perf_counter() - started
     samples = to_uint8(x0).cpu().numpy()
@@ -65,7 +66,8 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
         out / "sampling.json",
         {
             "sampler": cfg.sampler,
-            "variance": cfg.variance,
+            "variance": cfg.variance if cfg.sampler == "ddpm" else None,
+            "eta": cfg.eta if cfg.sampler == "ddim" else None,
             "clip_x0": cfg.clip_x0,
             "steps": steps,
             "num_samples": cfg.num_samples,

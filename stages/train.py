@@ -1,4 +1,4 @@
-"""DVC stage `train`: fit eps_theta with L_simple (DDPM Algorithm 1), logging to MLflow.
+"""DVC stage `train`: fit the network with L_simple (DDPM Algorithm 1; eps, x0 or v target), logging to MLflow.
 
 Interrupted runs continue: every `train.checkpoint_every` steps the full training state is
 saved under --resume-dir (not a DVC output, so `dvc repro` keeps it), keyed by a
@@ -105,7 +105,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
             save_training(s, training_params, in_channels, image_size, resume_state)
             write_json(resume_info, {"run_id": run_id, "log": log_rows})
 
-        train(state, process, images, cfg, on_step=lambda _: bar.update(1), on_log=on_log, on_checkpoint=on_checkpoint)
+        train(state, process, images, cfg, objective=params.objective, on_step=lambda _: bar.update(1), on_log=on_log, on_checkpoint=on_checkpoint)
         bar.close()
         seconds = time.perf_counter() - started
         out.mkdir(parents=True, exist_ok=True)

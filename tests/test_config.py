@@ -34,7 +34,7 @@ def with_change(path: str, value) -> dict:
 @pytest.mark.parametrize(
     "key,value,expected",
     [
-        ("schedule", "cosin", "schedule: got 'cosin'; allowed: cosine, linear"),
+        ("schedule", "cosin", "schedule: got 'cosin'; allowed: cosine, linear, quadratic, sigmoid"),
         ("T", 0, "T: got 0"),
         ("T", "many", "T: expected int"),
         ("train.lr", -1.0, "train.lr: got -1.0"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.diffusion import DiffusionProcess, eps_mse_loss
+from ddpmlab.diffusion import DiffusionProcess, simple_loss, spaced_timesteps
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,8 @@ def test_exact_noise_oracle_has_zero_loss(process):
         abar = process.alpha_bars[t].float().reshape(-1, 1, 1, 1)
         return (xt - abar.sqrt() * x0) / (1 - abar).sqrt()
 
-    assert eps_mse_loss(oracle, process, x0, t, noise).item() < 1e-10
-    assert eps_mse_loss(lambda xt, t: torch.zeros_like(xt), process, x0, t, noise).item() > 0.5
+    assert simple_loss(oracle, process, x0, t, noise).item() < 1e-10
+    assert simple_loss(lambda xt, t: torch.zeros_like(xt), process, x0, t, noise).item() > 0.5
 
 
 def test_reverse_variances(process):
@@ -82,3 +82,51 @@ def test_reverse_variances(process):
     assert (process.posterior_variance[1:] < process.betas[1:]).all()  # tilde-beta_t < beta_t
     with pytest.raises(ValueError, match="fixed_large, fixed_small"):
         process.reverse_variance("learned")
+
+
+def test_eps_x0_v_conversions_are_exact_inverses(process):
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand((16, 1, 4, 4), generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 1000, (16,), generator=g)
+    xt = process.q_sample(x0, t, eps)
+    v = process.v_from_x0_eps(x0, t, eps)
+    for objective, output in (("eps", eps), ("x0", x0), ("v", v)):
+        x0_hat, eps_hat = process.x0_eps_from_output(objective, output, xt, t)
+        assert torch.allclose(x0_hat, x0, atol=1e-6) and torch.allclose(eps_hat, eps, atol=1e-9), objective
+    assert torch.allclose(process.eps_from_x0(xt, t, x0), eps, atol=1e-9)
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_exact_oracle_has_zero_loss_for_every_objective(process, objective):
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand((8, 1, 4, 4), generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 1000, (8,), generator=g)
+
+    def oracle(xt, t):
+        eps = process.eps_from_x0(xt, t, x0)
+        return {"eps": eps, "x0": x0, "v": process.v_from_x0_eps(x0, t, eps)}[objective]
+
+    assert simple_loss(oracle, process, x0, t, noise, objective).item() < 1e-12
+
+
+@pytest.mark.parametrize("T,steps", [(1000, 1000), (1000, 250), (1000, 50), (1000, 1), (100, 7), (30, 29)])
+def test_respacing_keeps_the_chosen_alpha_bars_exactly(T, steps):
+    base = DiffusionProcess.from_schedule("cosine", T)
+    kept = spaced_timesteps(T, steps)
+    assert len(set(kept)) == steps and kept == sorted(kept) and kept[-1] == T - 1
+    respaced = base.respaced(kept)
+    assert respaced.T == steps
+    # exact up to float64 rounding of 1 - (1 - alpha) where alpha is tiny (cosine near t = T)
+    assert torch.allclose(respaced.alpha_bars, base.alpha_bars[kept], rtol=1e-12, atol=1e-15)
+    assert torch.equal(respaced.model_timesteps, torch.tensor(kept))
+    assert ((respaced.betas > 0) & (respaced.betas < 1)).all()
+
+
+def test_bad_respacing_is_rejected():
+    base = DiffusionProcess.from_schedule("linear", 100)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        base.respaced([5, 5, 9])
+    with pytest.raises(ValueError, match=r"sampling steps must be in \[1, T = 100\]"):
+        spaced_timesteps(100, 101)

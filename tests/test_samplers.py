@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.samplers import SeededNoise, ddpm_sample, image_seeds
+from ddpmlab.diffusion import DiffusionProcess, spaced_timesteps
+from ddpmlab.samplers import SeededNoise, ddim_sample, ddpm_sample, image_seeds
 from ddpmlab.unet import UNet, UNetConfig
 
 
@@ -97,3 +97,64 @@ def test_sample_seeded_batches_and_trajectory_recorder():
     assert torch.equal(strip[:, -1], x0[:2])
     alone = ddpm_sample(zero_model, process, SeededNoise(seeds[2:], (1, 2, 2)))
     assert torch.allclose(x0[2:], alone)
+
+
+def exact_oracle(process: DiffusionProcess, point: torch.Tensor, objective: str):
+    """The exact network for single-point data under each parameterisation (base-process t)."""
+
+    def model(xt, t):
+        eps = process.eps_from_x0(xt, t, point.expand_as(xt).to(xt.dtype))
+        return {"eps": eps, "x0": point.expand_as(xt), "v": process.v_from_x0_eps(point.expand_as(xt), t, eps)}[objective]
+
+    return model
+
+
+POINT = torch.linspace(-0.9, 0.9, 16).reshape(1, 1, 4, 4)
+SAMPLER_SETTINGS = [
+    (ddpm_sample, {"variance": "fixed_large"}),
+    (ddpm_sample, {"variance": "fixed_small"}),
+    (ddim_sample, {"eta": 0.0}),
+    (ddim_sample, {"eta": 1.0}),
+]
+
+
+@pytest.mark.parametrize("sampler,options", SAMPLER_SETTINGS)
+@pytest.mark.parametrize("steps", [1000, 100, 10, 1])
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_every_sampler_at_every_step_count_returns_the_single_data_point(sampler, options, steps, objective):
+    base = DiffusionProcess.from_schedule("linear", 1000)
+    process = base.respaced(spaced_timesteps(1000, steps))
+    x = sampler(exact_oracle(base, POINT, objective), process, SeededNoise(range(3), (1, 4, 4)), objective=objective, **options)
+    assert torch.allclose(x, POINT.expand(3, -1, -1, -1), atol=1e-4)
+
+
+def test_objectives_give_identical_samplers_with_an_exact_oracle():
+    base = DiffusionProcess.from_schedule("cosine", 200)
+    process = base.respaced(spaced_timesteps(200, 20))
+    runs = {
+        objective: ddpm_sample(exact_oracle(base, POINT, objective), process, SeededNoise(range(4), (1, 4, 4)), objective=objective, clip_x0=False)
+        for objective in ("eps", "x0", "v")
+    }
+    assert torch.allclose(runs["eps"], runs["x0"], atol=1e-5) and torch.allclose(runs["eps"], runs["v"], atol=1e-5)
+
+
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("steps", [30, 10])
+def test_ddim_with_eta_1_is_ddpm_with_posterior_variance(clip, steps):
+    model = random_unet()
+    process = DiffusionProcess.from_schedule("linear", 30).respaced(spaced_timesteps(30, steps))
+    seeds = image_seeds(3, 0, 4)
+    ddim = ddim_sample(model, process, SeededNoise(seeds, (1, 8, 8)), eta=1.0, clip_x0=clip)
+    ddpm = ddpm_sample(model, process, SeededNoise(seeds, (1, 8, 8)), variance="fixed_small", clip_x0=clip)
+    assert torch.allclose(ddim, ddpm, atol=1e-4)
+
+
+def test_ddim_with_eta_0_is_deterministic_and_independent_of_batch_size():
+    model = random_unet()
+    process = DiffusionProcess.from_schedule("cosine", 30).respaced(spaced_timesteps(30, 10))
+    seeds = image_seeds(4, 0, 4)
+    whole = ddim_sample(model, process, SeededNoise(seeds, (1, 8, 8)), eta=0.0)
+    again = ddim_sample(model, process, SeededNoise(seeds, (1, 8, 8)), eta=0.0)
+    pieces = torch.cat([ddim_sample(model, process, SeededNoise([s], (1, 8, 8)), eta=0.0) for s in seeds])
+    assert torch.equal(whole, again)
+    assert torch.allclose(whole, pieces, atol=1e-5)

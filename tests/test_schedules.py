@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.schedules import SCHEDULES, cosine_betas, linear_betas, make_betas
+from ddpmlab.schedules import SCHEDULES, cosine_betas, linear_betas, make_betas, quadratic_betas, sigmoid_betas
 
 
 def test_linear_matches_ddpm_endpoints_at_T1000():
@@ -64,10 +64,29 @@ def test_betas_in_open_unit_interval_and_alpha_bar_strictly_decreasing(name, T):
 
 
 def test_unknown_schedule_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="unknown schedule 'cosin'.*cosine.*linear"):
+    with pytest.raises(ValueError, match="unknown schedule .cosin.*cosine, linear, quadratic, sigmoid"):
         make_betas("cosin", 100)
 
 
 def test_linear_with_too_small_T_is_rejected_clearly():
     with pytest.raises(ValueError, match="betas outside"):
         make_betas("linear", 20)  # beta_T = 0.02 * 1000 / 20 = 1
+
+
+def test_quadratic_golden_values_T1000():
+    # beta_t = (sqrt(1e-4) + (t - 1) (sqrt(0.02) - sqrt(1e-4)) / 999)^2; products evaluated in plain Python.
+    betas = quadratic_betas(1000)
+    assert betas[0].item() == pytest.approx(1e-4, rel=1e-12) and betas[-1].item() == pytest.approx(0.02, rel=1e-12)
+    abar = torch.cumprod(1 - betas, 0)
+    assert abar[499].item() == pytest.approx(0.3331877674, rel=1e-8)
+    assert abar[-1].item() == pytest.approx(7.334124596e-4, rel=1e-8)
+
+
+def test_sigmoid_golden_values_T1000():
+    # abar(t) = (s(3) - s(6 t / T - 3)) / (s(3) - s(-3)), s the logistic function; hand-evaluated.
+    abar = torch.cumprod(1 - sigmoid_betas(1000), 0)
+    assert abar[0].item() == pytest.approx(0.9996997208, rel=1e-9)
+    assert abar[249].item() == pytest.approx(0.8508535479, rel=1e-9)
+    assert abar[499].item() == pytest.approx(0.5, rel=1e-9)
+    assert abar[899].item() == pytest.approx(0.0394927827, rel=1e-8)
+    assert sigmoid_betas(1000)[-1].item() == pytest.approx(0.999)  # abar(T) = 0: clipped

@@ -131,7 +131,7 @@ def test_invalid_params_exit_with_the_config_code_before_work(tmp_path: Path):
     bad.write_text(bad.read_text().replace("schedule: linear", "schedule: cosin"))
     result = CliRunner().invoke(prepare.main, ["--params", str(bad), "--out", str(tmp_path / "never")])
     assert result.exit_code == EXIT_CONFIG_ERROR
-    assert "schedule: got 'cosin'; allowed: cosine, linear" in result.output
+    assert "schedule: got 'cosin'; allowed: cosine, linear, quadratic, sigmoid" in result.output
     assert not (tmp_path / "never").exists()
 
 
@@ -178,3 +178,21 @@ def test_interrupted_train_stage_resumes_to_identical_weights(pipeline: Path, tm
             assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs after resume"
     steps = [row.split(",")[0] for row in (tmp_path / "resumed.csv").read_text().splitlines()[1:]]
     assert steps == ["2", "4", "6"]  # the log survives the interruption
+
+
+@pytest.mark.parametrize("objective,sampler", [("v", "ddim"), ("x0", "ddpm")])
+def test_other_objectives_and_ddim_run_through_the_stages(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective, sampler):
+    isolate_mlflow(monkeypatch, tmp_path)
+    params = tmp_path / "params.yaml"
+    write_tiny_params(params, sample={"sampler": sampler, "eta": 0.0, "num_samples": 8, "batch_size": 8})
+    params.write_text(params.read_text().replace("objective: eps", f"objective: {objective}"))
+    invoke(
+        train, "--params", params, "--data", pipeline / "data", "--out", tmp_path / "model", "--log", tmp_path / "log.csv",
+        "--schedule", tmp_path / "schedule.csv", "--resume-dir", tmp_path / "resume",
+    )  # fmt: skip
+    assert json.loads((tmp_path / "model" / "train.json").read_text())["params"]["objective"] == objective
+    invoke(sample, "--params", params, "--model", tmp_path / "model", "--out", tmp_path / "samples")
+    sampling = json.loads((tmp_path / "samples" / "sampling.json").read_text())
+    assert sampling["sampler"] == sampler and (sampling["eta"] == 0.0) == (sampler == "ddim")
+    with np.load(tmp_path / "samples" / "samples.npz") as f:
+        assert f["images"].shape == (8, 1, 8, 8)

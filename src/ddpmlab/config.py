@@ -14,12 +14,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddpmlab.diffusion import VARIANCES
+from ddpmlab.diffusion import OBJECTIVES, VARIANCES
 from ddpmlab.samplers import SAMPLERS
 from ddpmlab.schedules import SCHEDULES
 from ddpmlab.unet import UNetConfig
 
-OBJECTIVES = ("eps",)
 DATA_SOURCES = ("digits",)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -56,6 +55,7 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = "ddpm"
     variance: str = "fixed_large"
+    eta: float = 0.0
     clip_x0: bool = True
     num_samples: int = 500
     batch_size: int = 500
@@ -201,6 +201,7 @@ def _check_values(p: Params) -> list[str]:
     one_of("sample.sampler", p.sample.sampler, SAMPLERS)
     one_of("sample.variance", p.sample.variance, VARIANCES)
     require(p.T >= 1, "T", p.T, "an integer >= 1")
+    require(p.sample.eta >= 0, "sample.eta", p.sample.eta, "a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
     require(0 < p.data.test_fraction < 1, "data.test_fraction", p.data.test_fraction, "a fraction in (0, 1)")
     for key, value in [
         ("train.steps", p.train.steps),

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ddpmlab.schedules import make_betas
 
 VARIANCES = ("fixed_large", "fixed_small")
+OBJECTIVES = ("eps", "x0", "v")
 
 
 def gather(coefficients: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -29,9 +30,12 @@ class DiffusionProcess:
     Attributes are float64 tensors of shape (T,), index i <-> timestep t = i + 1.
     """
 
-    def __init__(self, betas: torch.Tensor):
+    def __init__(self, betas: torch.Tensor, model_timesteps: torch.Tensor | None = None):
         betas = betas.to(torch.float64)
         self.betas = betas
+        # The timestep the network sees at each index: itself, unless this process is a
+        # respacing of a longer one the network was trained on (see ``respaced``).
+        self.model_timesteps = torch.arange(len(betas)) if model_timesteps is None else model_timesteps.long()
         self.alphas = 1.0 - betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
         self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
@@ -50,6 +54,20 @@ class DiffusionProcess:
     def T(self) -> int:
         return self.betas.shape[0]
 
+    def respaced(self, kept: list[int]) -> DiffusionProcess:
+        """The process on a subsequence of timesteps (0-based, strictly increasing).
+
+        Betas are recomputed from the kept alpha-bars, beta_i = 1 - abar_{k_i} / abar_{k_{i-1}}
+        (Nichol & Dhariwal 2021, sec. 4), so every kept alpha-bar is unchanged and any sampler
+        runs on the shorter grid; the network is still called with the original timesteps.
+        """
+        k = torch.as_tensor(kept, dtype=torch.long)
+        if k.ndim != 1 or len(k) == 0 or k[0] < 0 or k[-1] >= self.T or bool((k[1:] <= k[:-1]).any()):
+            raise ValueError(f"kept timesteps must be strictly increasing indices in [0, {self.T - 1}], got {kept}")
+        abar = self.alpha_bars[k]
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        return DiffusionProcess(1 - abar / abar_prev, model_timesteps=self.model_timesteps[k])
+
     # -- forward process -------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)  (eq. 4).
@@ -67,6 +85,29 @@ class DiffusionProcess:
         """Invert eq. 4: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
         return (xt - gather(self.sqrt_one_minus_alpha_bars, t, xt) * eps) / gather(self.sqrt_alpha_bars, t, xt)
 
+    def eps_from_x0(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Invert eq. 4 for eps: eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
+        return (xt - gather(self.sqrt_alpha_bars, t, xt) * x0) / gather(self.sqrt_one_minus_alpha_bars, t, xt)
+
+    def v_from_x0_eps(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, "v-prediction")."""
+        return gather(self.sqrt_alpha_bars, t, x0) * eps - gather(self.sqrt_one_minus_alpha_bars, t, x0) * x0
+
+    def x0_eps_from_v(self, xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_0 = sqrt(abar) x_t - sqrt(1 - abar) v and eps = sqrt(1 - abar) x_t + sqrt(abar) v."""
+        a, b = gather(self.sqrt_alpha_bars, t, xt), gather(self.sqrt_one_minus_alpha_bars, t, xt)
+        return a * xt - b * v, b * xt + a * v
+
+    def x0_eps_from_output(self, objective: str, output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's output under ``objective`` (eps, x0 or v) as the pair (x0_hat, eps_hat)."""
+        if objective == "eps":
+            return self.x0_from_eps(xt, t, output), output
+        if objective == "x0":
+            return output, self.eps_from_x0(xt, t, output)
+        if objective == "v":
+            return self.x0_eps_from_v(xt, t, output)
+        raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
+
     def reverse_variance(self, kind: str) -> torch.Tensor:
         """sigma_t^2 of p(x_{t-1} | x_t), shape (T,) (sec. 3.2).
 
@@ -81,16 +122,33 @@ class DiffusionProcess:
         raise ValueError(f"unknown reverse variance {kind!r}; allowed: {', '.join(VARIANCES)}")
 
 
+def spaced_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` evenly spaced 0-based indices from 0 to T - 1, both ends included."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"sampling steps must be in [1, T = {T}], got {steps}")
+    if steps == 1:
+        return [T - 1]
+    # floor(x + 0.5) rather than round(): banker's rounding could merge neighbours one step apart
+    return [int(i * (T - 1) / (steps - 1) + 0.5) for i in range(steps)]
+
+
 def sample_timesteps(batch_size: int, T: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
     """t ~ Uniform({1, ..., T}) as 0-based indices, shape (B,)  (Algorithm 1, line 3)."""
     return torch.randint(0, T, (batch_size,), device=device, generator=generator)
 
 
-def eps_mse_loss(model: torch.nn.Module, process: DiffusionProcess, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """L_simple (eq. 14): E ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2.
+def simple_loss(
+    model: torch.nn.Module, process: DiffusionProcess, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, objective: str = "eps"
+) -> torch.Tensor:
+    """Unweighted MSE between the network output and its target at x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
 
-    Averaged over every pixel, which differs from the paper's sum only by a constant factor.
+    With ``objective="eps"`` this is L_simple (eq. 14); "x0" regresses x_0 and "v" regresses
+    v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022). Averaged over every
+    pixel, which differs from a sum only by a constant factor.
     x0, noise: (B, C, H, W) in [-1, 1] / N(0, I); t: (B,) indices. Returns a scalar.
     """
+    targets = {"eps": lambda: noise, "x0": lambda: x0, "v": lambda: process.v_from_x0_eps(x0, t, noise)}
+    if objective not in targets:
+        raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     xt = process.q_sample(x0, t, noise)
-    return F.mse_loss(model(xt, t), noise)
+    return F.mse_loss(model(xt, t), targets[objective]())

@@ -78,6 +78,18 @@ class TrajectoryRecorder:
         return torch.stack(self.frames, dim=1).flatten(0, 1)
 
 
+def _predict(model, process: DiffusionProcess, x: torch.Tensor, t_index: int, objective: str, clip_x0: bool):
+    """(x0_hat, eps_hat) at timestep index ``t_index`` of ``process``; with clipping, eps_hat is
+    re-derived from the clipped x0_hat so the two stay consistent with x_t (eq. 4)."""
+    t = torch.full((x.shape[0],), t_index, device=x.device, dtype=torch.long)
+    output = model(x, process.model_timesteps.to(x.device)[t]).to(x.dtype)
+    x0, eps = process.x0_eps_from_output(objective, output, x, t)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = process.eps_from_x0(x, t, x0)
+    return t, x0, eps
+
+
 @torch.no_grad()
 def ddpm_sample(
     model: torch.nn.Module,
@@ -86,26 +98,22 @@ def ddpm_sample(
     *,
     variance: str = "fixed_large",
     clip_x0: bool = True,
+    objective: str = "eps",
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Ancestral sampling (Algorithm 2) with an eps-prediction model.
+    """Ancestral sampling (Algorithm 2).
 
-    x_T ~ N(0, I); for t = T..1: x_{t-1} = tilde-mu_t(x_t, x0_hat) + sigma_t z, z = 0 at t = 1,
-    where x0_hat = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t). Without clipping this is
-    exactly Algorithm 2's mean; clipping x0_hat to [-1, 1] (the data range) is what the
-    reference implementation does when sampling.
+    x_T ~ N(0, I); for t = T..1: x_{t-1} = tilde-mu_t(x_t, x0_hat) + sigma_t z, z = 0 at t = 1.
+    With eps-prediction and no clipping, tilde-mu_t(x_t, x0_hat) is exactly Algorithm 2's
+    mean; clipping x0_hat to [-1, 1] (the data range) is what the reference code does.
+    On a respaced process (``DiffusionProcess.respaced``) this is the same sampler on fewer steps.
     """
     sigmas = process.reverse_variance(variance).sqrt()
     x = noise()
-    batch = x.shape[0]
     if callback is not None:
         callback(StepInfo(step=0, total=process.T, t=process.T, x=x, x0_pred=None))
     for step, t_index in enumerate(range(process.T - 1, -1, -1), start=1):
-        t = torch.full((batch,), t_index, device=x.device, dtype=torch.long)
-        eps = model(x, t).to(x.dtype)
-        x0_pred = process.x0_from_eps(x, t, eps)
-        if clip_x0:
-            x0_pred = x0_pred.clamp(-1.0, 1.0)
+        t, x0_pred, _ = _predict(model, process, x, t_index, objective, clip_x0)
         mean = process.q_posterior_mean(x0_pred, x, t)
         x = mean + float(sigmas[t_index]) * noise() if t_index > 0 else mean
         if callback is not None:
@@ -113,7 +121,49 @@ def ddpm_sample(
     return x
 
 
-SAMPLERS = {"ddpm": ddpm_sample}
+@torch.no_grad()
+def ddim_sample(
+    model: torch.nn.Module,
+    process: DiffusionProcess,
+    noise: SeededNoise,
+    *,
+    eta: float = 0.0,
+    clip_x0: bool = True,
+    objective: str = "eps",
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12):
+
+    x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1} - sigma_t^2) eps_hat + sigma_t z,
+    sigma_t = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1}).
+
+    eta = 0 is deterministic given x_T; eta = 1 is DDPM with the posterior variance.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    abar, abar_prev = process.alpha_bars, process.alpha_bars_prev
+    sigmas = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+    x = noise()
+    if callback is not None:
+        callback(StepInfo(step=0, total=process.T, t=process.T, x=x, x0_pred=None))
+    for step, t_index in enumerate(range(process.T - 1, -1, -1), start=1):
+        _, x0_pred, eps = _predict(model, process, x, t_index, objective, clip_x0)
+        sigma = float(sigmas[t_index])
+        direction = (1 - float(abar_prev[t_index]) - sigma**2) ** 0.5
+        x = float(abar_prev[t_index]) ** 0.5 * x0_pred + direction * eps
+        if sigma > 0:  # sigma_1 = 0 always, and every sigma is 0 when eta = 0: no draw, no cost
+            x = x + sigma * noise()
+        if callback is not None:
+            callback(StepInfo(step=step, total=process.T, t=t_index, x=x, x0_pred=x0_pred))
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+
+
+def sampler_options(sampler: str, *, variance: str, eta: float) -> dict:
+    """The sampler-specific keyword arguments: DDPM's reverse variance or DDIM's eta."""
+    return {"ddpm": {"variance": variance}, "ddim": {"eta": eta}}[sampler]
 
 
 def sample_seeded(

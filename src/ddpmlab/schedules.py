@@ -48,9 +48,38 @@ def cosine_betas(T: int) -> torch.Tensor:
     return (1 - abar[1:] / abar[:-1]).clamp(max=MAX_BETA)
 
 
+def quadratic_betas(T: int) -> torch.Tensor:
+    """The DDPM reference code's "quad" schedule: sqrt(beta) linear from sqrt(1e-4) to
+    sqrt(0.02), rescaled by 1000 / T like ``linear``. Spends more steps at low noise."""
+    scale = 1000.0 / T
+    root = torch.linspace(math.sqrt(LINEAR_BETA_START), math.sqrt(LINEAR_BETA_END), T, dtype=torch.float64)
+    return scale * root**2
+
+
+# Sigmoid schedule (Jabri, Fleet & Chen 2022; Chen 2023, "On the Importance of Noise Scheduling"):
+# alpha-bar(t) follows a reversed, normalised sigmoid between these endpoints.
+SIGMOID_START, SIGMOID_END, SIGMOID_TAU = -3.0, 3.0, 1.0
+
+
+def sigmoid_alpha_bar(t_over_T: torch.Tensor) -> torch.Tensor:
+    """(sigmoid(end/tau) - sigmoid((t/T (end - start) + start)/tau)) / (sigmoid(end/tau) - sigmoid(start/tau))."""
+    v_start = torch.sigmoid(torch.tensor(SIGMOID_START / SIGMOID_TAU, dtype=torch.float64))
+    v_end = torch.sigmoid(torch.tensor(SIGMOID_END / SIGMOID_TAU, dtype=torch.float64))
+    v = torch.sigmoid((t_over_T * (SIGMOID_END - SIGMOID_START) + SIGMOID_START) / SIGMOID_TAU)
+    return (v_end - v) / (v_end - v_start)
+
+
+def sigmoid_betas(T: int) -> torch.Tensor:
+    """beta_t = 1 - abar(t) / abar(t-1) of ``sigmoid_alpha_bar``, clipped at 0.999 like cosine."""
+    abar = sigmoid_alpha_bar(torch.arange(T + 1, dtype=torch.float64) / T)
+    return (1 - abar[1:] / abar[:-1]).clamp(max=MAX_BETA)
+
+
 SCHEDULES: dict[str, Callable[[int], torch.Tensor]] = {
     "linear": linear_betas,
     "cosine": cosine_betas,
+    "quadratic": quadratic_betas,
+    "sigmoid": sigmoid_betas,
 }
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ddpmlab.config import TrainConfig
 from ddpmlab.data import to_model_range
-from ddpmlab.diffusion import DiffusionProcess, eps_mse_loss, sample_timesteps
+from ddpmlab.diffusion import DiffusionProcess, sample_timesteps, simple_loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,6 +105,7 @@ def train(
     images: torch.Tensor,
     cfg: TrainConfig,
     *,
+    objective: str = "eps",
     on_step: Callable[[int], None] | None = None,
     on_log: Callable[[LogRecord], None] | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
@@ -124,7 +125,7 @@ def train(
         x0 = to_model_range(images[idx]).contiguous(memory_format=torch.channels_last)
         t = sample_timesteps(cfg.batch_size, process.T, device, state.generator)
         noise = torch.randn(x0.shape, device=device, generator=state.generator)
-        loss = eps_mse_loss(model, process, x0, t, noise)
+        loss = simple_loss(model, process, x0, t, noise, objective)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
