@@ -45,16 +45,16 @@ def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
     """beta_t and alpha-bar_t of the run's schedule, with the other named schedules at the same T for reference."""
     T = len(schedule)
     fig, (ax_beta, ax_abar) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in sorted(SCHEDULES):
-        if name == chosen:
-            continue
+    others = [name for name in sorted(SCHEDULES) if name != chosen]
+    styles = zip(others, ["tab:blue", "tab:green", "tab:purple", "tab:brown"], ["--", ":", "-.", (0, (5, 1))])
+    for name, color, dash in styles:
         try:
             process = DiffusionProcess(make_betas(name, T))
         except ValueError:
             continue  # e.g. linear at very small T leaves (0, 1)
         t = np.arange(1, T + 1)
-        ax_beta.plot(t, process.betas.numpy(), "--", color="grey", alpha=0.7, label=f"{name} (reference)")
-        ax_abar.plot(t, process.alpha_bars.numpy(), "--", color="grey", alpha=0.7, label=f"{name} (reference)")
+        for ax, values in ((ax_beta, process.betas), (ax_abar, process.alpha_bars)):
+            ax.plot(t, values.numpy(), linestyle=dash, color=color, alpha=0.8, label=f"{name} (reference)")
     ax_beta.plot(schedule["t"], schedule["beta"], color="tab:red", lw=2, label=f"{chosen} (this run)")
     ax_abar.plot(schedule["t"], schedule["alpha_bar"], color="tab:red", lw=2, label=f"{chosen} (this run)")
     ax_beta.set_yscale("log")
