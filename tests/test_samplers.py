@@ -158,3 +158,9 @@ def test_ddim_with_eta_0_is_deterministic_and_independent_of_batch_size():
     pieces = torch.cat([ddim_sample(model, process, SeededNoise([s], (1, 8, 8)), eta=0.0) for s in seeds])
     assert torch.equal(whole, again)
     assert torch.allclose(whole, pieces, atol=1e-5)
+
+
+def test_ddim_with_large_eta_stays_finite():
+    process = DiffusionProcess.from_schedule("linear", 50).respaced(spaced_timesteps(50, 5))
+    x = ddim_sample(random_unet(), process, SeededNoise(range(2), (1, 8, 8)), eta=3.0)
+    assert torch.isfinite(x).all()

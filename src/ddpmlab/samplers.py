@@ -149,7 +149,8 @@ def ddim_sample(
     for step, t_index in enumerate(range(process.T - 1, -1, -1), start=1):
         _, x0_pred, eps = _predict(model, process, x, t_index, objective, clip_x0)
         sigma = float(sigmas[t_index])
-        direction = (1 - float(abar_prev[t_index]) - sigma**2) ** 0.5
+        # eta > 1 can push sigma^2 past 1 - abar_{t-1}: the direction term then vanishes, not NaN
+        direction = max(0.0, 1 - float(abar_prev[t_index]) - sigma**2) ** 0.5
         x = float(abar_prev[t_index]) ** 0.5 * x0_pred + direction * eps
         if sigma > 0:  # sigma_1 = 0 always, and every sigma is 0 when eta = 0: no draw, no cost
             x = x + sigma * noise()
