@@ -78,7 +78,7 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
         doc.image("figures/denoise_strip.png", "Reverse process: each row is one sample from x_T (left, pure noise) to x_0 (right)")
     doc.heading("Forward process")
     doc.image("figures/forward_strip.png", f"Test images under q(x_t | x_0) at t = {', '.join(map(str, ts))} (left to right)")
-    doc.image("figures/schedule.png", "Beta schedule and cumulative signal alpha-bar")
+    doc.image("figures/schedule.png", "Beta schedule, cumulative signal alpha-bar and signal-to-noise ratio; the other named schedules at the same T for reference")
     doc.heading("Training")
     doc.image("figures/loss.png", "L_simple during training")
     doc.heading("Params")

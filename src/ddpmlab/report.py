@@ -42,9 +42,11 @@ def loss_figure(log: pd.DataFrame, path: Path) -> None:
 
 
 def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
-    """beta_t and alpha-bar_t of the run's schedule, with the other named schedules at the same T for reference."""
+    """beta_t, alpha-bar_t and log10 SNR_t = log10(abar / (1 - abar)) of the run's schedule,
+    with every other named schedule at the same T for reference."""
     T = len(schedule)
-    fig, (ax_beta, ax_abar) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax_beta, ax_abar, ax_snr) = plt.subplots(1, 3, figsize=(14, 3.8))
+    t = np.arange(1, T + 1)
     others = [name for name in sorted(SCHEDULES) if name != chosen]
     styles = zip(others, ["tab:blue", "tab:green", "tab:purple", "tab:brown"], ["--", ":", "-.", (0, (5, 1))])
     for name, color, dash in styles:
@@ -52,17 +54,19 @@ def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
             process = DiffusionProcess(make_betas(name, T))
         except ValueError:
             continue  # e.g. linear at very small T leaves (0, 1)
-        t = np.arange(1, T + 1)
-        for ax, values in ((ax_beta, process.betas), (ax_abar, process.alpha_bars)):
-            ax.plot(t, values.numpy(), linestyle=dash, color=color, alpha=0.8, label=f"{name} (reference)")
+        abar = process.alpha_bars.numpy()
+        for ax, values in ((ax_beta, process.betas.numpy()), (ax_abar, abar), (ax_snr, np.log10(abar / (1 - abar)))):
+            ax.plot(t, values, linestyle=dash, color=color, alpha=0.8, label=f"{name} (reference)")
     ax_beta.plot(schedule["t"], schedule["beta"], color="tab:red", lw=2, label=f"{chosen} (this run)")
     ax_abar.plot(schedule["t"], schedule["alpha_bar"], color="tab:red", lw=2, label=f"{chosen} (this run)")
+    ax_snr.plot(schedule["t"], schedule["log10_snr"], color="tab:red", lw=2, label=f"{chosen} (this run)")
     ax_beta.set_yscale("log")
     ax_beta.set(xlabel="timestep t", ylabel="beta_t (log scale)", title=f"Noise added per step (T = {T})")
     ax_abar.set(xlabel="timestep t", ylabel="alpha-bar_t = prod (1 - beta_s)", title="Signal kept: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps")
-    for ax in (ax_beta, ax_abar):
+    ax_snr.set(xlabel="timestep t", ylabel="log10 SNR = log10(abar / (1 - abar))", title="Signal-to-noise ratio")
+    for ax in (ax_beta, ax_abar, ax_snr):
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     _save(fig, path)
 
 
