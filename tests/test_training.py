@@ -58,30 +58,27 @@ def test_loss_decreases_on_a_tiny_problem():
     assert logs[-1].loss < 0.7 * logs[0].loss
 
 
-def test_resumed_training_is_bit_identical_to_uninterrupted():
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path):
     cfg = TrainConfig(steps=8, batch_size=4, lr=1e-3, warmup_steps=3, log_every=2, checkpoint_every=3)
     process = DiffusionProcess.from_schedule("cosine", 40)
     straight = train(make_state(cfg), process, tiny_data(), cfg)
 
-    saved = []
-    first = make_state(cfg)
-    try:
-        def crash_after_checkpoint(state):
-            saved.append({k: v for k, v in state.state_dict().items()})
-            torch.save(saved[-1], buffer_path)
-            raise KeyboardInterrupt  # simulated crash right after the step-3 checkpoint
+    saved = tmp_path / "state.pt"
 
-        import tempfile
+    def checkpoint_then_crash(state):
+        torch.save(state.state_dict(), saved)
+        raise SimulatedCrash  # right after the step-3 checkpoint
 
-        buffer_path = tempfile.mktemp(suffix=".pt")
-        with pytest.raises(KeyboardInterrupt):
-            train(first, process, tiny_data(), cfg, on_checkpoint=crash_after_checkpoint)
-        resumed = make_state(cfg, seed=999)  # a different seed: everything must come from the checkpoint
-        resumed.load_state_dict(torch.load(buffer_path, weights_only=True))
-        assert resumed.step == 3
-        train(resumed, process, tiny_data(), cfg)
-    finally:
-        torch.manual_seed(0)
+    with pytest.raises(SimulatedCrash):
+        train(make_state(cfg), process, tiny_data(), cfg, on_checkpoint=checkpoint_then_crash)
+    resumed = make_state(cfg, seed=999)  # a different seed: everything must come from the checkpoint
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
+    assert resumed.step == 3
+    train(resumed, process, tiny_data(), cfg)
     assert torch.equal(weights(straight), weights(resumed))
 
 

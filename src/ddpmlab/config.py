@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,8 +169,6 @@ def _coerce(value: Any, expected: Any, key: str, problems: list[str]) -> Any:
             value = [value]  # `dvc exp run -S model.attention_resolutions=8` gives a scalar
         items = [_coerce(v, item_type, f"{key}[{i}]", problems) for i, v in enumerate(value)]
         return _INVALID if _INVALID in items else tuple(items)
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported type for {key}")
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -94,7 +94,7 @@ def new_train_state(build_model: Callable[[], torch.nn.Module], cfg: TrainConfig
 @dataclass
 class LogRecord:
     step: int
-    loss: float  # mean L_simple over the steps since the last record
+    loss: float  # mean simple_loss (L_simple for eps) over the steps since the last record
     lr: float
     images_per_s: float
 
