@@ -14,7 +14,7 @@ from ddpmlab import images
 from ddpmlab.cli import read_json
 from ddpmlab.config import flatten
 from ddpmlab.data import ImageSet
-from ddpmlab.report import Document, forward_strip, loss_figure, schedule_figure
+from ddpmlab.report import Document, forward_strip, loss_figure, nll_figure, schedule_figure, steps_figure
 
 METRIC_ROWS = [
     ("fid", "FID (lower is better)"),
@@ -24,11 +24,21 @@ METRIC_ROWS = [
 ]
 
 
+def loss_setting(train: dict) -> str:
+    weighting = f"min-SNR-{train['min_snr_gamma']:g} weighting" if train.get("weighting") == "min_snr" else "MSE"
+    if train.get("learn_variance"):
+        return f"{weighting} + {train['vlb_weight']:g} L_vlb with learned variance"
+    return weighting
+
+
 def sampler_setting(sampling: dict) -> str:
     return f"eta {sampling['eta']}" if sampling["sampler"] == "ddim" else f"variance `{sampling['variance']}`"
 
 
-def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, classifier: dict, log: pd.DataFrame, schedule: pd.DataFrame, out: Path) -> Document:
+def build(
+    data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, classifier: dict,
+    log: pd.DataFrame, schedule: pd.DataFrame, steps: pd.DataFrame, nll_terms: pd.DataFrame, out: Path,
+) -> Document:  # fmt: skip
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     train = read_json(model_dir / "train.json")
@@ -37,25 +47,30 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
     params = train["params"]
 
     loss_figure(log, figures / "loss.png")
+    steps_figure(steps, metrics["real"], figures / "steps.png")
+    headline = sampling["runs"][0]
     schedule_figure(schedule, params["schedule"], figures / "schedule.png")
     test = ImageSet.load(data_dir / "test.npz")
     strip, ts = forward_strip(test.images[:4], torch.tensor(schedule["beta"].to_numpy()), columns=9, seed=0)
     scale = images.display_scale(card["image_size"])
     images.save_png(images.upscale(images.grid(strip, columns=len(ts)), scale), figures / "forward_strip.png")
-    for src, name in [(data_dir / "real_grid.png", "real_grid.png"), (samples_dir / "grid.png", "samples_grid.png")]:
+    headline_dir = samples_dir / headline["folder"]
+    copies = [(data_dir / "real_grid.png", "real_grid.png"), (headline_dir / "grid.png", "samples_grid.png"), (samples_dir / "steps_comparison.png", "steps_comparison.png")]
+    for src, name in copies:
         shutil.copyfile(src, figures / name)
-    has_denoise = (samples_dir / "denoise_strip.png").is_file()
+    has_denoise = (headline_dir / "denoise_strip.png").is_file()
     if has_denoise:
-        shutil.copyfile(samples_dir / "denoise_strip.png", figures / "denoise_strip.png")
+        shutil.copyfile(headline_dir / "denoise_strip.png", figures / "denoise_strip.png")
 
     ctx = metrics["context"]
     doc = Document(f"ddpmlab report: {params['schedule']} schedule, T = {params['T']}")
     doc.paragraph(
-        f"DDPM ({params['objective']}-prediction, L_simple) trained for {train['step']} steps on `{card['source']}` "
+        f"DDPM ({params['objective']}-prediction, {loss_setting(params['train'])}) trained for {train['step']} steps on `{card['source']}` "
         f"({card['train']['count']} train / {card['test']['count']} test images, {card['channels']}x{card['image_size']}x{card['image_size']}), "
         f"U-Net with {train['num_parameters']:,} parameters on {train['device']}. "
-        f"Sampled {sampling['num_samples']} images with the `{sampling['sampler']}` sampler, {sampling['steps']} steps, "
-        f"{sampler_setting(sampling)}, in {sampling['seconds']:.0f} s ({sampling['seconds_per_sample'] * 1000:.1f} ms per image on {sampling['device']})."
+        f"Sampled {sampling['num_samples']} images with the `{sampling['sampler']}` sampler, {sampler_setting(sampling)}, "
+        f"at {', '.join(str(r['steps']) for r in sampling['runs'])} steps (respaced out of T = {sampling['T']}) on {sampling['device']}; "
+        f"the headline numbers are at {headline['steps']} steps ({headline['seconds_per_sample'] * 1000:.1f} ms per image)."
     )
     doc.heading("Metrics")
     doc.paragraph(
@@ -69,21 +84,51 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
     rows = [[label, metrics[key], metrics["real"][key]] for key, label in METRIC_ROWS]
     rows.append(["FID generated / FID real", metrics["fid_ratio"], 1.0])
     rows.append(["IS generated / IS real", metrics["is_ratio"], 1.0])
-    doc.table(["metric", "generated", "real data floor"], rows)
+    doc.table(["metric", f"generated ({headline['steps']} steps)", "real data floor"], rows)
+
+    doc.heading("Sampling steps")
+    doc.paragraph(
+        "Every step count samples the same seeds from the same checkpoint, so each image starts from the same x_T; "
+        "fewer steps run the same sampler on a respaced grid of timesteps (Nichol & Dhariwal 2021)."
+    )
+    step_rows = [[r.steps, r.fid, r.fid_ratio, r.is_mean, r.kid_mean, r.seconds_per_sample * 1000] for r in steps.itertuples()]
+    doc.table(["steps", "FID", "FID / real", "IS", "KID", "ms per image"], step_rows)
+    doc.image("figures/steps.png", "FID, IS and sampling time against the number of sampling steps (log x)")
+    doc.image("figures/steps_comparison.png", f"The first images at each step count, one row per count ({', '.join(str(r['steps']) for r in sampling['runs'])}, top to bottom)")
+
+    nll = metrics.get("nll")
+    doc.heading("Likelihood")
+    if nll:
+        nll_figure(nll_terms, figures / "nll.png")
+        doc.paragraph(
+            f"Upper bound on the negative log-likelihood (Ho et al. 2020, eq. 5: L_T + sum of KL terms + the discretized "
+            f"Gaussian decoder L_0 of eq. 13) on {nll['images']} test images, one x_t draw per image and t, reverse variance "
+            f"`{nll['variance']}`. In bits per dimension of the {card['channels']}x{card['image_size']}x{card['image_size']} 8-bit images; "
+            "the paper's CIFAR-10 model reaches <= 3.75 bits/dim on 32x32x3 images, which is not comparable with this data."
+        )
+        doc.table(
+            ["term", "bits/dim"],
+            [["total bound", nll["bits_per_dim"]], ["standard error over images", nll["standard_error"]],
+             ["L_0 (decoder)", nll["decoder_L0"]], ["sum of KL terms L_1..L_{T-1}", nll["kl_sum"]], ["L_T (prior)", nll["prior_LT"]]],
+        )  # fmt: skip
+        doc.image("figures/nll.png", "Each term of the bound against t (log y) and the cumulative share of the total")
+    else:
+        doc.paragraph("Not computed (evaluate.nll_images is 0).")
 
     doc.heading("Samples")
     doc.image("figures/real_grid.png", "Real training images")
-    doc.image("figures/samples_grid.png", f"Generated images (EMA weights, {sampling['sampler']}, {sampling['steps']} steps)")
+    doc.image("figures/samples_grid.png", f"Generated images (EMA weights, {sampling['sampler']}, {headline['steps']} steps)")
     if has_denoise:
         doc.image("figures/denoise_strip.png", "Reverse process: each row is one sample from x_T (left, pure noise) to x_0 (right)")
     doc.heading("Forward process")
     doc.image("figures/forward_strip.png", f"Test images under q(x_t | x_0) at t = {', '.join(map(str, ts))} (left to right)")
     doc.image("figures/schedule.png", "Beta schedule, cumulative signal alpha-bar and signal-to-noise ratio; the other named schedules at the same T for reference")
     doc.heading("Training")
-    doc.image("figures/loss.png", "L_simple during training")
+    doc.image("figures/loss.png", "Training loss (the objective's MSE, weighted and plus lambda L_vlb where configured)")
     doc.heading("Params")
     doc.paragraph("Training params as stored in the checkpoint, then the sampling settings the samples were drawn with.")
-    sampling_rows = [[f"sample.{k}", sampling[k]] for k in ("sampler", "steps", "variance", "eta", "clip_x0", "num_samples")]
+    sampling_rows = [[f"sample.{k}", sampling[k]] for k in ("sampler", "variance", "eta", "clip_x0", "num_samples")]
+    sampling_rows.append(["sample.steps", ", ".join(str(r["steps"]) for r in sampling["runs"])])
     doc.table(["param", "value"], [[k, v] for k, v in flatten(params).items()] + sampling_rows)
     return doc
 
@@ -96,11 +141,13 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
 @click.option("--classifier-metrics", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Classifier accuracy JSON.")
 @click.option("--train-log", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Training log CSV.")
 @click.option("--schedule", "schedule_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Schedule CSV (beta_t, alpha-bar_t).")
+@click.option("--steps-csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Metrics per sampling step count.")
+@click.option("--nll-terms", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="NLL bound terms per t.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.md, report.html, figures/.")
-def main(data_dir, model_dir, samples_dir, metrics_path, classifier_metrics, train_log, schedule_path, out) -> None:
+def main(data_dir, model_dir, samples_dir, metrics_path, classifier_metrics, train_log, schedule_path, steps_csv, nll_terms, out) -> None:
     doc = build(
         data_dir, model_dir, samples_dir, read_json(metrics_path), read_json(classifier_metrics),
-        pd.read_csv(train_log), pd.read_csv(schedule_path), out,
+        pd.read_csv(train_log), pd.read_csv(schedule_path), pd.read_csv(steps_csv), pd.read_csv(nll_terms), out,
     )  # fmt: skip
     (out / "report.md").write_text(doc.to_markdown())
     (out / "report.html").write_text(doc.to_html(out))

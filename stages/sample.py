@@ -1,8 +1,10 @@
-"""DVC stage `sample`: draw images from the trained model's EMA weights (DDPM Algorithm 2).
+"""DVC stage `sample`: draw images from the trained model's EMA weights at every step count
+in sample.steps (DDPM Algorithm 2 or DDIM on a respaced grid of timesteps out of T).
 
 Image i is drawn from its own seed (sample.seed, i), so it is the same image whatever
-sample.batch_size is. Writes one PNG per image, samples.npz, a grid, and a strip of
-x_t at several t for the first few images.
+sample.batch_size is, and starts from the same x_T at every step count. Per step count
+(folder steps-<n>): one PNG per image, samples.npz, a grid and a denoising strip; at the top,
+sampling.json (settings and timings) and a grid comparing the step counts.
 """
 
 from __future__ import annotations
@@ -18,8 +20,31 @@ from ddpmlab import images, tracking
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.data import to_uint8
 from ddpmlab.devices import resolve_device
+from ddpmlab.diffusion import DiffusionProcess, spaced_timesteps
 from ddpmlab.samplers import SAMPLERS, StepInfo, TrajectoryRecorder, image_seeds, sample_seeded, sampler_options
-from ddpmlab.trained import TrainedDiffusion
+from ddpmlab.trained import TrainedDiffusion, learns_variance
+
+COMPARISON_IMAGES = 12  # images per row of the step-count comparison grid
+
+
+def steps_dir(steps: int) -> str:
+    return f"steps-{steps}"
+
+
+def process_for(base: DiffusionProcess, steps: int) -> DiffusionProcess:
+    """The base process itself at steps = T, else its respacing to ``steps`` timesteps."""
+    return base if steps == base.T else base.respaced(spaced_timesteps(base.T, steps))
+
+
+def save_images(samples: np.ndarray, strip: TrajectoryRecorder, seeds: list[int], folder: Path, scale: int) -> None:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "samples.npz", images=samples, seeds=np.asarray(seeds, dtype=np.int64))
+    for i, image in enumerate(samples):
+        images.save_png(image, folder / "images" / f"{i:06d}.png")
+    images.save_png(images.upscale(images.grid(samples[:64], columns=8), scale), folder / "grid.png")
+    if strip.count:
+        frames = to_uint8(strip.strip()).numpy()
+        images.save_png(images.upscale(images.grid(frames, columns=len(strip.frames)), scale), folder / "denoise_strip.png")
 
 
 @click.command(help=__doc__)
@@ -32,36 +57,44 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
     cfg = params.sample
     device = resolve_device(params.device)
     trained = TrainedDiffusion.load(model_dir / "model.pt", device)
+    if cfg.variance == "learned_range" and not learns_variance(trained.params):
+        raise click.UsageError("sample.variance=learned_range, but the checkpoint was trained with train.learn_variance: false")
     image_shape = (trained.model.in_channels, trained.model.image_size, trained.model.image_size)
     seeds = image_seeds(cfg.seed, 0, cfg.num_samples)
-    steps = trained.process.T
-    strip = TrajectoryRecorder(min(cfg.strip_images, cfg.num_samples), cfg.strip_columns, steps)
-
-    started = time.perf_counter()
-    with tqdm(total=cfg.num_samples * steps, desc="sample", unit="img-step", unit_scale=True) as bar:
-
-        def callback(info: StepInfo) -> None:
-            if info.step > 0:
-                bar.update(info.x.shape[0])
-            strip(info)
-
-        x0 = sample_seeded(
-            SAMPLERS[cfg.sampler], trained.model, trained.process, seeds, image_shape,
-            batch_size=cfg.batch_size, device=device, callback=callback, clip_x0=cfg.clip_x0,
-            objective=trained.params["objective"], **sampler_options(cfg.sampler, variance=cfg.variance, eta=cfg.eta),
-        )  # fmt: skip
-    seconds = time.perf_counter() - started
-    samples = to_uint8(x0).cpu().numpy()
-
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "samples.npz", images=samples, seeds=np.asarray(seeds, dtype=np.int64))
-    for i, image in enumerate(samples):
-        images.save_png(image, out / "images" / f"{i:06d}.png")
     scale = images.display_scale(trained.model.image_size)
-    images.save_png(images.upscale(images.grid(samples[:64], columns=8), scale), out / "grid.png")
-    if strip.count:
-        columns = len(strip.frames)
-        images.save_png(images.upscale(images.grid(to_uint8(strip.strip()).numpy(), columns=columns), scale), out / "denoise_strip.png")
+    options = sampler_options(cfg.sampler, variance=cfg.variance, eta=cfg.eta)
+
+    runs, comparison = [], []
+    with tqdm(total=cfg.num_samples * sum(cfg.steps), desc="sample", unit="img-step", unit_scale=True) as bar:
+        for steps in cfg.steps:
+            bar.set_postfix(steps=steps)
+            strip = TrajectoryRecorder(min(cfg.strip_images, cfg.num_samples), cfg.strip_columns, steps)
+
+            def callback(info: StepInfo, strip: TrajectoryRecorder = strip) -> None:
+                if info.step > 0:
+                    bar.update(info.x.shape[0])
+                strip(info)
+
+            started = time.perf_counter()
+            x0 = sample_seeded(
+                SAMPLERS[cfg.sampler], trained.model, process_for(trained.process, steps), seeds, image_shape,
+                batch_size=cfg.batch_size, device=device, callback=callback, clip_x0=cfg.clip_x0,
+                objective=trained.params["objective"], **options,
+            )  # fmt: skip
+            seconds = time.perf_counter() - started
+            samples = to_uint8(x0).cpu().numpy()
+            save_images(samples, strip, seeds, out / steps_dir(steps), scale)
+            comparison.append(samples[:COMPARISON_IMAGES])
+            runs.append(
+                {
+                    "steps": steps,
+                    "folder": steps_dir(steps),
+                    "network_evals_per_sample": steps,
+                    "seconds": round(seconds, 2),
+                    "seconds_per_sample": round(seconds / cfg.num_samples, 5),
+                }
+            )
+    images.save_png(images.upscale(images.grid(np.concatenate(comparison), columns=len(comparison[0])), scale), out / "steps_comparison.png")
     write_json(
         out / "sampling.json",
         {
@@ -69,22 +102,19 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
             "variance": cfg.variance if cfg.sampler == "ddpm" else None,
             "eta": cfg.eta if cfg.sampler == "ddim" else None,
             "clip_x0": cfg.clip_x0,
-            "steps": steps,
+            "T": trained.process.T,
             "num_samples": cfg.num_samples,
-            "network_evals_per_sample": steps,
-            "seconds": round(seconds, 2),
-            "seconds_per_sample": round(seconds / cfg.num_samples, 5),
             "device": str(device),
             "checkpoint_step": trained.step,
+            "runs": runs,
         },
     )
     train_info = read_json(model_dir / "train.json")
     tracking.use_experiment(params.tracking.experiment)
     if tracking.run_exists(train_info["run_id"]):
-        for name in ("grid.png", "denoise_strip.png"):
-            if (out / name).is_file():
-                tracking.log_artifact(out / name, "samples", run_id=train_info["run_id"])
-    click.echo(f"sampled {cfg.num_samples} images x {steps} steps in {seconds:.0f}s on {device}")
+        tracking.log_artifact(out / "steps_comparison.png", "samples", run_id=train_info["run_id"])
+    summary = ", ".join(f"{r['steps']} steps {r['seconds']:.0f}s" for r in runs)
+    click.echo(f"sampled {cfg.num_samples} images on {device}: {summary}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
     process = DiffusionProcess.from_schedule(params.schedule, params.T)
     write_schedule_csv(process, schedule_path)
 
-    state = new_train_state(lambda: build_unet(training_params["model"], in_channels, image_size), cfg, params.seed, device)
+    state = new_train_state(lambda: build_unet(training_params["model"], in_channels, image_size, cfg.learn_variance), cfg, params.seed, device)
     model = state.model
     key = fingerprint(training_params, data_dir / "train.npz")
     resume_state, resume_info = resume_dir / f"{key}.pt", resume_dir / f"{key}.json"
@@ -105,7 +105,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
             save_training(s, training_params, in_channels, image_size, resume_state)
             write_json(resume_info, {"run_id": run_id, "log": log_rows})
 
-        train(state, process, images, cfg, objective=params.objective, on_step=lambda _: bar.update(1), on_log=on_log, on_checkpoint=on_checkpoint)
+        train(state, process, images, cfg, loss_fn=params.training_loss(), on_step=lambda _: bar.update(1), on_log=on_log, on_checkpoint=on_checkpoint)
         bar.close()
         seconds = time.perf_counter() - started
         out.mkdir(parents=True, exist_ok=True)

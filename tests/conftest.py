@@ -15,9 +15,9 @@ TINY_OVERRIDES = {
     "data": {"image_size": 8},
     "model": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4], "norm_groups": 4},
     "train": {"steps": 4, "batch_size": 8, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 2},
-    "sample": {"num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
+    "sample": {"steps": [30, 5], "num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
     "classifier": {"epochs": 1},
-    "evaluate": {"batch_size": 64, "kid_subset_size": 8},
+    "evaluate": {"batch_size": 64, "kid_subset_size": 8, "nll_images": 12},
 }
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.diffusion import DiffusionProcess, simple_loss, spaced_timesteps
+from ddpmlab.diffusion import DiffusionProcess, spaced_timesteps
+from ddpmlab.losses import simple_loss
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +78,43 @@ def test_exact_noise_oracle_has_zero_loss(process):
 
 
 def test_reverse_variances(process):
-    assert torch.equal(process.reverse_variance("fixed_large"), process.betas)
-    assert torch.equal(process.reverse_variance("fixed_small"), process.posterior_variance)
-    assert (process.posterior_variance[1:] < process.betas[1:]).all()  # tilde-beta_t < beta_t
+    # t >= 2: sigma_t^2 = beta_t and tilde-beta_t = beta_t (1 - abar_{t-1}) / (1 - abar_t) (eq. 7).
+    abar = process.alpha_bars
+    tilde = process.betas[1:] * (1 - abar[:-1]) / (1 - abar[1:])
+    assert torch.equal(process.reverse_variance("fixed_large")[1:], process.betas[1:])
+    assert torch.allclose(process.reverse_variance("fixed_small")[1:], tilde, rtol=1e-12, atol=0)
+    assert (tilde < process.betas[1:]).all()
+    # t = 1: tilde-beta_1 = 0 (log -inf); both fixed variances use tilde-beta_2 there (decoder only).
+    assert process.posterior_variance[0].item() == 0.0
+    for kind in ("fixed_large", "fixed_small"):
+        assert process.reverse_variance(kind)[0].item() == pytest.approx(tilde[0].item(), rel=1e-12)
     with pytest.raises(ValueError, match="fixed_large, fixed_small"):
-        process.reverse_variance("learned")
+        process.reverse_variance("learned_range")
+
+
+def test_learned_range_spans_posterior_variance_to_beta(process):
+    # Improved DDPM eq. 15: raw -1 -> tilde-beta_t, raw +1 -> beta_t, raw 0 -> their geometric mean.
+    t = torch.arange(1, 1000, 37)
+    tilde = (process.betas * (1 - process.alpha_bars_prev) / (1 - process.alpha_bars))[t]
+    beta = process.betas[t]
+
+    def variance(raw: float) -> torch.Tensor:
+        return process.learned_log_variance(torch.full((len(t), 1, 2, 2), raw, dtype=torch.float64), t).exp()[:, 0, 0, 0]
+
+    assert torch.allclose(variance(-1.0), tilde, rtol=1e-10)
+    assert torch.allclose(variance(1.0), beta, rtol=1e-10)
+    assert torch.allclose(variance(0.0), (tilde * beta).sqrt(), rtol=1e-10)
+    grid = [variance(r) for r in torch.linspace(-1, 1, 9).tolist()]
+    assert all(((a < b) & (a >= tilde * (1 - 1e-12)) & (b <= beta * (1 + 1e-12))).all() for a, b in zip(grid, grid[1:]))
+
+
+def test_learned_range_needs_variance_channels(process):
+    x = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([5, 9])
+    _, log_var, _ = process.p_mean_log_variance(torch.cat([x, -torch.ones_like(x)], 1), x, t, objective="eps", variance="learned_range")
+    assert torch.allclose(log_var.exp()[:, 0, 0, 0], process.posterior_variance[t], rtol=1e-10)
+    with pytest.raises(ValueError, match="train.learn_variance"):
+        process.p_mean_log_variance(x, x, t, objective="eps", variance="learned_range")
 
 
 def test_eps_x0_v_conversions_are_exact_inverses(process):

@@ -1,5 +1,7 @@
-"""End to end: `dvc repro` and `dvc exp run -S schedule=cosine` in a temporary copy of the
-repository (tracked and new files, so uncommitted work is tested too) with tiny params."""
+"""End to end: `dvc repro`, then two queued experiments run in parallel
+(`dvc exp run -S 'schedule=quadratic,cosine' --queue`, `dvc queue start -j 2`), in a
+temporary copy of the repository (tracked and new files, so uncommitted work is tested
+too) with tiny params. Every (schedule, step count) must reach MLflow."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -66,24 +69,40 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     assert "Stage 'train' didn't change, skipping" in out and "Running stage 'sample'" in out
     run(["git", "commit", "-q", "-am", "fewer samples"], clone, env)
 
-    # `schedule` retrains, as a tracked experiment.
-    out = run([*dvc, "exp", "run", "-S", "schedule=cosine", "-n", "cosine-tiny"], clone, env)
-    assert "Running stage 'train'" in out
+    # Two schedules queued and run by two parallel workers in temporary copies of the repo.
+    run([*dvc, "exp", "run", "-S", "schedule=quadratic,cosine", "--queue"], clone, env)
+    run([*dvc, "queue", "start", "-j", "2"], clone, env)
+    wait_for_queue(dvc, clone, env, timeout_s=900)
     shown = json.loads(run([*dvc, "exp", "show", "--json"], clone, env))
-    names = [exp.get("name") for entry in shown for exp in (entry.get("experiments") or [])]
-    assert "cosine-tiny" in names, names
+    experiments = [exp for entry in shown for exp in (entry.get("experiments") or [])]
+    assert len(experiments) == 2, experiments
 
     mlflow.set_tracking_uri(f"sqlite:///{clone / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ddpmlab"])
     evaluations = runs[runs["tags.ddpmlab.stage"] == "evaluate"]
-    assert sorted(evaluations["params.schedule"]) == ["cosine", "linear", "linear"]
-    assert sorted(evaluations["params.sample.num_samples"]) == ["12", "12", "24"]
-    assert evaluations["metrics.fid"].notna().all() and evaluations["metrics.is_mean"].notna().all()
+    by_schedule = evaluations.groupby("params.schedule")["params.sample_steps"].apply(sorted).to_dict()
+    # The baseline ran twice (24 then 12 samples); each queued schedule once; every step count is a run.
+    assert by_schedule == {"linear": ["30", "30", "5", "5"], "quadratic": ["30", "5"], "cosine": ["30", "5"]}
+    assert evaluations["metrics.fid"].notna().all() and evaluations["metrics.nll_bits_per_dim"].notna().all()
     trains = runs[runs["tags.ddpmlab.stage"] == "train"]
-    assert sorted(trains["params.schedule"]) == ["cosine", "linear"]
+    assert sorted(trains["params.schedule"]) == ["cosine", "linear", "quadratic"]
     assert (trains["params.T"] == "30").all() and trains["params.train.lr"].notna().all()
-    cosine_eval = evaluations[evaluations["params.schedule"] == "cosine"].iloc[0]
-    assert cosine_eval["tags.dvc.exp_name"] == "cosine-tiny"
-    assert len(cosine_eval["tags.mlflow.source.git.commit"]) == 40
+    queued = evaluations[evaluations["params.schedule"] != "linear"]
+    assert queued["tags.dvc.exp_name"].notna().all() and queued["tags.dvc.exp_name"].nunique() == 2
+    train_ids = set(trains["run_id"])
+    assert set(evaluations["tags.mlflow.parentRunId"]) <= train_ids  # every evaluation nests under its training run
+    assert all(len(commit) == 40 for commit in queued["tags.mlflow.source.git.commit"])
     artifacts = Path(mlflow.get_experiment_by_name("ddpmlab").artifact_location.removeprefix("file://"))
     assert artifacts == clone / "mlruns" and artifacts.is_dir()
+
+
+def wait_for_queue(dvc: list[str], clone: Path, env: dict, timeout_s: float) -> None:
+    """Poll `dvc queue status` until no experiment is queued or running; fail on a failed one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run([*dvc, "queue", "status"], clone, env)
+        assert "Failed" not in status, status
+        if "Queued" not in status and "Running" not in status:
+            return
+        time.sleep(3)
+    pytest.fail(f"queued experiments still running after {timeout_s}s:\n{status}")

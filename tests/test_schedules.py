@@ -68,9 +68,34 @@ def test_unknown_schedule_names_the_allowed_ones():
         make_betas("cosin", 100)
 
 
-def test_linear_with_too_small_T_is_rejected_clearly():
-    with pytest.raises(ValueError, match="betas outside"):
-        make_betas("linear", 20)  # beta_T = 0.02 * 1000 / 20 = 1
+def test_linear_golden_alpha_bars():
+    # prod_{s <= t} (1 - beta_s) with beta rescaled by 1000 / T, evaluated in plain Python.
+    abar = torch.cumprod(1 - linear_betas(1000), 0)
+    for t, expected in [(1, 0.9999), (250, 0.5240853738), (500, 0.07858724288), (900, 2.752059119e-4)]:
+        assert abar[t - 1].item() == pytest.approx(expected, rel=1e-9)
+    abar = torch.cumprod(1 - linear_betas(100), 0)  # the default T
+    for t, expected in [(1, 0.999), (50, 0.07419699672), (100, 2.039008976e-5)]:
+        assert abar[t - 1].item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("T", [1, 2, 5, 20])
+def test_every_schedule_takes_any_positive_T_and_still_ends_in_noise(name, T):
+    # Rescaled linear / quadratic betas would pass 1 for T <= 20; they are clipped at 0.999
+    # like cosine's, so alpha-bar_T <= 1 - 0.999 whatever T is.
+    betas = make_betas(name, T)
+    assert betas.shape == (T,) and ((betas > 0) & (betas < 1)).all()
+    assert torch.prod(1 - betas).item() <= 1e-3 + 1e-12
+
+
+def test_linear_is_unclipped_from_T21():
+    betas = linear_betas(21)
+    assert betas[-1].item() == pytest.approx(0.02 * 1000 / 21, rel=1e-12) and betas[0].item() == pytest.approx(1e-4 * 1000 / 21, rel=1e-12)
+
+
+def test_non_positive_T_is_rejected():
+    with pytest.raises(ValueError, match="positive integer, got 0"):
+        make_betas("linear", 0)
 
 
 def test_quadratic_golden_values_T1000():

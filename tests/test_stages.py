@@ -44,11 +44,13 @@ def _run_all(p: Path, tmp_path: Path) -> None:
     invoke(
         evaluate, "--params", p, "--data", tmp_path / "data", "--samples", tmp_path / "samples", "--model", tmp_path / "model",
         "--classifier", tmp_path / "classifier.pt", "--classifier-metrics", tmp_path / "classifier.json", "--out", tmp_path / "metrics.json",
+        "--steps-csv", tmp_path / "steps.csv", "--nll-terms", tmp_path / "nll_terms.csv",
     )  # fmt: skip
     invoke(
         report, "--data", tmp_path / "data", "--model", tmp_path / "model", "--samples", tmp_path / "samples",
         "--metrics", tmp_path / "metrics.json", "--classifier-metrics", tmp_path / "classifier.json",
-        "--train-log", tmp_path / "train_log.csv", "--schedule", tmp_path / "schedule.csv", "--out", tmp_path / "reports",
+        "--train-log", tmp_path / "train_log.csv", "--schedule", tmp_path / "schedule.csv",
+        "--steps-csv", tmp_path / "steps.csv", "--nll-terms", tmp_path / "nll_terms.csv", "--out", tmp_path / "reports",
     )  # fmt: skip
 
 
@@ -71,22 +73,28 @@ def test_train_writes_checkpoint_log_and_schedule(pipeline: Path):
     assert not list((pipeline / "resume").glob("*"))  # resume state is dropped once training finishes
 
 
-def test_sample_writes_images_grid_and_strip(pipeline: Path):
-    with np.load(pipeline / "samples" / "samples.npz") as f:
-        assert f["images"].shape == (24, 1, 8, 8)
-    assert len(list((pipeline / "samples" / "images").glob("*.png"))) == 24
-    strip = Image.open(pipeline / "samples" / "denoise_strip.png")
-    assert strip.size[0] > strip.size[1]  # 4 columns (x_T .. x_0) by 2 rows
+def test_sample_writes_images_grid_and_strip_per_step_count(pipeline: Path):
+    for steps in (30, 5):
+        folder = pipeline / "samples" / f"steps-{steps}"
+        with np.load(folder / "samples.npz") as f:
+            assert f["images"].shape == (24, 1, 8, 8)
+        assert len(list((folder / "images").glob("*.png"))) == 24
+        strip = Image.open(folder / "denoise_strip.png")
+        assert strip.size[0] > strip.size[1]  # 4 columns (x_T .. x_0) by 2 rows
     sampling = json.loads((pipeline / "samples" / "sampling.json").read_text())
-    assert sampling["steps"] == 30 and sampling["network_evals_per_sample"] == 30
+    assert [(r["steps"], r["network_evals_per_sample"]) for r in sampling["runs"]] == [(30, 30), (5, 5)]
+    assert sampling["T"] == 30
+    comparison = Image.open(pipeline / "samples" / "steps_comparison.png")
+    assert comparison.size[0] > 2 * comparison.size[1]  # 12 images wide, one row per step count
 
 
 def test_samples_do_not_depend_on_batch_size(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     isolate_mlflow(monkeypatch, tmp_path)
     other = write_tiny_params(tmp_path / "other.yaml", sample={"batch_size": 5})
     invoke(sample, "--params", other, "--model", pipeline / "model", "--out", tmp_path / "samples5")
-    with np.load(pipeline / "samples" / "samples.npz") as a, np.load(tmp_path / "samples5" / "samples.npz") as b:
-        assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1  # rounding at the uint8 boundary
+    for folder in ("steps-30", "steps-5"):
+        with np.load(pipeline / "samples" / folder / "samples.npz") as a, np.load(tmp_path / "samples5" / folder / "samples.npz") as b:
+            assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1  # rounding at the uint8 boundary
 
 
 def test_evaluate_reports_metrics_with_real_floor(pipeline: Path):
@@ -96,34 +104,56 @@ def test_evaluate_reports_metrics_with_real_floor(pipeline: Path):
     assert metrics["context"]["extractor"] == "ddpmlab-classifier"
     assert metrics["context"]["num_generated"] == metrics["context"]["num_real"] == 24
     assert metrics["real"]["fid"] < metrics["fid"]  # 4 training steps cannot beat real data
+    assert set(metrics["by_steps"]) == {"30", "5"} and metrics["sample_steps"] == 30
+    assert metrics["fid"] == metrics["by_steps"]["30"]["fid"]  # the first listed step count is the headline
+    steps_rows = (pipeline / "steps.csv").read_text().splitlines()
+    assert steps_rows[0].startswith("steps,fid") and [r.split(",")[0] for r in steps_rows[1:]] == ["30", "5"]
+
+
+def test_evaluate_reports_the_nll_bound_and_its_terms(pipeline: Path):
+    nll = json.loads((pipeline / "metrics.json").read_text())["nll"]
+    assert nll["images"] == 12 and nll["variance"] == "fixed_large"
+    terms = [line.split(",") for line in (pipeline / "nll_terms.csv").read_text().splitlines()[1:]]
+    assert [row[1] for row in (terms[0], terms[1], terms[-1])] == ["L_0", "L_1", "L_T"] and len(terms) == 31  # T + 1 terms
+    bits = [float(row[2]) for row in terms]
+    assert all(b >= 0 for b in bits)
+    assert sum(bits) == pytest.approx(nll["bits_per_dim"], rel=1e-3)
+    assert nll["decoder_L0"] > 0 and nll["kl_sum"] > 0 and nll["prior_LT"] > 0
 
 
 def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
     mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ddpmlab"])
-    by_stage = {row["tags.ddpmlab.stage"]: row for _, row in runs.iterrows()}
-    train_run, eval_run = by_stage["train"], by_stage["evaluate"]
+    (train_run,) = [row for _, row in runs.iterrows() if row["tags.ddpmlab.stage"] == "train"]
+    eval_runs = {row["params.sample_steps"]: row for _, row in runs.iterrows() if row["tags.ddpmlab.stage"] == "evaluate"}
     assert train_run["params.schedule"] == "linear" and train_run["params.T"] == "30" and train_run["params.train.lr"]
-    assert eval_run["params.sampler"] == "ddpm" and eval_run["params.sample_steps"] == "30"
-    assert eval_run["params.schedule"] == "linear" and np.isfinite(eval_run["metrics.fid"])
-    assert eval_run["tags.mlflow.parentRunId"] == train_run["run_id"]
-    assert eval_run["tags.mlflow.runName"] == "linear-T30-ddpm30"
+    assert set(eval_runs) == {"30", "5"}  # one row per step count
+    for steps, eval_run in eval_runs.items():
+        assert eval_run["params.sampler"] == "ddpm" and eval_run["params.variance"] == "fixed_large" and eval_run["params.eta"] == "None"
+        assert eval_run["params.schedule"] == "linear" and np.isfinite(eval_run["metrics.fid"]) and np.isfinite(eval_run["metrics.nll_bits_per_dim"])
+        assert eval_run["tags.mlflow.parentRunId"] == train_run["run_id"]
+        assert eval_run["tags.mlflow.runName"] == f"linear-T30-ddpm{steps}"
+    assert eval_runs["30"]["metrics.fid"] != eval_runs["5"]["metrics.fid"]
+    assert np.isfinite(train_run["metrics.nll_bits_per_dim"])
+    eval_run = eval_runs["30"]
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(train_run["run_id"], "loss")
     assert [m.step for m in history] == [2, 4]
     assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(train_run["run_id"], "checkpoint")}
-    assert "samples/grid.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "samples")}
+    assert "samples/steps_comparison.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "samples")}
+    assert {"evaluation/steps.csv", "evaluation/nll_terms.csv"} <= {a.path for a in client.list_artifacts(train_run["run_id"], "evaluation")}
     assert "samples/grid.png" in {a.path for a in client.list_artifacts(eval_run["run_id"], "samples")}
 
 
 def test_report_has_every_section_and_embeds_images(pipeline: Path):
     md = (pipeline / "reports" / "report.md").read_text()
-    for text in ("## Metrics", "real data floor", "ddpmlab-classifier", "figures/samples_grid.png", "figures/forward_strip.png", "figures/schedule.png", "figures/loss.png", "figures/denoise_strip.png"):
+    figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "steps.png", "steps_comparison.png", "nll.png")
+    for text in ("## Metrics", "## Sampling steps", "## Likelihood", "real data floor", "ddpmlab-classifier", "bits/dim", *(f"figures/{f}" for f in figures)):
         assert text in md
-    for name in ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png"):
+    for name in figures:
         assert (pipeline / "reports" / "figures" / name).stat().st_size > 0
     html = (pipeline / "reports" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6  # all six figures inline: the HTML stands alone
+    assert html.count("data:image/png;base64,") == len(figures)  # every figure inline: the HTML stands alone
 
 
 def test_invalid_params_exit_with_the_config_code_before_work(tmp_path: Path):
@@ -180,11 +210,17 @@ def test_interrupted_train_stage_resumes_to_identical_weights(pipeline: Path, tm
     assert steps == ["2", "4", "6"]  # the log survives the interruption
 
 
-@pytest.mark.parametrize("objective,sampler", [("v", "ddim"), ("x0", "ddpm")])
-def test_other_objectives_and_ddim_run_through_the_stages(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective, sampler):
+@pytest.mark.parametrize(
+    "objective,sampler,train_overrides,variance",
+    [("v", "ddim", {}, "fixed_large"), ("x0", "ddpm", {"weighting": "min_snr"}, "fixed_small"), ("eps", "ddpm", {"learn_variance": True}, "learned_range")],
+)
+def test_other_objectives_losses_and_samplers_run_through_the_stages(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective, sampler, train_overrides, variance):
     isolate_mlflow(monkeypatch, tmp_path)
     params = tmp_path / "params.yaml"
-    write_tiny_params(params, sample={"sampler": sampler, "eta": 0.0, "num_samples": 8, "batch_size": 8})
+    write_tiny_params(
+        params, train=train_overrides,
+        sample={"sampler": sampler, "variance": variance, "eta": 0.0, "num_samples": 8, "batch_size": 8, "steps": [10]},
+    )  # fmt: skip
     params.write_text(params.read_text().replace("objective: eps", f"objective: {objective}"))
     invoke(
         train, "--params", params, "--data", pipeline / "data", "--out", tmp_path / "model", "--log", tmp_path / "log.csv",
@@ -194,5 +230,12 @@ def test_other_objectives_and_ddim_run_through_the_stages(pipeline: Path, tmp_pa
     invoke(sample, "--params", params, "--model", tmp_path / "model", "--out", tmp_path / "samples")
     sampling = json.loads((tmp_path / "samples" / "sampling.json").read_text())
     assert sampling["sampler"] == sampler and (sampling["eta"] == 0.0) == (sampler == "ddim")
-    with np.load(tmp_path / "samples" / "samples.npz") as f:
+    with np.load(tmp_path / "samples" / "steps-10" / "samples.npz") as f:
         assert f["images"].shape == (8, 1, 8, 8)
+    invoke(
+        evaluate, "--params", params, "--data", pipeline / "data", "--samples", tmp_path / "samples", "--model", tmp_path / "model",
+        "--classifier", pipeline / "classifier.pt", "--classifier-metrics", pipeline / "classifier.json", "--out", tmp_path / "metrics.json",
+        "--steps-csv", tmp_path / "steps.csv", "--nll-terms", tmp_path / "nll_terms.csv",
+    )  # fmt: skip
+    nll = json.loads((tmp_path / "metrics.json").read_text())["nll"]
+    assert nll["variance"] == variance and np.isfinite(nll["bits_per_dim"])

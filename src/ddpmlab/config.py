@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddpmlab.diffusion import OBJECTIVES, VARIANCES
+from ddpmlab.losses import WEIGHTINGS, TrainingLoss
 from ddpmlab.samplers import SAMPLERS
 from ddpmlab.schedules import SCHEDULES
 from ddpmlab.unet import UNetConfig
@@ -48,11 +49,16 @@ class TrainConfig:
     ema_decay: float = 0.999
     log_every: int = 25
     checkpoint_every: int = 500
+    weighting: str = "mse"
+    min_snr_gamma: float = 5.0
+    learn_variance: bool = False
+    vlb_weight: float = 0.001
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     sampler: str = "ddpm"
+    steps: tuple[int, ...] = (100, 50, 20, 10)
     variance: str = "fixed_large"
     eta: float = 0.0
     clip_x0: bool = True
@@ -74,6 +80,7 @@ class ClassifierConfig:
 class EvaluateConfig:
     batch_size: int = 500
     kid_subset_size: int = 100
+    nll_images: int = 200
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,10 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def training_loss(self) -> TrainingLoss:
+        t = self.train
+        return TrainingLoss(self.objective, t.weighting, t.min_snr_gamma, t.learn_variance, t.vlb_weight)
 
     def training_dict(self) -> dict[str, Any]:
         """The params a trained model depends on (stored in its checkpoint, logged with its run)."""
@@ -197,7 +208,24 @@ def _check_values(p: Params) -> list[str]:
     one_of("data.source", p.data.source, DATA_SOURCES)
     one_of("sample.sampler", p.sample.sampler, SAMPLERS)
     one_of("sample.variance", p.sample.variance, VARIANCES)
+    one_of("train.weighting", p.train.weighting, WEIGHTINGS)
     require(p.T >= 1, "T", p.T, "an integer >= 1")
+    require(
+        p.sample.variance != "learned_range" or p.train.learn_variance,
+        "sample.variance",
+        p.sample.variance,
+        "fixed_large or fixed_small, or learned_range together with train.learn_variance: true",
+    )
+    steps = list(p.sample.steps)
+    require(
+        len(steps) > 0 and all(1 <= s <= p.T for s in steps) and len(set(steps)) == len(steps),
+        "sample.steps",
+        steps,
+        f"a non-empty list of distinct step counts in [1, T = {p.T}]",
+    )
+    require(p.train.min_snr_gamma > 0, "train.min_snr_gamma", p.train.min_snr_gamma, "a number > 0 (5 in Hang et al. 2023)")
+    require(p.train.vlb_weight >= 0, "train.vlb_weight", p.train.vlb_weight, "a number >= 0 (0.001 in Improved DDPM)")
+    require(p.evaluate.nll_images >= 0, "evaluate.nll_images", p.evaluate.nll_images, "an integer >= 0 (0 skips the NLL)")
     require(p.sample.eta >= 0, "sample.eta", p.sample.eta, "a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
     require(0 < p.data.test_fraction < 1, "data.test_fraction", p.data.test_fraction, "a fraction in (0, 1)")
     for key, value in [

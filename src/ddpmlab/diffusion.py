@@ -10,11 +10,10 @@ Timesteps are 0-based indices: index i is the paper's t = i + 1 (see ``schedules
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ddpmlab.schedules import make_betas
 
-VARIANCES = ("fixed_large", "fixed_small")
+VARIANCES = ("fixed_large", "fixed_small", "learned_range")
 OBJECTIVES = ("eps", "x0", "v")
 
 
@@ -45,6 +44,11 @@ class DiffusionProcess:
         self.posterior_variance = betas * (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars)
         self.posterior_mean_coef_x0 = betas * self.alpha_bars_prev.sqrt() / (1.0 - self.alpha_bars)
         self.posterior_mean_coef_xt = (1.0 - self.alpha_bars_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bars)
+        # tilde-beta_1 is exactly 0 (x_0 is known given x_1 and x_0), so its log is -inf. Where a
+        # log-variance is needed at t = 1 (the decoder L_0, the learned range) use tilde-beta_2,
+        # as both the DDPM and Improved DDPM reference implementations do.
+        first = self.posterior_variance[1:2] if len(betas) > 1 else betas[:1]
+        self.posterior_log_variance_clipped = torch.cat([first, self.posterior_variance[1:]]).log()
 
     @classmethod
     def from_schedule(cls, name: str, T: int) -> DiffusionProcess:
@@ -109,17 +113,58 @@ class DiffusionProcess:
         raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
 
     def reverse_variance(self, kind: str) -> torch.Tensor:
-        """sigma_t^2 of p(x_{t-1} | x_t), shape (T,) (sec. 3.2).
+        """Fixed sigma_t^2 of p(x_{t-1} | x_t), shape (T,) (sec. 3.2).
 
         ``fixed_large``: sigma_t^2 = beta_t, optimal for x_0 ~ N(0, I) and what the paper's
         CIFAR-10 samples used. ``fixed_small``: sigma_t^2 = tilde-beta_t (posterior
         variance), optimal for x_0 deterministically set to one point.
+        At t = 1 both use tilde-beta_2 (see ``posterior_log_variance_clipped``): sampling adds
+        no noise at t = 1, so only the decoder L_0 of the likelihood ever sees this value.
         """
         if kind == "fixed_large":
-            return self.betas
+            return torch.cat([self.posterior_log_variance_clipped[:1].exp(), self.betas[1:]])
         if kind == "fixed_small":
-            return self.posterior_variance
-        raise ValueError(f"unknown reverse variance {kind!r}; allowed: {', '.join(VARIANCES)}")
+            return self.posterior_log_variance_clipped.exp()
+        allowed = ", ".join(v for v in VARIANCES if v != "learned_range")
+        raise ValueError(f"unknown fixed reverse variance {kind!r}; allowed: {allowed} (learned_range comes from the network)")
+
+    def learned_log_variance(self, raw: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log sigma_t^2 = v log beta_t + (1 - v) log tilde-beta_t with v = (raw + 1) / 2
+        (Improved DDPM, Nichol & Dhariwal 2021, eq. 15): raw in [-1, 1] spans
+        [tilde-beta_t, beta_t]. raw: (B, C, H, W), the network's variance channels."""
+        v = (raw + 1) / 2
+        return v * gather(self.betas.log(), t, raw) + (1 - v) * gather(self.posterior_log_variance_clipped, t, raw)
+
+    def p_mean_log_variance(
+        self, output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, objective: str, variance: str, clip_x0: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p_theta(x_{t-1} | x_t) (eq. 1, sec. 3.2), and x0_hat.
+
+        output: the network's raw output, (B, C, H, W), or (B, 2C, H, W) for a network that
+        also predicts its variance (the second half, used by ``learned_range``).
+        mu = tilde-mu_t(x_t, x0_hat) (eq. 7), which for eps-prediction without clipping is eq. 11.
+        Returns (mean (B, C, H, W), log-variance broadcastable to it, x0_hat (B, C, H, W)).
+        """
+        mean_output, variance_output = split_output(output, xt.shape[1])
+        x0, _ = self.x0_eps_from_output(objective, mean_output, xt, t)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        if variance == "learned_range":
+            if variance_output is None:
+                raise ValueError("variance 'learned_range' needs a network trained with train.learn_variance: true")
+            log_variance = self.learned_log_variance(variance_output, t)
+        else:
+            log_variance = gather(self.reverse_variance(variance).log(), t, xt)
+        return self.q_posterior_mean(x0, xt, t), log_variance, x0
+
+
+def split_output(output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mean part, variance part or None) of a network output with C or 2C channels."""
+    if output.shape[1] == channels:
+        return output, None
+    if output.shape[1] == 2 * channels:
+        return output[:, :channels], output[:, channels:]
+    raise ValueError(f"network output has {output.shape[1]} channels; expected {channels} or {2 * channels}")
 
 
 def spaced_timesteps(T: int, steps: int) -> list[int]:
@@ -135,20 +180,3 @@ def spaced_timesteps(T: int, steps: int) -> list[int]:
 def sample_timesteps(batch_size: int, T: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
     """t ~ Uniform({1, ..., T}) as 0-based indices, shape (B,)  (Algorithm 1, line 3)."""
     return torch.randint(0, T, (batch_size,), device=device, generator=generator)
-
-
-def simple_loss(
-    model: torch.nn.Module, process: DiffusionProcess, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, objective: str = "eps"
-) -> torch.Tensor:
-    """Unweighted MSE between the network output and its target at x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
-
-    With ``objective="eps"`` this is L_simple (eq. 14); "x0" regresses x_0 and "v" regresses
-    v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022). Averaged over every
-    pixel, which differs from a sum only by a constant factor.
-    x0, noise: (B, C, H, W) in [-1, 1] / N(0, I); t: (B,) indices. Returns a scalar.
-    """
-    targets = {"eps": lambda: noise, "x0": lambda: x0, "v": lambda: process.v_from_x0_eps(x0, t, noise)}
-    if objective not in targets:
-        raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
-    xt = process.q_sample(x0, t, noise)
-    return F.mse_loss(model(xt, t), targets[objective]())

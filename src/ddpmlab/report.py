@@ -29,7 +29,7 @@ def loss_figure(log: pd.DataFrame, path: Path) -> None:
     ax.plot(log["step"], log["loss"], color="tab:blue", label="loss (mean over log window)")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("L_simple (MSE of eps)")
+    ax.set_ylabel("training loss")
     ax.grid(True, which="both", alpha=0.3)
     lr_ax = ax.twinx()
     lr_ax.plot(log["step"], log["lr"], color="tab:orange", alpha=0.6, label="learning rate")
@@ -67,6 +67,46 @@ def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
     for ax in (ax_beta, ax_abar, ax_snr):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def steps_figure(steps: pd.DataFrame, real: dict, path: Path) -> None:
+    """FID, IS and time per sample against the number of sampling steps (log x)."""
+    fig, (ax_fid, ax_is, ax_time) = plt.subplots(1, 3, figsize=(14, 3.8))
+    ordered = steps.sort_values("steps")
+    for ax, key, label in ((ax_fid, "fid", "FID (lower is better)"), (ax_is, "is_mean", "IS (higher is better)")):
+        ax.plot(ordered["steps"], ordered[key], marker="o", color="tab:red", label="generated")
+        ax.axhline(real[key], color="tab:gray", linestyle="--", label="real-data floor")
+        ax.set(xlabel="sampling steps (log scale)", ylabel=label, title=f"{label.split(' ')[0]} vs sampling steps")
+    ax_time.plot(ordered["steps"], 1000 * ordered["seconds_per_sample"], marker="o", color="tab:blue")
+    ax_time.set(xlabel="sampling steps (log scale)", ylabel="ms per image", title="Sampling time per image")
+    for ax in (ax_fid, ax_is, ax_time):
+        ax.set_xscale("log")
+        ax.set_xticks(ordered["steps"].tolist(), [str(v) for v in ordered["steps"]])
+        ax.minorticks_off()
+        ax.grid(True, alpha=0.3)
+    ax_fid.legend(fontsize=8)
+    ax_is.legend(fontsize=8)
+    _save(fig, path)
+
+
+def nll_figure(terms: pd.DataFrame, path: Path) -> None:
+    """Bits/dim of each term of the bound against t, and the running share of the total."""
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    bits = terms["bits_per_dim"].to_numpy()
+    t = terms["t"].to_numpy()
+    ax.plot(t[1:-1], bits[1:-1], color="tab:red", label="L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))")
+    ax.scatter([t[0]], [bits[0]], color="tab:blue", zorder=3, label=f"L_0 decoder at t = 1: {bits[0]:.3f}")
+    ax.scatter([t[-1]], [max(bits[-1], 1e-8)], color="tab:green", zorder=3, label=f"L_T prior: {bits[-1]:.2g}")
+    ax.set_yscale("log")
+    ax.set(xlabel="timestep t", ylabel="bits/dim (log scale)", title=f"Where the bits are spent: total {bits.sum():.3f} bits/dim")
+    ax.grid(True, which="both", alpha=0.3)
+    share = ax.twinx()
+    share.plot(t, np.cumsum(bits) / bits.sum(), color="tab:gray", linestyle="--", label="cumulative share of the total")
+    share.set_ylim(0, 1.02)
+    share.set_ylabel("cumulative share")
+    lines = ax.get_lines() + ax.collections + share.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
     _save(fig, path)
 
 

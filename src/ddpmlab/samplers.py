@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpmlab.diffusion import DiffusionProcess
+from ddpmlab.diffusion import DiffusionProcess, split_output
 
 
 class SeededNoise:
@@ -82,7 +82,7 @@ def _predict(model, process: DiffusionProcess, x: torch.Tensor, t_index: int, ob
     """(x0_hat, eps_hat) at timestep index ``t_index`` of ``process``; with clipping, eps_hat is
     re-derived from the clipped x0_hat so the two stay consistent with x_t (eq. 4)."""
     t = torch.full((x.shape[0],), t_index, device=x.device, dtype=torch.long)
-    output = model(x, process.model_timesteps.to(x.device)[t]).to(x.dtype)
+    output, _ = split_output(model(x, process.model_timesteps.to(x.device)[t]).to(x.dtype), x.shape[1])
     x0, eps = process.x0_eps_from_output(objective, output, x, t)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
@@ -103,19 +103,22 @@ def ddpm_sample(
 ) -> torch.Tensor:
     """Ancestral sampling (Algorithm 2).
 
-    x_T ~ N(0, I); for t = T..1: x_{t-1} = tilde-mu_t(x_t, x0_hat) + sigma_t z, z = 0 at t = 1.
-    With eps-prediction and no clipping, tilde-mu_t(x_t, x0_hat) is exactly Algorithm 2's
-    mean; clipping x0_hat to [-1, 1] (the data range) is what the reference code does.
+    x_T ~ N(0, I); for t = T..1: x_{t-1} = mu_theta(x_t, t) + sigma_t z, z = 0 at t = 1, with
+    mu_theta = tilde-mu_t(x_t, x0_hat) (``DiffusionProcess.p_mean_log_variance``). With
+    eps-prediction and no clipping that is exactly Algorithm 2's mean; clipping x0_hat to
+    [-1, 1] (the data range) is what the reference code does. ``variance``: fixed_large,
+    fixed_small, or learned_range for a network trained to predict it.
     On a respaced process (``DiffusionProcess.respaced``) this is the same sampler on fewer steps.
     """
-    sigmas = process.reverse_variance(variance).sqrt()
     x = noise()
     if callback is not None:
         callback(StepInfo(step=0, total=process.T, t=process.T, x=x, x0_pred=None))
+    model_timesteps = process.model_timesteps.to(x.device)
     for step, t_index in enumerate(range(process.T - 1, -1, -1), start=1):
-        t, x0_pred, _ = _predict(model, process, x, t_index, objective, clip_x0)
-        mean = process.q_posterior_mean(x0_pred, x, t)
-        x = mean + float(sigmas[t_index]) * noise() if t_index > 0 else mean
+        t = torch.full((x.shape[0],), t_index, device=x.device, dtype=torch.long)
+        output = model(x, model_timesteps[t]).to(x.dtype)
+        mean, log_variance, x0_pred = process.p_mean_log_variance(output, x, t, objective=objective, variance=variance, clip_x0=clip_x0)
+        x = mean + torch.exp(0.5 * log_variance) * noise() if t_index > 0 else mean
         if callback is not None:
             callback(StepInfo(step=step, total=process.T, t=t_index, x=x, x0_pred=x0_pred))
     return x

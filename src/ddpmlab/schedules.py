@@ -22,14 +22,26 @@ COSINE_OFFSET = 0.008
 MAX_BETA = 0.999
 
 
+def _ramp(start: float, end: float, T: int) -> torch.Tensor:
+    """start..end in T even steps; T = 1 keeps the end, so a one-step process still ends in noise."""
+    if T == 1:
+        return torch.tensor([end], dtype=torch.float64)
+    return torch.linspace(start, end, T, dtype=torch.float64)
+
+
+def _rescale(betas_at_T1000: torch.Tensor) -> torch.Tensor:
+    """Scale by 1000 / T, which keeps sum(beta) and so alpha-bar_T about where T = 1000 puts it.
+    The clip at MAX_BETA only acts for T <= 20, where the scaled values would pass 1."""
+    return (1000.0 / len(betas_at_T1000) * betas_at_T1000).clamp(max=MAX_BETA)
+
+
 def linear_betas(T: int) -> torch.Tensor:
     """Ho et al.'s linear schedule, rescaled so any T ends as close to pure noise as T = 1000.
 
     Multiplying both endpoints by 1000 / T keeps sum(beta) (and so alpha-bar_T) roughly
     constant; this is the rescaling Improved DDPM uses for its T ablations.
     """
-    scale = 1000.0 / T
-    return torch.linspace(scale * LINEAR_BETA_START, scale * LINEAR_BETA_END, T, dtype=torch.float64)
+    return _rescale(_ramp(LINEAR_BETA_START, LINEAR_BETA_END, T))
 
 
 def cosine_alpha_bar(t_over_T: torch.Tensor) -> torch.Tensor:
@@ -51,9 +63,7 @@ def cosine_betas(T: int) -> torch.Tensor:
 def quadratic_betas(T: int) -> torch.Tensor:
     """The DDPM reference code's "quad" schedule: sqrt(beta) linear from sqrt(1e-4) to
     sqrt(0.02), rescaled by 1000 / T like ``linear``. Spends more steps at low noise."""
-    scale = 1000.0 / T
-    root = torch.linspace(math.sqrt(LINEAR_BETA_START), math.sqrt(LINEAR_BETA_END), T, dtype=torch.float64)
-    return scale * root**2
+    return _rescale(_ramp(math.sqrt(LINEAR_BETA_START), math.sqrt(LINEAR_BETA_END), T) ** 2)
 
 
 # Sigmoid schedule (Jabri, Fleet & Chen 2022; Chen 2023, "On the Importance of Noise Scheduling"):

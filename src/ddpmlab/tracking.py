@@ -97,8 +97,14 @@ def log_params(params: dict[str, Any]) -> None:
         mlflow.log_params(dict(items[start : start + 100]))
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics(metrics, step=step)
+def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    """Log to the active run, or to ``run_id`` (e.g. a finished training run)."""
+    if run_id is None:
+        mlflow.log_metrics(metrics, step=step)
+        return
+    client = mlflow.tracking.MlflowClient(tracking_uri())
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value, step=step or 0)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:

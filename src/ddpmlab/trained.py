@@ -16,9 +16,13 @@ from ddpmlab.unet import UNet, UNetConfig
 KIND = "ddpm"
 
 
-def build_unet(model_params: dict[str, Any], in_channels: int, image_size: int) -> UNet:
+def build_unet(model_params: dict[str, Any], in_channels: int, image_size: int, learn_variance: bool = False) -> UNet:
     fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in model_params.items()}
-    return UNet(UNetConfig(**fields), in_channels, image_size)
+    return UNet(UNetConfig(**fields), in_channels, image_size, out_channels=in_channels * (2 if learn_variance else 1))
+
+
+def learns_variance(training_params: dict[str, Any]) -> bool:
+    return bool(training_params["train"].get("learn_variance", False))
 
 
 def save_training(state: TrainState, training_params: dict[str, Any], in_channels: int, image_size: int, path: str | Path) -> None:
@@ -38,7 +42,7 @@ class TrainedDiffusion:
     def load(cls, path: str | Path, device: torch.device) -> TrainedDiffusion:
         payload = checkpoint.load(path, KIND)
         params = payload["params"]
-        model = build_unet(params["model"], payload["in_channels"], payload["image_size"])
+        model = build_unet(params["model"], payload["in_channels"], payload["image_size"], learns_variance(params))
         model.load_state_dict(payload["ema"])
         process = DiffusionProcess.from_schedule(params["schedule"], params["T"])
         return cls(model.to(device, memory_format=torch.channels_last).eval(), process, params, int(payload["step"]))

@@ -16,7 +16,8 @@ import torch
 
 from ddpmlab.config import TrainConfig
 from ddpmlab.data import to_model_range
-from ddpmlab.diffusion import DiffusionProcess, sample_timesteps, simple_loss
+from ddpmlab.diffusion import DiffusionProcess, sample_timesteps
+from ddpmlab.losses import TrainingLoss
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,7 +95,7 @@ def new_train_state(build_model: Callable[[], torch.nn.Module], cfg: TrainConfig
 @dataclass
 class LogRecord:
     step: int
-    loss: float  # mean simple_loss (L_simple for eps) over the steps since the last record
+    loss: float  # mean training loss (L_simple for eps / mse) over the steps since the last record
     lr: float
     images_per_s: float
 
@@ -105,7 +106,7 @@ def train(
     images: torch.Tensor,
     cfg: TrainConfig,
     *,
-    objective: str = "eps",
+    loss_fn: TrainingLoss | None = None,
     on_step: Callable[[int], None] | None = None,
     on_log: Callable[[LogRecord], None] | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
@@ -117,6 +118,7 @@ def train(
     never waits on the host in between.
     """
     device = images.device
+    loss_fn = loss_fn or TrainingLoss()
     model = state.model.train()
     window_loss = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
@@ -125,7 +127,7 @@ def train(
         x0 = to_model_range(images[idx]).contiguous(memory_format=torch.channels_last)
         t = sample_timesteps(cfg.batch_size, process.T, device, state.generator)
         noise = torch.randn(x0.shape, device=device, generator=state.generator)
-        loss = simple_loss(model, process, x0, t, noise, objective)
+        loss = loss_fn(model, process, x0, t, noise)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

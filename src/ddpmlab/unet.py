@@ -114,11 +114,16 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t). x: (B, in_channels, S, S) with S = image_size; t: (B,) -> (B, in_channels, S, S)."""
+    """eps_theta(x_t, t). x: (B, in_channels, S, S) with S = image_size; t: (B,) -> (B, out_channels, S, S).
 
-    def __init__(self, config: UNetConfig, in_channels: int, image_size: int):
+    out_channels defaults to in_channels; 2 * in_channels adds the variance interpolation
+    of a learned-variance model (Improved DDPM) after the prediction.
+    """
+
+    def __init__(self, config: UNetConfig, in_channels: int, image_size: int, out_channels: int | None = None):
         super().__init__()
         self.config, self.in_channels, self.image_size = config, in_channels, image_size
+        self.out_channels = out_channels or in_channels
         ch, groups, dropout = config.channels, config.norm_groups, config.dropout
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -161,7 +166,7 @@ class UNet(nn.Module):
             self.upsample.append(Upsample(current) if level > 0 else nn.Identity())
 
         self.norm_out = nn.GroupNorm(groups, current)
-        self.conv_out = zero_init(nn.Conv2d(current, in_channels, 3, padding=1))
+        self.conv_out = zero_init(nn.Conv2d(current, self.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.config.channels))
