@@ -164,3 +164,19 @@ def test_ddim_with_large_eta_stays_finite():
     process = DiffusionProcess.from_schedule("linear", 50).respaced(spaced_timesteps(50, 5))
     x = ddim_sample(random_unet(), process, SeededNoise(range(2), (1, 8, 8)), eta=3.0)
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("raw,fixed", [(-1.0, "fixed_small"), (1.0, "fixed_large")])
+def test_learned_range_at_its_ends_samples_like_the_fixed_variances(raw, fixed):
+    # Improved DDPM eq. 15: raw -1 is the posterior variance, raw +1 is beta_t, at every t >= 2.
+    model = random_unet()
+
+    def with_variance(x, t):
+        out = model(x, t)
+        return torch.cat([out, torch.full_like(out, raw)], dim=1)
+
+    process = DiffusionProcess.from_schedule("linear", 30).respaced(spaced_timesteps(30, 10))
+    seeds = image_seeds(5, 0, 3)
+    learned = ddpm_sample(with_variance, process, SeededNoise(seeds, (1, 8, 8)), variance="learned_range")
+    reference = ddpm_sample(model, process, SeededNoise(seeds, (1, 8, 8)), variance=fixed)
+    assert torch.allclose(learned, reference, atol=1e-5)
