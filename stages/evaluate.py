@@ -27,7 +27,10 @@ from ddpmlab.likelihood import summarize, vlb_terms
 from ddpmlab.metrics import EXTRACTOR, fidelity_metrics
 from ddpmlab.trained import TrainedDiffusion
 
-STEP_FIELDS = ("steps", "fid", "fid_ratio", "is_mean", "is_ratio", "kid_mean", "seconds_per_sample")
+STEP_FIELDS = (
+    "steps", "fid", "fid_ratio", "is_mean", "is_ratio", "kid_mean", "precision", "recall",
+    "seconds_per_sample", "images_per_s", "network_evals_per_sample",
+)  # fmt: skip
 
 
 def ratio(generated: float, real: float) -> float | None:
@@ -103,14 +106,21 @@ def main(params_path, data_dir, samples_dir, model_dir, classifier_path, classif
         with np.load(samples_dir / entry["folder"] / "samples.npz") as f:
             generated = f["images"]
         gen = rounded(fidelity_metrics(generated, test.images, **common))
-        row = {"steps": entry["steps"], **gen, "fid_ratio": ratio(gen["fid"], floor["fid"]), "is_ratio": ratio(gen["is_mean"], floor["is_mean"]), "seconds_per_sample": entry["seconds_per_sample"]}
+        row = {
+            "steps": entry["steps"], **gen, "fid_ratio": ratio(gen["fid"], floor["fid"]), "is_ratio": ratio(gen["is_mean"], floor["is_mean"]),
+            "seconds_per_sample": entry["seconds_per_sample"], "images_per_s": round(1 / entry["seconds_per_sample"], 2),
+            "network_evals_per_sample": entry["network_evals_per_sample"],
+        }  # fmt: skip
         by_steps.append(row)
-        click.echo(f"  {entry['steps']:>5} steps: FID {gen['fid']:.3f} (x{row['fid_ratio']})  IS {gen['is_mean']:.3f}  KID {gen['kid_mean']:.4f}")
+        click.echo(
+            f"  {entry['steps']:>5} steps: FID {gen['fid']:.3f} (x{row['fid_ratio']})  IS {gen['is_mean']:.3f}  KID {gen['kid_mean']:.4f}  "
+            f"precision {gen['precision']:.3f}  recall {gen['recall']:.3f}  {row['images_per_s']:.1f} img/s"
+        )
     nll, terms = estimate_nll(params, model_dir, test, device)
 
     headline = by_steps[0]
     metrics = {
-        **{k: headline[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "fid_ratio", "is_ratio", "seconds_per_sample")},
+        **{k: headline[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "fid_ratio", "is_ratio", "seconds_per_sample")},
         "sample_steps": headline["steps"],
         "nll_bits_per_dim": nll["bits_per_dim"] if nll else None,
         "real": floor,
@@ -150,6 +160,7 @@ def log_to_mlflow(params, sampling, train_info, by_steps, floor, nll, accuracy, 
                     "num_generated": sampling["num_samples"],
                     "train_run_id": train_info["run_id"],
                     "checkpoint_step": sampling["checkpoint_step"],
+                    "sampling_device": sampling["device"],
                 }
             )
             values = {k: v for k, v in row.items() if k != "steps" and v is not None}

@@ -21,6 +21,8 @@ METRIC_ROWS = [
     ("kid_mean", "KID mean (lower is better)"),
     ("is_mean", "IS mean (higher is better)"),
     ("is_std", "IS std over 10 splits"),
+    ("precision", "precision (share of generated images on the real manifold)"),
+    ("recall", "recall (share of real images covered by the generated ones)"),
 ]
 
 
@@ -91,8 +93,12 @@ def build(
         "Every step count samples the same seeds from the same checkpoint, so each image starts from the same x_T; "
         "fewer steps run the same sampler on a respaced grid of timesteps (Nichol & Dhariwal 2021)."
     )
-    step_rows = [[r.steps, r.fid, r.fid_ratio, r.is_mean, r.kid_mean, r.seconds_per_sample * 1000] for r in steps.itertuples()]
-    doc.table(["steps", "FID", "FID / real", "IS", "KID", "ms per image"], step_rows)
+    step_rows = [
+        [r.steps, r.fid, r.fid_ratio, r.is_mean, r.kid_mean, r.precision, r.recall, r.network_evals_per_sample, r.seconds_per_sample * 1000, r.images_per_s]
+        for r in steps.itertuples()
+    ]
+    doc.table(["steps", "FID", "FID / real", "IS", "KID", "precision", "recall", "network evals per image", "ms per image", "images/s"], step_rows)
+    doc.paragraph(f"Times are wall-clock seconds of the `sample` stage on {sampling['device']}, divided by the {sampling['num_samples']} images.")
     doc.image("figures/steps.png", "FID, IS and sampling time against the number of sampling steps (log x)")
     doc.image("figures/steps_comparison.png", f"The first images at each step count, one row per count ({', '.join(str(r['steps']) for r in sampling['runs'])}, top to bottom)")
 

@@ -32,6 +32,7 @@ def test_fid_of_a_set_against_itself_is_zero(digits_and_classifier):
     _, test, classifier = digits_and_classifier
     result = metrics(test.images, test.images, classifier)
     assert abs(result["fid"]) < 1e-3
+    assert result["precision"] == result["recall"] == 1.0  # every point lies in its own k-NN ball
     # KID is an unbiased MMD estimate over random subsets: zero in expectation, not exactly.
     assert abs(result["kid_mean"]) < 2 * result["kid_std"]
 

@@ -105,6 +105,10 @@ def test_evaluate_reports_metrics_with_real_floor(pipeline: Path):
     assert metrics["context"]["num_generated"] == metrics["context"]["num_real"] == 24
     assert metrics["real"]["fid"] < metrics["fid"]  # 4 training steps cannot beat real data
     assert set(metrics["by_steps"]) == {"30", "5"} and metrics["sample_steps"] == 30
+    for row in metrics["by_steps"].values():
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+        assert row["images_per_s"] == pytest.approx(1 / row["seconds_per_sample"], rel=1e-2)
+    assert metrics["by_steps"]["5"]["network_evals_per_sample"] == 5
     assert metrics["fid"] == metrics["by_steps"]["30"]["fid"]  # the first listed step count is the headline
     steps_rows = (pipeline / "steps.csv").read_text().splitlines()
     assert steps_rows[0].startswith("steps,fid") and [r.split(",")[0] for r in steps_rows[1:]] == ["30", "5"]

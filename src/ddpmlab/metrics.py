@@ -83,7 +83,8 @@ def fidelity_metrics(
     cuda: bool,
     seed: int,
 ) -> dict[str, float]:
-    """FID and KID of ``candidate`` against ``reference``, and IS of ``candidate``.
+    """FID, KID and precision / recall (Kynkaanniemi et al. 2019, k = 3 neighbourhoods) of
+    ``candidate`` against ``reference``, and IS of ``candidate``.
 
     KID uses subsets of min(kid_subset_size, len(candidate), len(reference)) images.
     """
@@ -95,6 +96,7 @@ def fidelity_metrics(
         isc=True,
         fid=True,
         kid=True,
+        prc=True,
         feature_extractor=EXTRACTOR,
         feature_extractor_weights_path=str(classifier_path),
         kid_subset_size=min(kid_subset_size, len(candidate), len(reference)),
@@ -109,4 +111,6 @@ def fidelity_metrics(
         "is_std": float(result["inception_score_std"]),
         "kid_mean": float(result["kernel_inception_distance_mean"]),
         "kid_std": float(result["kernel_inception_distance_std"]),
+        "precision": float(result["precision"]),
+        "recall": float(result["recall"]),
     }
