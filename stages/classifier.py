@@ -1,4 +1,7 @@
-"""DVC stage `classifier`: train the dataset classifier whose features FID / IS / KID are computed with."""
+"""DVC stage `classifier`: train the dataset classifier, the feature extractor of
+evaluate.feature_extractor=classifier. When it is the extractor, a test accuracy below
+classifier.min_accuracy fails the stage (after writing the checkpoint and its accuracy,
+so they can be inspected)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from tqdm import tqdm
 
 from ddpmlab import checkpoint
 from ddpmlab.classifier import CHECKPOINT_KIND as CLASSIFIER_KIND
-from ddpmlab.classifier import train_classifier
-from ddpmlab.cli import params_option, read_params, write_json
+from ddpmlab.classifier import check_accuracy, train_classifier
+from ddpmlab.cli import params_option, read_params, stage_errors, write_json
 from ddpmlab.data import ImageSet
 from ddpmlab.devices import resolve_device
 
@@ -20,6 +23,7 @@ from ddpmlab.devices import resolve_device
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Classifier checkpoint to write.")
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="JSON file for its accuracy.")
+@stage_errors
 def main(params_path: str, data_dir: Path, out: Path, metrics_path: Path) -> None:
     params = read_params(params_path)
     cfg = params.classifier
@@ -43,6 +47,8 @@ def main(params_path: str, data_dir: Path, out: Path, metrics_path: Path) -> Non
     checkpoint.save(payload, out, CLASSIFIER_KIND)
     write_json(metrics_path, {"test_accuracy": round(result.test_accuracy, 4), "train_accuracy": round(result.train_accuracy, 4)})
     click.echo(f"classifier test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f})")
+    if params.evaluate.feature_extractor == "classifier":
+        check_accuracy(result.test_accuracy, cfg.min_accuracy)
 
 
 if __name__ == "__main__":

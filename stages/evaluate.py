@@ -1,11 +1,14 @@
-"""DVC stage `evaluate`: FID, IS and KID at every sampling step count, and the NLL bound.
+"""DVC stage `evaluate`: FID, KID, IS and precision / recall at every sampling step count,
+against the test and the training split, and the NLL bound.
 
-Features come from the dataset classifier (stage `classifier`), registered with
-torch-fidelity. The same metrics for real training images vs the test split, with the
-same number of images, give the floor every generated number should be read against.
-The NLL is the variational bound in bits/dim (Ho et al. eq. 5) on evaluate.nll_images
-test images, with the model's reverse variance set by sample.variance.
-Each step count becomes one MLflow run nested under the training run.
+The protocol is explicit and recorded (metrics.json "protocol", MLflow params): the feature
+extractor (evaluate.feature_extractor), N generated images per step count (sample.num_samples;
+the paper protocol is 50,000 and FID is biased upward at small N), the real-data floor with
+the same N, the seed, and the checkpoint (EMA weights, eval mode, its training step).
+Reference features are extracted once per (data content, extractor) and cached by content
+hash (--cache-dir). The NLL is the variational bound in bits/dim (Ho et al. eq. 5) on
+evaluate.nll_images test images. Each step count becomes one MLflow run nested under the
+training run.
 """
 
 from __future__ import annotations
@@ -19,18 +22,25 @@ import torch
 from tqdm import tqdm
 
 from ddpmlab import tracking
+from ddpmlab.classifier import check_accuracy
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.config import Params, flatten
 from ddpmlab.data import ImageSet, to_model_range
 from ddpmlab.devices import resolve_device
+from ddpmlab.evaluation import SPLITS, Protocol
+from ddpmlab.feature_cache import CACHE_ENV, FeatureCache, default_cache_dir
+from ddpmlab.inception import resolve_weights
 from ddpmlab.likelihood import summarize, vlb_terms
-from ddpmlab.metrics import EXTRACTOR, fidelity_metrics
+from ddpmlab.metrics import KID_SUBSETS, PRC_NEIGHBORHOOD, Extractor
+from ddpmlab.snapshots import checkpoints_over_training, sample_checkpoint
 from ddpmlab.trained import TrainedDiffusion
 
 STEP_FIELDS = (
-    "steps", "fid", "fid_ratio", "is_mean", "is_ratio", "kid_mean", "precision", "recall",
-    "seconds_per_sample", "images_per_s", "network_evals_per_sample",
+    "steps", "fid", "fid_train", "fid_ratio", "is_mean", "is_ratio", "kid_mean", "kid_mean_train", "precision", "recall",
+    "precision_train", "recall_train", "seconds_per_sample", "images_per_s", "network_evals_per_sample",
 )  # fmt: skip
+CURVE_FIELDS = ("step", "fid", "fid_train", "is_mean", "precision", "recall")
+HEADLINE = ("fid", "fid_train", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "fid_ratio", "is_ratio", "seconds_per_sample")
 
 
 def ratio(generated: float, real: float) -> float | None:
@@ -69,11 +79,30 @@ def write_nll_terms(terms: torch.Tensor, path: Path) -> None:
             writer.writerow([i + 1, name, f"{mean[i].item():.6g}"])
 
 
-def write_steps_csv(rows: list[dict], path: Path) -> None:
+def write_rows_csv(rows: list[dict], fields: tuple[str, ...], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=STEP_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def fid_over_training(params: Params, model_dir: Path, protocol: Protocol, extractor: Extractor, device: torch.device) -> list[dict]:
+    """One row per checkpoint (EMA snapshots, then the final model): its training step and scores."""
+    if params.evaluate.snapshot_samples == 0:
+        return []
+    rows = []
+    for path in tqdm(checkpoints_over_training(model_dir), desc="snapshots", unit="checkpoint"):
+        step, images = sample_checkpoint(path, params, device)
+        rows.append({"step": step, **rounded(protocol.score(extractor(images)))})
+    return rows
+
+
+def extractor_weights(params: Params, classifier_path: Path, classifier_accuracy: float) -> Path:
+    """The extractor's weights file, after the checks that make its features trustworthy."""
+    if params.evaluate.feature_extractor == "inception-v3-compat":
+        return resolve_weights(params.evaluate.inception_weights)
+    check_accuracy(classifier_accuracy, params.classifier.min_accuracy)
+    return classifier_path
 
 
 @click.command(help=__doc__)
@@ -86,95 +115,144 @@ def write_steps_csv(rows: list[dict], path: Path) -> None:
 @click.option("--out", "metrics_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="metrics.json to write.")
 @click.option("--steps-csv", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of the metrics per step count.")
 @click.option("--nll-terms", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of the NLL bound's terms per t.")
+@click.option("--training-curve", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of FID per training checkpoint.")
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help=f"Reference-feature cache [default: ${CACHE_ENV}, else ~/.cache/ddpmlab]/features; entries are keyed by content hash.",
+)  # fmt: skip
 @stage_errors
-def main(params_path, data_dir, samples_dir, model_dir, classifier_path, classifier_metrics, metrics_path, steps_csv, nll_terms) -> None:
+def main(
+    params_path, data_dir, samples_dir, model_dir, classifier_path, classifier_metrics, metrics_path, steps_csv, nll_terms, training_curve, cache_dir
+) -> None:
     params = read_params(params_path)
     cfg = params.evaluate
-    device = resolve_device(params.device)
     sampling = read_json(samples_dir / "sampling.json")
     train_info = read_json(model_dir / "train.json")
     accuracy = read_json(classifier_metrics)["test_accuracy"]
-    train, test = ImageSet.load(data_dir / "train.npz"), ImageSet.load(data_dir / "test.npz")
-    n = min(sampling["num_samples"], len(train))
-    real = train.images[np.random.default_rng(params.seed).choice(len(train), size=n, replace=False)]
+    weights = extractor_weights(params, classifier_path, accuracy)
+    device = resolve_device(params.device)
+    data = {split: ImageSet.load(data_dir / f"{split}.npz") for split in SPLITS}
 
-    common = dict(classifier_path=classifier_path, kid_subset_size=cfg.kid_subset_size, batch_size=cfg.batch_size, cuda=device.type == "cuda", seed=params.seed)
-    click.echo(f"evaluating {sampling['num_samples']} generated images per step count and {n} real training images against {len(test)} test images ({EXTRACTOR})")
-    floor = rounded(fidelity_metrics(real, test.images, **common))
+    extractor = Extractor(cfg.feature_extractor, weights, device, cfg.batch_size)
+    cache = FeatureCache(cache_dir or default_cache_dir())
+    references, keys = {}, {}
+    for split in SPLITS:
+        references[split], keys[split] = cache.features(data[split].images, extractor.identity, extractor)
+    protocol = Protocol(references, kid_subset_size=cfg.kid_subset_size, isc_splits=cfg.isc_splits, seed=params.seed)
+    n = sampling["num_samples"]
+    floor, num_real = protocol.real_floor(n)
+    floor = rounded(floor)
+    click.echo(
+        f"{cfg.feature_extractor} features; references: test {len(data['test'])} / train {len(data['train'])} images "
+        f"({cache.hits} cached, {cache.misses} extracted); {n} generated images per step count"
+    )
+
     by_steps = []
-    for entry in sampling["runs"]:
+    for entry in tqdm(sampling["runs"], desc="evaluate", unit="step count"):
         with np.load(samples_dir / entry["folder"] / "samples.npz") as f:
-            generated = f["images"]
-        gen = rounded(fidelity_metrics(generated, test.images, **common))
+            generated = extractor(f["images"])
+        gen = rounded(protocol.score(generated))
         row = {
             "steps": entry["steps"], **gen, "fid_ratio": ratio(gen["fid"], floor["fid"]), "is_ratio": ratio(gen["is_mean"], floor["is_mean"]),
             "seconds_per_sample": entry["seconds_per_sample"], "images_per_s": round(1 / entry["seconds_per_sample"], 2),
             "network_evals_per_sample": entry["network_evals_per_sample"],
         }  # fmt: skip
         by_steps.append(row)
-        click.echo(
-            f"  {entry['steps']:>5} steps: FID {gen['fid']:.3f} (x{row['fid_ratio']})  IS {gen['is_mean']:.3f}  KID {gen['kid_mean']:.4f}  "
-            f"precision {gen['precision']:.3f}  recall {gen['recall']:.3f}  {row['images_per_s']:.1f} img/s"
+        tqdm.write(
+            f"  {entry['steps']:>5} steps: FID {gen['fid']:.3f} (x{row['fid_ratio']}; vs train {gen['fid_train']:.3f})  IS {gen['is_mean']:.3f}  "
+            f"KID {gen['kid_mean']:.4f}  precision {gen['precision']:.3f}  recall {gen['recall']:.3f}  {row['images_per_s']:.1f} img/s"
         )
-    nll, terms = estimate_nll(params, model_dir, test, device)
+    curve = fid_over_training(params, model_dir, protocol, extractor, device)
+    nll, terms = estimate_nll(params, model_dir, data["test"], device)
 
     headline = by_steps[0]
     metrics = {
-        **{k: headline[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "fid_ratio", "is_ratio", "seconds_per_sample")},
+        **{k: headline[k] for k in HEADLINE},
         "sample_steps": headline["steps"],
         "nll_bits_per_dim": nll["bits_per_dim"] if nll else None,
         "real": floor,
         "classifier_accuracy": accuracy,
         "by_steps": {str(row["steps"]): {k: v for k, v in row.items() if k != "steps"} for row in by_steps},
         "nll": nll,
-        "context": {"extractor": EXTRACTOR, "reference": "test", "num_generated": sampling["num_samples"], "num_real": n, "num_reference": len(test)},
+        "over_training": {
+            "images": cfg.snapshot_samples, "sample_steps": cfg.snapshot_steps,
+            "by_step": {str(row["step"]): {k: row[k] for k in CURVE_FIELDS[1:]} for row in curve},
+        } if curve else None,  # fmt: skip
+        "protocol": {
+            "feature_extractor": cfg.feature_extractor,
+            "extractor_weights_sha256": extractor.identity["weights_sha256"],
+            "num_generated": n,
+            "num_real": num_real,
+            "reference_images": {split: len(data[split]) for split in SPLITS},
+            "reference_keys": {split: keys[split][:16] for split in SPLITS},
+            "reference_augmented": False,
+            "seed": params.seed,
+            "sample_seed": params.sample.seed,
+            "kid_subset_size": min(cfg.kid_subset_size, n, *num_real.values()),
+            "kid_subsets": KID_SUBSETS,
+            "isc_splits": cfg.isc_splits,
+            "prc_neighborhood": PRC_NEIGHBORHOOD,
+            "checkpoint_step": sampling["checkpoint_step"],
+            "weights": sampling.get("weights", "ema"),
+            "model_mode": sampling.get("model_mode", "eval"),
+        },
     }
-    write_steps_csv(by_steps, steps_csv)
+    write_rows_csv(by_steps, STEP_FIELDS, steps_csv)
+    write_rows_csv(curve, CURVE_FIELDS, training_curve)
     if terms is not None:
         write_nll_terms(terms, nll_terms)
     else:
         nll_terms.write_text("t,term,bits_per_dim\n")
     write_json(metrics_path, metrics)
-    log_to_mlflow(params, sampling, train_info, by_steps, floor, nll, accuracy, samples_dir, metrics_path, steps_csv, nll_terms)
+    log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, metrics_path, (steps_csv, nll_terms, training_curve))
     summary = f"  NLL {nll['bits_per_dim']:.3f} bits/dim on {nll['images']} test images" if nll else ""
-    click.echo(f"FID {headline['fid']:.3f} at {headline['steps']} steps (real {floor['fid']:.3f}){summary}")
+    click.echo(f"FID {headline['fid']:.3f} vs test, {headline['fid_train']:.3f} vs train at {headline['steps']} steps (real {floor['fid']:.3f}){summary}")
 
 
-def log_to_mlflow(params, sampling, train_info, by_steps, floor, nll, accuracy, samples_dir, metrics_path, steps_csv, nll_terms) -> None:
-    """One evaluation run per step count, nested under the training run; NLL on both."""
+def protocol_params(protocol: dict) -> dict:
+    """The protocol as flat MLflow params (a run is only comparable with runs of the same protocol)."""
+    flat = flatten({k: v for k, v in protocol.items() if k not in ("reference_keys", "extractor_weights_sha256")})
+    return {**flat, "reference_splits": ",".join(SPLITS)}
+
+
+def log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, metrics_path, tables) -> None:
+    """One evaluation run per step count, nested under the training run; NLL on both; the
+    FID-over-training curve on the training run (MLflow's step axis = training step)."""
     training_params = train_info["params"]
+    nll = metrics["nll"]
     nll_metrics = {f"nll_{k}": v for k, v in nll.items() if isinstance(v, float)} if nll else {}
     for row in by_steps:
         run_name = f"{training_params['schedule']}-T{training_params['T']}-{sampling['sampler']}{row['steps']}"
         with tracking.start_run(params.tracking.experiment, run_name, "evaluate", parent_run_id=train_info["run_id"]):
             tracking.log_params(flatten(training_params))
             tracking.log_params(flatten({"sample": params.to_dict()["sample"], "evaluate": params.to_dict()["evaluate"]}))
+            tracking.log_params(protocol_params(metrics["protocol"]))
             tracking.log_params(
                 {
                     "sampler": sampling["sampler"],
                     "sample_steps": row["steps"],
                     "variance": sampling["variance"],
                     "eta": sampling["eta"],
-                    "feature_extractor": EXTRACTOR,
-                    "reference_split": "test",
-                    "num_generated": sampling["num_samples"],
                     "train_run_id": train_info["run_id"],
-                    "checkpoint_step": sampling["checkpoint_step"],
                     "sampling_device": sampling["device"],
                 }
             )
             values = {k: v for k, v in row.items() if k != "steps" and v is not None}
-            tracking.log_metrics({**values, **{f"real_{k}": v for k, v in floor.items()}, "classifier_accuracy": accuracy, **nll_metrics})
+            real = {f"real_{k}": v for k, v in metrics["real"].items()}
+            tracking.log_metrics({**values, **real, "classifier_accuracy": metrics["classifier_accuracy"], **nll_metrics})
             folder = samples_dir / f"steps-{row['steps']}"
             for name in ("grid.png", "denoise_strip.png"):
                 if (folder / name).is_file():
                     tracking.log_artifact(folder / name, "samples")
             tracking.log_artifact(metrics_path)
-    if tracking.run_exists(train_info["run_id"]):
-        tracking.log_artifact(steps_csv, "evaluation", run_id=train_info["run_id"])
+    train_run = train_info["run_id"]
+    if tracking.run_exists(train_run):
+        for table in tables:
+            tracking.log_artifact(table, "evaluation", run_id=train_run)
         if nll:
-            tracking.log_metrics(nll_metrics, run_id=train_info["run_id"])
-            tracking.log_artifact(nll_terms, "evaluation", run_id=train_info["run_id"])
+            tracking.log_metrics(nll_metrics, run_id=train_run)
+        for row in curve:
+            tracking.log_metrics({f"snapshot_{k}": row[k] for k in CURVE_FIELDS[1:]}, step=row["step"], run_id=train_run)
 
 
 if __name__ == "__main__":

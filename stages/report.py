@@ -14,15 +14,16 @@ from ddpmlab import images
 from ddpmlab.cli import read_json
 from ddpmlab.config import flatten
 from ddpmlab.data import ImageSet
-from ddpmlab.report import Document, forward_strip, loss_figure, nll_figure, schedule_figure, steps_figure
+from ddpmlab.report import Document, forward_strip, loss_figure, nll_figure, schedule_figure, steps_figure, training_curve_figure
 
-METRIC_ROWS = [
-    ("fid", "FID (lower is better)"),
-    ("kid_mean", "KID mean (lower is better)"),
-    ("is_mean", "IS mean (higher is better)"),
-    ("is_std", "IS std over 10 splits"),
-    ("precision", "precision (share of generated images on the real manifold)"),
-    ("recall", "recall (share of real images covered by the generated ones)"),
+METRIC_ROWS = [  # (key, label, depends on the reference split)
+    ("fid", "FID (lower is better)", True),
+    ("kid_mean", "KID mean (lower is better)", True),
+    ("kid_std", "KID std over subsets", True),
+    ("precision", "precision (share of generated images on the real manifold)", True),
+    ("recall", "recall (share of real images covered by the generated ones)", True),
+    ("is_mean", "IS mean (higher is better)", False),
+    ("is_std", "IS std over splits", False),
 ]
 
 
@@ -37,9 +38,37 @@ def sampler_setting(sampling: dict) -> str:
     return f"eta {sampling['eta']}" if sampling["sampler"] == "ddim" else f"variance `{sampling['variance']}`"
 
 
+def protocol_text(protocol: dict, classifier: dict) -> str:
+    """The evaluation protocol in words: what the numbers below can and cannot be compared with."""
+    if protocol["feature_extractor"] == "inception-v3-compat":
+        features = (
+            "Features: torch-fidelity's `inception-v3-compat` (the TF-Inception port published FIDs use; pool3 features "
+            f"for FID / KID / precision-recall, unbiased logits for IS), weights sha256 {protocol['extractor_weights_sha256'][:12]}."
+        )
+    else:
+        features = (
+            f"Features: the dataset classifier of the `classifier` stage (test accuracy {classifier['test_accuracy']:.3f}); "
+            "penultimate layer for FID / KID / precision-recall, logits for IS. These numbers are comparable only with "
+            "ddpmlab runs using this extractor, never with published Inception-based FIDs."
+        )
+    n, real = protocol["num_generated"], protocol["num_real"]
+    refs = protocol["reference_images"]
+    return (
+        f"{features} Model: {protocol['weights'].upper()} weights at training step {protocol['checkpoint_step']}, in "
+        f"{protocol['model_mode']} mode. {n} generated images per step count against two references, the un-augmented test "
+        f"split ({refs['test']} images, the headline) and training split ({refs['train']} images); the DDPM paper reports both "
+        f"(CIFAR-10 FID 5.24 against test, 3.17 against train). The paper protocol is 50,000 generated images: FID is biased "
+        f"upward at small N, so compare FIDs only at equal N and against the real-data floor, real images scored the same "
+        f"way ({real['test']} training images against the test split, {real['train']} test images against the training split). "
+        f"KID: {protocol['kid_subsets']} subsets of {protocol['kid_subset_size']}; IS: {protocol['isc_splits']} splits; "
+        f"precision / recall: k = {protocol['prc_neighborhood']} neighbourhoods; seed {protocol['seed']}. "
+        "The reported checkpoint is always the last one: no checkpoint is selected on the reported splits."
+    )
+
+
 def build(
     data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, classifier: dict,
-    log: pd.DataFrame, schedule: pd.DataFrame, steps: pd.DataFrame, nll_terms: pd.DataFrame, out: Path,
+    log: pd.DataFrame, schedule: pd.DataFrame, steps: pd.DataFrame, nll_terms: pd.DataFrame, curve: pd.DataFrame, out: Path,
 ) -> Document:  # fmt: skip
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -64,7 +93,7 @@ def build(
     if has_denoise:
         shutil.copyfile(headline_dir / "denoise_strip.png", figures / "denoise_strip.png")
 
-    ctx = metrics["context"]
+    protocol = metrics["protocol"]
     doc = Document(f"ddpmlab report: {params['schedule']} schedule, T = {params['T']}")
     doc.paragraph(
         f"DDPM ({params['objective']}-prediction, {loss_setting(params['train'])}) trained for {train['step']} steps on `{card['source']}` "
@@ -75,18 +104,17 @@ def build(
         f"the headline numbers are at {headline['steps']} steps ({headline['seconds_per_sample'] * 1000:.1f} ms per image)."
     )
     doc.heading("Metrics")
-    doc.paragraph(
-        f"Features: `{ctx['extractor']}`, the dataset classifier trained by the `classifier` stage "
-        f"(test accuracy {classifier['test_accuracy']:.3f}); penultimate layer for FID / KID, logits for IS. "
-        f"Reference: the {ctx['num_reference']} held-out test images. The real-data floor compares {ctx['num_real']} real "
-        f"training images with the same reference, exactly as the {ctx['num_generated']} generated images are compared. "
-        "These numbers are comparable only with other runs using this extractor and these counts, never with "
-        "published Inception-based FIDs (which use 50,000 samples)."
+    doc.paragraph(protocol_text(protocol, classifier))
+    generated = metrics["by_steps"][str(metrics["sample_steps"])]  # every metric of the headline step count
+    rows = []
+    for key, label, per_split in METRIC_ROWS:
+        train_cells = [generated[f"{key}_train"], metrics["real"][f"{key}_train"]] if per_split else ["", ""]
+        rows.append([label, generated[key], metrics["real"][key], *train_cells])
+    rows.append(["FID generated / FID real", metrics["fid_ratio"], 1.0, "", ""])
+    rows.append(["IS generated / IS real", metrics["is_ratio"], 1.0, "", ""])
+    doc.table(
+        ["metric", f"generated ({headline['steps']} steps) vs test", "real floor vs test", "generated vs train", "real floor vs train"], rows
     )
-    rows = [[label, metrics[key], metrics["real"][key]] for key, label in METRIC_ROWS]
-    rows.append(["FID generated / FID real", metrics["fid_ratio"], 1.0])
-    rows.append(["IS generated / IS real", metrics["is_ratio"], 1.0])
-    doc.table(["metric", f"generated ({headline['steps']} steps)", "real data floor"], rows)
 
     doc.heading("Sampling steps")
     doc.paragraph(
@@ -94,10 +122,12 @@ def build(
         "fewer steps run the same sampler on a respaced grid of timesteps (Nichol & Dhariwal 2021)."
     )
     step_rows = [
-        [r.steps, r.fid, r.fid_ratio, r.is_mean, r.kid_mean, r.precision, r.recall, r.network_evals_per_sample, r.seconds_per_sample * 1000, r.images_per_s]
+        [r.steps, r.fid, r.fid_train, r.fid_ratio, r.is_mean, r.kid_mean, r.precision, r.recall, r.network_evals_per_sample, r.seconds_per_sample * 1000, r.images_per_s]
         for r in steps.itertuples()
     ]
-    doc.table(["steps", "FID", "FID / real", "IS", "KID", "precision", "recall", "network evals per image", "ms per image", "images/s"], step_rows)
+    doc.table(
+        ["steps", "FID", "FID vs train", "FID / real", "IS", "KID", "precision", "recall", "network evals per image", "ms per image", "images/s"], step_rows
+    )
     doc.paragraph(f"Times are wall-clock seconds of the `sample` stage on {sampling['device']}, divided by the {sampling['num_samples']} images.")
     doc.image("figures/steps.png", "FID, IS and sampling time against the number of sampling steps (log x)")
     doc.image("figures/steps_comparison.png", f"The first images at each step count, one row per count ({', '.join(str(r['steps']) for r in sampling['runs'])}, top to bottom)")
@@ -131,6 +161,16 @@ def build(
     doc.image("figures/schedule.png", "Beta schedule, cumulative signal alpha-bar and signal-to-noise ratio; the other named schedules at the same T for reference")
     doc.heading("Training")
     doc.image("figures/loss.png", "Training loss (the objective's MSE, weighted and plus lambda L_vlb where configured)")
+    over = metrics.get("over_training")
+    if over:
+        training_curve_figure(curve, metrics["real"], figures / "fid_over_training.png")
+        doc.image(
+            "figures/fid_over_training.png",
+            f"FID of the EMA weights every train.checkpoint_every steps and at the end ({over['images']} images at "
+            f"{over['sample_steps']} steps each, so higher than the headline numbers; the dashed floors are for "
+            f"{protocol['num_generated']} images). For watching training only: "
+            "the reported checkpoint is always the final one",
+        )
     doc.heading("Params")
     doc.paragraph("Training params as stored in the checkpoint, then the sampling settings the samples were drawn with.")
     sampling_rows = [[f"sample.{k}", sampling[k]] for k in ("sampler", "variance", "eta", "clip_x0", "num_samples")]
@@ -149,11 +189,12 @@ def build(
 @click.option("--schedule", "schedule_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Schedule CSV (beta_t, alpha-bar_t).")
 @click.option("--steps-csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Metrics per sampling step count.")
 @click.option("--nll-terms", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="NLL bound terms per t.")
+@click.option("--training-curve", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="FID per training checkpoint.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.md, report.html, figures/.")
-def main(data_dir, model_dir, samples_dir, metrics_path, classifier_metrics, train_log, schedule_path, steps_csv, nll_terms, out) -> None:
+def main(data_dir, model_dir, samples_dir, metrics_path, classifier_metrics, train_log, schedule_path, steps_csv, nll_terms, training_curve, out) -> None:
     doc = build(
-        data_dir, model_dir, samples_dir, read_json(metrics_path), read_json(classifier_metrics),
-        pd.read_csv(train_log), pd.read_csv(schedule_path), pd.read_csv(steps_csv), pd.read_csv(nll_terms), out,
+        data_dir, model_dir, samples_dir, read_json(metrics_path), read_json(classifier_metrics), pd.read_csv(train_log),
+        pd.read_csv(schedule_path), pd.read_csv(steps_csv), pd.read_csv(nll_terms), pd.read_csv(training_curve), out,
     )  # fmt: skip
     (out / "report.md").write_text(doc.to_markdown())
     (out / "report.html").write_text(doc.to_html(out))

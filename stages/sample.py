@@ -20,7 +20,7 @@ from ddpmlab import images, tracking
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.data import to_uint8
 from ddpmlab.devices import resolve_device
-from ddpmlab.diffusion import DiffusionProcess, spaced_timesteps
+from ddpmlab.inception import resolve_weights
 from ddpmlab.samplers import SAMPLERS, StepInfo, TrajectoryRecorder, image_seeds, sample_seeded, sampler_options
 from ddpmlab.trained import TrainedDiffusion, learns_variance
 
@@ -29,11 +29,6 @@ COMPARISON_IMAGES = 12  # images per row of the step-count comparison grid
 
 def steps_dir(steps: int) -> str:
     return f"steps-{steps}"
-
-
-def process_for(base: DiffusionProcess, steps: int) -> DiffusionProcess:
-    """The base process itself at steps = T, else its respacing to ``steps`` timesteps."""
-    return base if steps == base.T else base.respaced(spaced_timesteps(base.T, steps))
 
 
 def save_images(samples: np.ndarray, strip: TrajectoryRecorder, seeds: list[int], folder: Path, scale: int) -> None:
@@ -55,6 +50,10 @@ def save_images(samples: np.ndarray, strip: TrajectoryRecorder, seeds: list[int]
 def main(params_path: str, model_dir: Path, out: Path) -> None:
     params = read_params(params_path)
     cfg = params.sample
+    if params.evaluate.feature_extractor == "inception-v3-compat":
+        # Fail here, not after sampling, when `evaluate` could not load its extractor (offline, no file).
+        # Not a declared param of this stage: it never changes the samples.
+        resolve_weights(params.evaluate.inception_weights)
     device = resolve_device(params.device)
     trained = TrainedDiffusion.load(model_dir / "model.pt", device)
     if cfg.variance == "learned_range" and not learns_variance(trained.params):
@@ -77,7 +76,7 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
 
             started = time.perf_counter()
             x0 = sample_seeded(
-                SAMPLERS[cfg.sampler], trained.model, process_for(trained.process, steps), seeds, image_shape,
+                SAMPLERS[cfg.sampler], trained.model, trained.process.with_steps(steps), seeds, image_shape,
                 batch_size=cfg.batch_size, device=device, callback=callback, clip_x0=cfg.clip_x0,
                 objective=trained.params["objective"], **options,
             )  # fmt: skip
@@ -106,6 +105,8 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
             "num_samples": cfg.num_samples,
             "device": str(device),
             "checkpoint_step": trained.step,
+            "weights": "ema",  # TrainedDiffusion loads the EMA weights only
+            "model_mode": "train" if trained.model.training else "eval",
             "runs": runs,
         },
     )

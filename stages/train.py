@@ -3,6 +3,8 @@
 Interrupted runs continue: every `train.checkpoint_every` steps the full training state is
 saved under --resume-dir (not a DVC output, so `dvc repro` keeps it), keyed by a
 fingerprint of the training params and data; a rerun with the same fingerprint resumes.
+The EMA weights at each of those steps are kept as snapshots (<out>/snapshots/) for the
+FID-over-training curve of `evaluate`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from ddpmlab.config import flatten
 from ddpmlab.data import ImageSet
 from ddpmlab.devices import resolve_device
 from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.trained import KIND, build_unet, save_training
+from ddpmlab.trained import KIND, build_unet, save_snapshot, save_training
 from ddpmlab.training import LogRecord, TrainState, new_train_state, train
 from ddpmlab.unet import count_parameters
 
@@ -77,6 +80,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
     model = state.model
     key = fingerprint(training_params, data_dir / "train.npz")
     resume_state, resume_info = resume_dir / f"{key}.pt", resume_dir / f"{key}.json"
+    snapshots = resume_dir / f"{key}-snapshots"  # moved to <out>/snapshots once training ends
     log_rows: list[dict] = []
     run_id = None
     if resume_state.is_file() and resume_info.is_file():
@@ -102,6 +106,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
             bar.set_postfix(loss=f"{record.loss:.4f}", img_s=f"{record.images_per_s:.0f}")
 
         def on_checkpoint(s: TrainState) -> None:
+            save_snapshot(s, training_params, in_channels, image_size, snapshots / f"step-{s.step:07d}.pt")
             save_training(s, training_params, in_channels, image_size, resume_state)
             write_json(resume_info, {"run_id": run_id, "log": log_rows})
 
@@ -110,6 +115,10 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
         seconds = time.perf_counter() - started
         out.mkdir(parents=True, exist_ok=True)
         save_training(state, training_params, in_channels, image_size, out / "model.pt")
+        shutil.rmtree(out / "snapshots", ignore_errors=True)  # from an earlier run outside DVC
+        (out / "snapshots").mkdir()
+        for snapshot in sorted(snapshots.glob("step-*.pt")):
+            shutil.move(snapshot, out / "snapshots" / snapshot.name)
         write_log_csv(log_rows, log_path)
         summary = {
             "run_id": run_id,
@@ -126,6 +135,8 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
         tracking.log_artifact(out / "train.json", "checkpoint")
     for path in (resume_state, resume_info):
         path.unlink(missing_ok=True)
+    if snapshots.is_dir():
+        snapshots.rmdir()
     click.echo(f"trained {state.step} steps in {seconds:.0f}s on {device}; final loss {summary['final_loss']}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -16,8 +17,8 @@ TINY_OVERRIDES = {
     "model": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4], "norm_groups": 4},
     "train": {"steps": 4, "batch_size": 8, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 2},
     "sample": {"steps": [30, 5], "num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
-    "classifier": {"epochs": 1},
-    "evaluate": {"batch_size": 64, "kid_subset_size": 8, "nll_images": 12},
+    "classifier": {"epochs": 1, "min_accuracy": 0.0},  # one epoch cannot reach a real threshold
+    "evaluate": {"batch_size": 64, "kid_subset_size": 8, "isc_splits": 4, "nll_images": 12, "snapshot_samples": 8, "snapshot_steps": 5},
 }
 
 
@@ -37,10 +38,38 @@ def write_tiny_params(path: Path, **section_overrides: dict) -> Path:
     return path
 
 
-def isolate_mlflow(monkeypatch: pytest.MonkeyPatch, folder: Path) -> str:
-    """Point MLflow at a SQLite store in ``folder``; the project's own mlflow.db is never touched."""
+def isolate_stores(monkeypatch: pytest.MonkeyPatch, folder: Path) -> str:
+    """Point MLflow at a SQLite store and the feature cache at a folder inside ``folder``: the
+    project's mlflow.db and the user's ~/.cache are never touched. Returns the MLflow URI."""
+    monkeypatch.setenv("DDPMLAB_CACHE", str(folder / "cache"))
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A file in the format of torch-fidelity's Inception weights (every key and shape), randomly
+    initialised: the real 91 MB file cannot be downloaded where the tests run."""
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    cls = tf_inception.FeatureExtractorInceptionV3
+    with mock.patch.object(tf_inception, "load_state_dict_from_url"), mock.patch.object(cls, "load_state_dict"):
+        module = cls("inception-v3-compat", ["2048"])
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(module.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty $TORCH_HOME and an Inception download that fails at once (a refused local port,
+    so the test never downloads even where the network is up). Returns the hub checkpoints folder."""
+    from ddpmlab import inception
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(inception, "WEIGHTS_URL", "http://127.0.0.1:9/weights-inception-2015-12-05-6726825d.pth")
+    return tmp_path / "torch" / "hub" / "checkpoints"

@@ -57,6 +57,12 @@ def with_change(path: str, value) -> dict:
         ("sample.clip_x0", "yes", "sample.clip_x0: expected bool"),
         ("evaluate.kid_subset_size", 100_000, "evaluate.kid_subset_size"),
         ("device", "tpu", "device: got 'tpu'"),
+        ("evaluate.feature_extractor", "inception", "evaluate.feature_extractor: got 'inception'; allowed: classifier, inception-v3-compat"),
+        ("evaluate.inception_weights", 3, "evaluate.inception_weights: expected str, got 3"),
+        ("evaluate.isc_splits", 501, "evaluate.isc_splits: got 501; allowed: an integer in [1, sample.num_samples = 500]"),
+        ("evaluate.snapshot_steps", 101, "evaluate.snapshot_steps: got 101; allowed: an integer in [1, T = 100]"),
+        ("evaluate.snapshot_samples", -1, "evaluate.snapshot_samples: got -1"),
+        ("classifier.min_accuracy", 1.5, "classifier.min_accuracy: got 1.5; allowed: a fraction in [0, 1]"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
@@ -74,6 +80,11 @@ def test_unknown_keys_suggest_the_closest_one():
     assert len(info.value.problems) == 2
     assert "train.stpes: unknown key; did you mean 'train.steps'?" in str(info.value)
     assert "shedule: unknown key; did you mean 'schedule'?" in str(info.value)
+
+
+def test_optional_path_accepts_null_and_a_string():
+    assert Params.from_dict(with_change("evaluate.inception_weights", None)).evaluate.inception_weights is None
+    assert Params.from_dict(with_change("evaluate.inception_weights", "/w.pth")).evaluate.inception_weights == "/w.pth"
 
 
 def test_scalar_for_a_list_param_is_accepted():

@@ -43,6 +43,7 @@ def repo(tmp_path: Path) -> tuple[Path, dict]:
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in dvc.yaml = this interpreter
         DVC_NO_ANALYTICS="1",
+        DDPMLAB_CACHE=str(tmp_path / "cache"),
         GIT_AUTHOR_NAME="ddpmlab test", GIT_AUTHOR_EMAIL="test@example.invalid",
         GIT_COMMITTER_NAME="ddpmlab test", GIT_COMMITTER_EMAIL="test@example.invalid",
     )  # fmt: skip

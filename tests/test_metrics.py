@@ -1,36 +1,39 @@
-"""FID / KID through torch-fidelity with the dataset-classifier features: sanity properties
-every trustworthy FID has, whatever the extractor (identity ~ 0, monotone in corruption)."""
+"""Sample-quality metrics: sanity properties every trustworthy FID has whatever the extractor
+(identity ~ 0, monotone in corruption), IS against closed forms, agreement with torch-fidelity's
+own one-call pipeline, and the protocol's real-data floors."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch_fidelity
 
 from ddpmlab import checkpoint
 from ddpmlab.classifier import CHECKPOINT_KIND, train_classifier
 from ddpmlab.data import load_digits, split
-from ddpmlab.metrics import fidelity_metrics
+from ddpmlab.evaluation import Protocol
+from ddpmlab.metrics import CLASSIFIER_REGISTRY_NAME, Extractor, FeatureSet, UInt8RGB, compare, inception_score
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def digits_and_classifier(tmp_path_factory: pytest.TempPathFactory):
+    """8x8 digits and a classifier trained with params.yaml's classifier settings (~15 s)."""
     train, test = split(load_digits(8), 0.2, seed=0)
-    result = train_classifier(train, test, epochs=15, batch_size=128, lr=1e-3, seed=0, device=torch.device("cpu"))
-    assert result.test_accuracy > 0.85  # features of a classifier that fails its task would test nothing
+    result = train_classifier(train, test, epochs=100, batch_size=128, lr=3e-3, seed=0, device=CPU)
+    assert result.test_accuracy > 0.97  # features of a classifier that fails its task would test nothing
     path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
     payload = {"in_channels": 1, "num_classes": result.model.num_classes, "model": result.model.state_dict(), "test_accuracy": result.test_accuracy}
     checkpoint.save(payload, path, CHECKPOINT_KIND)
-    return train, test, path
-
-
-def metrics(candidate: np.ndarray, reference: np.ndarray, classifier: Path) -> dict[str, float]:
-    return fidelity_metrics(candidate, reference, classifier, kid_subset_size=100, batch_size=256, cuda=False, seed=0)
+    return train, test, Extractor("classifier", path, CPU, batch_size=256), path
 
 
 def test_fid_of_a_set_against_itself_is_zero(digits_and_classifier):
-    _, test, classifier = digits_and_classifier
-    result = metrics(test.images, test.images, classifier)
+    _, test, extractor, _ = digits_and_classifier
+    features = extractor(test.images)
+    result = compare(features, features, kid_subset_size=100, seed=0)
     assert abs(result["fid"]) < 1e-3
     assert result["precision"] == result["recall"] == 1.0  # every point lies in its own k-NN ball
     # KID is an unbiased MMD estimate over random subsets: zero in expectation, not exactly.
@@ -38,14 +41,71 @@ def test_fid_of_a_set_against_itself_is_zero(digits_and_classifier):
 
 
 def test_fid_and_kid_grow_with_the_strength_of_added_noise(digits_and_classifier):
-    train, test, classifier = digits_and_classifier
-    rng = np.random.default_rng(0)
-    noise = rng.standard_normal(train.images.shape)
+    train, test, extractor, _ = digits_and_classifier
+    reference = extractor(test.images)
+    noise = np.random.default_rng(0).standard_normal(train.images.shape)
     fids, kids = [], []
     for std in (0, 32, 64, 128):  # in uint8 levels; below ~20 the change is within sampling noise
         noisy = np.clip(train.images + std * noise, 0, 255).round().astype(np.uint8)
-        result = metrics(noisy, test.images, classifier)
+        result = compare(extractor(noisy), reference, kid_subset_size=100, seed=0)
         fids.append(result["fid"])
         kids.append(result["kid_mean"])
-    assert fids == sorted(fids) and fids[-1] > 10 * fids[0], fids  # measured: 0.53, 0.70, 2.96, 12.7
-    assert kids[-1] > kids[0], kids
+    assert fids == sorted(fids) and fids[-1] > 10 * fids[0], fids
+    assert kids == sorted(kids), kids
+
+
+def test_inception_score_of_real_test_digits_is_close_to_the_number_of_classes(digits_and_classifier):
+    _, test, extractor, _ = digits_and_classifier
+    features = extractor(test.images)
+    whole = inception_score(features, splits=1, seed=0)["is_mean"]
+    assert 9.0 < whole <= 10.0, whole  # 10 balanced classes, confident and mostly right predictions
+    # With 10 splits p(y) is estimated from 36 images each: the marginal's entropy, hence IS, is biased low.
+    assert inception_score(features, splits=10, seed=0)["is_mean"] < whole
+
+
+def test_inception_score_matches_closed_forms():
+    labels = torch.arange(1000) % 4
+    confident = FeatureSet(torch.zeros(1000, 2), 60.0 * torch.nn.functional.one_hot(labels, 4).double())
+    assert inception_score(confident, splits=1, seed=0)["is_mean"] == pytest.approx(4.0, rel=1e-6)  # exp H(p(y)), p(y) uniform
+    skewed = FeatureSet(torch.zeros(1000, 2), 60.0 * torch.nn.functional.one_hot((labels > 0).long(), 2).double())
+    p = np.array([0.25, 0.75])
+    assert inception_score(skewed, splits=1, seed=0)["is_mean"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-6)
+    uninformative = FeatureSet(torch.zeros(1000, 2), torch.zeros(1000, 4, dtype=torch.float64))
+    assert inception_score(uninformative, splits=10, seed=0) == {"is_mean": pytest.approx(1.0), "is_std": pytest.approx(0.0, abs=1e-12)}
+
+
+def test_metrics_equal_torch_fidelitys_one_call_pipeline(digits_and_classifier):
+    train, test, extractor, path = digits_and_classifier
+    candidate = train.images[:300]
+    ours = {**compare(extractor(candidate), extractor(test.images), kid_subset_size=100, seed=3), **inception_score(extractor(candidate), splits=10, seed=3)}
+    theirs = torch_fidelity.calculate_metrics(
+        input1=UInt8RGB(candidate), input2=UInt8RGB(test.images), cuda=False, isc=True, fid=True, kid=True, prc=True,
+        feature_extractor=CLASSIFIER_REGISTRY_NAME, feature_extractor_weights_path=str(path), kid_subset_size=100,
+        rng_seed=3, save_cpu_ram=True, cache=False, verbose=False,
+    )  # fmt: skip
+    assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-9)
+    assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
+    assert ours["is_mean"] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
+    assert (ours["precision"], ours["recall"]) == (theirs["precision"], theirs["recall"])
+
+
+def test_protocol_scores_against_both_splits_and_floors_never_compare_a_set_with_itself(digits_and_classifier):
+    train, test, extractor, _ = digits_and_classifier
+    references = {"test": extractor(test.images), "train": extractor(train.images)}
+    protocol = Protocol(references, kid_subset_size=100, isc_splits=10, seed=0)
+    floor, counts = protocol.real_floor(500)
+    assert counts == {"test": 500, "train": len(test)}  # the test split has only 359 images to offer
+    assert floor["fid"] > 0.05 and floor["fid_train"] > 0.05  # a set against itself would give ~0
+    scored = protocol.score(references["train"])  # the training split scored as if it were generated
+    assert scored["fid_train"] == pytest.approx(0.0, abs=1e-3) and scored["precision_train"] == 1.0
+    assert scored["fid"] > 0.05
+    assert set(scored) == {"is_mean", "is_std"} | {f"{m}{s}" for m in ("fid", "kid_mean", "kid_std", "precision", "recall") for s in ("", "_train")}
+
+
+def test_extractor_identity_names_the_weights(digits_and_classifier, tmp_path: Path):
+    *_, extractor, path = digits_and_classifier
+    copy = tmp_path / "same.pt"
+    copy.write_bytes(path.read_bytes())
+    assert Extractor("classifier", copy, CPU, batch_size=8).identity == extractor.identity
+    with pytest.raises(ValueError, match="unknown feature extractor 'vgg'; allowed: classifier, inception-v3-compat"):
+        Extractor("vgg", path, CPU, batch_size=8)

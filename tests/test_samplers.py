@@ -87,7 +87,7 @@ def test_sample_seeded_batches_and_trajectory_recorder():
         recorder(info)
 
     seeds = [5, 6, 7]
-    zero_model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    zero_model = lambda x, t: torch.zeros_like(x)
     x0 = sample_seeded(ddpm_sample, zero_model, process, seeds, (1, 2, 2), batch_size=2, callback=callback)
     assert x0.shape == (3, 1, 2, 2)
     assert sorted(set(starts)) == [0, 2] and starts.count(0) == 13  # x_T and 12 steps per batch

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from stages import classifier, evaluate, prepare, report, sample, train
 
-from conftest import isolate_mlflow, write_tiny_params
+from conftest import isolate_stores, write_tiny_params
 from ddpmlab.cli import EXIT_CONFIG_ERROR
 
 
@@ -28,9 +28,19 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
     tmp_path = tmp_path_factory.mktemp("pipeline")
     p = write_tiny_params(tmp_path / "params.yaml")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        isolate_mlflow(monkeypatch, tmp_path)
+        isolate_stores(monkeypatch, tmp_path)
         _run_all(p, tmp_path)
     return tmp_path
+
+
+def evaluate_args(params: Path, data: Path, samples: Path, model: Path, classifier_dir: Path, out: Path) -> list:
+    """The evaluate stage's arguments: classifier.pt / classifier.json from ``classifier_dir``, outputs into ``out``."""
+    return [
+        "--params", params, "--data", data, "--samples", samples, "--model", model,
+        "--classifier", classifier_dir / "classifier.pt", "--classifier-metrics", classifier_dir / "classifier.json",
+        "--out", out / "metrics.json", "--steps-csv", out / "steps.csv", "--nll-terms", out / "nll_terms.csv",
+        "--training-curve", out / "fid_over_training.csv",
+    ]  # fmt: skip
 
 
 def _run_all(p: Path, tmp_path: Path) -> None:
@@ -41,16 +51,13 @@ def _run_all(p: Path, tmp_path: Path) -> None:
         "--schedule", tmp_path / "schedule.csv", "--resume-dir", tmp_path / "resume",
     )  # fmt: skip
     invoke(sample, "--params", p, "--model", tmp_path / "model", "--out", tmp_path / "samples")
-    invoke(
-        evaluate, "--params", p, "--data", tmp_path / "data", "--samples", tmp_path / "samples", "--model", tmp_path / "model",
-        "--classifier", tmp_path / "classifier.pt", "--classifier-metrics", tmp_path / "classifier.json", "--out", tmp_path / "metrics.json",
-        "--steps-csv", tmp_path / "steps.csv", "--nll-terms", tmp_path / "nll_terms.csv",
-    )  # fmt: skip
+    invoke(evaluate, *evaluate_args(p, tmp_path / "data", tmp_path / "samples", tmp_path / "model", tmp_path, tmp_path))
     invoke(
         report, "--data", tmp_path / "data", "--model", tmp_path / "model", "--samples", tmp_path / "samples",
         "--metrics", tmp_path / "metrics.json", "--classifier-metrics", tmp_path / "classifier.json",
         "--train-log", tmp_path / "train_log.csv", "--schedule", tmp_path / "schedule.csv",
-        "--steps-csv", tmp_path / "steps.csv", "--nll-terms", tmp_path / "nll_terms.csv", "--out", tmp_path / "reports",
+        "--steps-csv", tmp_path / "steps.csv", "--nll-terms", tmp_path / "nll_terms.csv",
+        "--training-curve", tmp_path / "fid_over_training.csv", "--out", tmp_path / "reports",
     )  # fmt: skip
 
 
@@ -71,6 +78,7 @@ def test_train_writes_checkpoint_log_and_schedule(pipeline: Path):
     assert log[0] == "step,loss,lr,images_per_s" and [row.split(",")[0] for row in log[1:]] == ["2", "4"]
     assert len((pipeline / "schedule.csv").read_text().splitlines()) == 31
     assert not list((pipeline / "resume").glob("*"))  # resume state is dropped once training finishes
+    assert [p.name for p in (pipeline / "model" / "snapshots").iterdir()] == ["step-0000002.pt"]  # EMA every checkpoint_every steps
 
 
 def test_sample_writes_images_grid_and_strip_per_step_count(pipeline: Path):
@@ -89,7 +97,7 @@ def test_sample_writes_images_grid_and_strip_per_step_count(pipeline: Path):
 
 
 def test_samples_do_not_depend_on_batch_size(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    isolate_mlflow(monkeypatch, tmp_path)
+    isolate_stores(monkeypatch, tmp_path)
     other = write_tiny_params(tmp_path / "other.yaml", sample={"batch_size": 5})
     invoke(sample, "--params", other, "--model", pipeline / "model", "--out", tmp_path / "samples5")
     for folder in ("steps-30", "steps-5"):
@@ -97,21 +105,89 @@ def test_samples_do_not_depend_on_batch_size(pipeline: Path, tmp_path: Path, mon
             assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1  # rounding at the uint8 boundary
 
 
-def test_evaluate_reports_metrics_with_real_floor(pipeline: Path):
+def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline: Path):
     metrics = json.loads((pipeline / "metrics.json").read_text())
-    for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std"):
+    for key in ("fid", "fid_train", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"):
         assert np.isfinite(metrics[key]) and np.isfinite(metrics["real"][key])
-    assert metrics["context"]["extractor"] == "ddpmlab-classifier"
-    assert metrics["context"]["num_generated"] == metrics["context"]["num_real"] == 24
-    assert metrics["real"]["fid"] < metrics["fid"]  # 4 training steps cannot beat real data
+    assert np.isfinite(metrics["real"]["fid_train"]) and np.isfinite(metrics["real"]["recall_train"])
+    assert metrics["real"]["fid"] < metrics["fid"] and metrics["real"]["fid_train"] < metrics["fid_train"]  # 4 training steps cannot beat real data
     assert set(metrics["by_steps"]) == {"30", "5"} and metrics["sample_steps"] == 30
     for row in metrics["by_steps"].values():
-        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1 and 0 <= row["precision_train"] <= 1
         assert row["images_per_s"] == pytest.approx(1 / row["seconds_per_sample"], rel=1e-2)
     assert metrics["by_steps"]["5"]["network_evals_per_sample"] == 5
     assert metrics["fid"] == metrics["by_steps"]["30"]["fid"]  # the first listed step count is the headline
     steps_rows = (pipeline / "steps.csv").read_text().splitlines()
-    assert steps_rows[0].startswith("steps,fid") and [r.split(",")[0] for r in steps_rows[1:]] == ["30", "5"]
+    assert steps_rows[0].startswith("steps,fid,fid_train") and [r.split(",")[0] for r in steps_rows[1:]] == ["30", "5"]
+
+
+def test_evaluate_scores_every_checkpoint_over_training(pipeline: Path):
+    rows = [line.split(",") for line in (pipeline / "fid_over_training.csv").read_text().splitlines()]
+    assert rows[0] == ["step", "fid", "fid_train", "is_mean", "precision", "recall"]
+    assert [row[0] for row in rows[1:]] == ["2", "4"]  # the snapshot, then the final model
+    over = json.loads((pipeline / "metrics.json").read_text())["over_training"]
+    assert (over["images"], over["sample_steps"]) == (8, 5) and list(over["by_step"]) == ["2", "4"]
+    assert all(np.isfinite(point["fid"]) and np.isfinite(point["fid_train"]) for point in over["by_step"].values())
+
+
+def test_evaluate_records_the_protocol(pipeline: Path):
+    protocol = json.loads((pipeline / "metrics.json").read_text())["protocol"]
+    card = json.loads((pipeline / "data" / "card.json").read_text())
+    assert protocol["feature_extractor"] == "classifier" and len(protocol["extractor_weights_sha256"]) == 64
+    assert protocol["num_generated"] == 24 and protocol["num_real"] == {"test": 24, "train": 24}  # the floor uses the same N
+    assert protocol["reference_images"] == {"test": card["test"]["count"], "train": card["train"]["count"]}
+    assert (protocol["checkpoint_step"], protocol["weights"], protocol["model_mode"]) == (4, "ema", "eval")
+    assert (protocol["seed"], protocol["kid_subset_size"], protocol["isc_splits"], protocol["reference_augmented"]) == (0, 8, 4, False)
+
+
+def test_a_second_evaluation_reuses_the_cached_reference_features(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    isolate_stores(monkeypatch, tmp_path)
+    monkeypatch.setenv("DDPMLAB_CACHE", str(pipeline / "cache"))  # the pipeline fixture's cache
+    result = invoke(evaluate, *evaluate_args(pipeline / "params.yaml", pipeline / "data", pipeline / "samples", pipeline / "model", pipeline, tmp_path))
+    assert "(2 cached, 0 extracted)" in result.output
+    assert json.loads((tmp_path / "metrics.json").read_text())["by_steps"] == json.loads((pipeline / "metrics.json").read_text())["by_steps"]
+
+
+def test_classifier_below_the_accuracy_threshold_fails_its_stage(pipeline: Path, tmp_path: Path):
+    strict = write_tiny_params(tmp_path / "strict.yaml", classifier={"epochs": 1, "min_accuracy": 0.999})
+    args = ["--params", strict, "--data", pipeline / "data", "--out", tmp_path / "c.pt", "--metrics", tmp_path / "c.json"]
+    result = CliRunner().invoke(classifier.main, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert "is below classifier.min_accuracy=0.999" in result.output and "evaluate.feature_extractor=inception-v3-compat" in result.output
+    assert (tmp_path / "c.json").is_file()  # written first, so the failure can be inspected
+    # Not the extractor (Inception is): the same classifier passes.
+    other = write_tiny_params(tmp_path / "other.yaml", classifier={"epochs": 1, "min_accuracy": 0.999}, evaluate={"feature_extractor": "inception-v3-compat"})
+    invoke(classifier, "--params", other, "--data", pipeline / "data", "--out", tmp_path / "c.pt", "--metrics", tmp_path / "c.json")
+
+
+def test_offline_inception_fails_sample_before_any_sampling(pipeline: Path, tmp_path: Path, offline: Path):
+    params = write_tiny_params(tmp_path / "params.yaml", evaluate={"feature_extractor": "inception-v3-compat"})
+    result = CliRunner().invoke(sample.main, ["--params", str(params), "--model", str(pipeline / "model"), "--out", str(tmp_path / "samples")])
+    assert result.exit_code == 1
+    assert "weights-inception-2015-12-05-6726825d.pth" in result.output and str(offline) in result.output
+    assert "evaluate.feature_extractor=classifier" in result.output
+    assert not (tmp_path / "samples").exists()  # nothing was sampled
+    result = CliRunner().invoke(evaluate.main, [str(a) for a in evaluate_args(params, pipeline / "data", pipeline / "samples", pipeline / "model", pipeline, tmp_path)])
+    assert result.exit_code == 1 and "could not be downloaded" in result.output
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_evaluate_with_inception_weights_from_a_local_file(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: Path, random_inception_weights: Path):
+    """The whole Inception path with a randomly initialised weights file (numbers meaningless)."""
+    isolate_stores(monkeypatch, tmp_path)
+    data = tmp_path / "data"  # a few images: Inception at 299x299 costs ~0.15 s per image on a CPU
+    data.mkdir()
+    for split, count in (("train", 40), ("test", 20)):
+        with np.load(pipeline / "data" / f"{split}.npz") as f:
+            np.savez(data / f"{split}.npz", images=f["images"][:count], labels=f["labels"][:count])
+    params = write_tiny_params(
+        tmp_path / "params.yaml", sample={"num_samples": 24}, evaluate={"feature_extractor": "inception-v3-compat", "inception_weights": str(random_inception_weights), "nll_images": 0}
+    )
+    invoke(evaluate, *evaluate_args(params, data, pipeline / "samples", pipeline / "model", pipeline, tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["protocol"]["feature_extractor"] == "inception-v3-compat"
+    assert metrics["protocol"]["num_real"] == {"test": 24, "train": 20} and metrics["protocol"]["reference_images"] == {"test": 20, "train": 40}
+    assert all(np.isfinite(metrics["by_steps"]["5"][k]) for k in ("fid", "fid_train", "is_mean", "kid_mean", "precision"))
 
 
 def test_evaluate_reports_the_nll_bound_and_its_terms(pipeline: Path):
@@ -137,12 +213,16 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
         assert eval_run["params.schedule"] == "linear" and np.isfinite(eval_run["metrics.fid"]) and np.isfinite(eval_run["metrics.nll_bits_per_dim"])
         assert eval_run["tags.mlflow.parentRunId"] == train_run["run_id"]
         assert eval_run["tags.mlflow.runName"] == f"linear-T30-ddpm{steps}"
+        protocol = ("feature_extractor", "num_generated", "num_real.test", "reference_splits", "checkpoint_step", "weights", "model_mode", "seed")
+        assert [eval_run[f"params.{k}"] for k in protocol] == ["classifier", "24", "24", "test,train", "4", "ema", "eval", "0"]
+        assert np.isfinite(eval_run["metrics.fid_train"]) and np.isfinite(eval_run["metrics.real_fid_train"])
     assert eval_runs["30"]["metrics.fid"] != eval_runs["5"]["metrics.fid"]
     assert np.isfinite(train_run["metrics.nll_bits_per_dim"])
     eval_run = eval_runs["30"]
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(train_run["run_id"], "loss")
     assert [m.step for m in history] == [2, 4]
+    assert [m.step for m in client.get_metric_history(train_run["run_id"], "snapshot_fid")] == [2, 4]  # FID over training
     assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(train_run["run_id"], "checkpoint")}
     assert "samples/steps_comparison.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "samples")}
     assert {"evaluation/steps.csv", "evaluation/nll_terms.csv"} <= {a.path for a in client.list_artifacts(train_run["run_id"], "evaluation")}
@@ -151,8 +231,8 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
 
 def test_report_has_every_section_and_embeds_images(pipeline: Path):
     md = (pipeline / "reports" / "report.md").read_text()
-    figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "steps.png", "steps_comparison.png", "nll.png")
-    for text in ("## Metrics", "## Sampling steps", "## Likelihood", "real data floor", "ddpmlab-classifier", "bits/dim", *(f"figures/{f}" for f in figures)):
+    figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "steps.png", "steps_comparison.png", "nll.png", "fid_over_training.png")
+    for text in ("## Metrics", "## Sampling steps", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
         assert text in md
     for name in figures:
         assert (pipeline / "reports" / "figures" / name).stat().st_size > 0
@@ -176,7 +256,7 @@ class SimulatedCrash(Exception):
 def test_interrupted_train_stage_resumes_to_identical_weights(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import torch
 
-    isolate_mlflow(monkeypatch, tmp_path)
+    isolate_stores(monkeypatch, tmp_path)
     params = write_tiny_params(tmp_path / "params.yaml", train={"steps": 6, "checkpoint_every": 2})
 
     def train_args(name: str) -> list:
@@ -212,6 +292,10 @@ def test_interrupted_train_stage_resumes_to_identical_weights(pipeline: Path, tm
             assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs after resume"
     steps = [row.split(",")[0] for row in (tmp_path / "resumed.csv").read_text().splitlines()[1:]]
     assert steps == ["2", "4", "6"]  # the log survives the interruption
+    for name in ("step-0000002.pt", "step-0000004.pt"):  # so do the EMA snapshots taken before it
+        straight_ema = torch.load(tmp_path / "straight" / "snapshots" / name, weights_only=True)["ema"]
+        resumed_ema = torch.load(tmp_path / "resumed" / "snapshots" / name, weights_only=True)["ema"]
+        assert all(torch.equal(straight_ema[k], resumed_ema[k]) for k in straight_ema)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +303,7 @@ def test_interrupted_train_stage_resumes_to_identical_weights(pipeline: Path, tm
     [("v", "ddim", {}, "fixed_large"), ("x0", "ddpm", {"weighting": "min_snr"}, "fixed_small"), ("eps", "ddpm", {"learn_variance": True}, "learned_range")],
 )
 def test_other_objectives_losses_and_samplers_run_through_the_stages(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective, sampler, train_overrides, variance):
-    isolate_mlflow(monkeypatch, tmp_path)
+    isolate_stores(monkeypatch, tmp_path)
     params = tmp_path / "params.yaml"
     write_tiny_params(
         params, train=train_overrides,
@@ -236,10 +320,6 @@ def test_other_objectives_losses_and_samplers_run_through_the_stages(pipeline: P
     assert sampling["sampler"] == sampler and (sampling["eta"] == 0.0) == (sampler == "ddim")
     with np.load(tmp_path / "samples" / "steps-10" / "samples.npz") as f:
         assert f["images"].shape == (8, 1, 8, 8)
-    invoke(
-        evaluate, "--params", params, "--data", pipeline / "data", "--samples", tmp_path / "samples", "--model", tmp_path / "model",
-        "--classifier", pipeline / "classifier.pt", "--classifier-metrics", pipeline / "classifier.json", "--out", tmp_path / "metrics.json",
-        "--steps-csv", tmp_path / "steps.csv", "--nll-terms", tmp_path / "nll_terms.csv",
-    )  # fmt: skip
+    invoke(evaluate, *evaluate_args(params, pipeline / "data", tmp_path / "samples", tmp_path / "model", pipeline, tmp_path))
     nll = json.loads((tmp_path / "metrics.json").read_text())["nll"]
     assert nll["variance"] == variance and np.isfinite(nll["bits_per_dim"])

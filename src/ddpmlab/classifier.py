@@ -42,6 +42,19 @@ class DigitClassifier(nn.Module):
         return features, self.head(features)
 
 
+class ClassifierTooWeak(RuntimeError):
+    """The classifier misses classifier.min_accuracy, so its features cannot be trusted as a metric."""
+
+
+def check_accuracy(test_accuracy: float, min_accuracy: float) -> None:
+    if test_accuracy < min_accuracy:
+        raise ClassifierTooWeak(
+            f"classifier test accuracy {test_accuracy:.4f} is below classifier.min_accuracy={min_accuracy}: features of a "
+            "classifier that cannot tell the classes apart make FID / IS / KID meaningless. Train it longer "
+            "(classifier.epochs, classifier.lr) or use evaluate.feature_extractor=inception-v3-compat."
+        )
+
+
 @dataclass
 class ClassifierResult:
     model: DigitClassifier

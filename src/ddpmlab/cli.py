@@ -64,11 +64,13 @@ def stage_errors(fn: Callable) -> Callable:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from ddpmlab.checkpoint import CheckpointError
+        from ddpmlab.classifier import ClassifierTooWeak
+        from ddpmlab.inception import InceptionWeightsUnavailable
         from ddpmlab.training import TrainingDiverged
 
         try:
             return fn(*args, **kwargs)
-        except (CheckpointError, TrainingDiverged, FileNotFoundError) as e:
+        except (CheckpointError, TrainingDiverged, FileNotFoundError, InceptionWeightsUnavailable, ClassifierTooWeak) as e:
             raise click.ClickException(str(e)) from e
 
     return wrapper

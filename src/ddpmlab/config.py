@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from ddpmlab.unet import UNetConfig
 
 DATA_SOURCES = ("digits",)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+FEATURE_EXTRACTORS = ("classifier", "inception-v3-compat")  # ddpmlab.metrics.EXTRACTORS (kept free of torch-fidelity)
 
 
 class ConfigError(ValueError):
@@ -71,16 +73,22 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
+    min_accuracy: float = 0.95
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    feature_extractor: str = "classifier"
+    inception_weights: str | None = None
     batch_size: int = 500
     kid_subset_size: int = 100
+    isc_splits: int = 10
     nll_images: int = 200
+    snapshot_samples: int = 200
+    snapshot_steps: int = 20
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,9 @@ _INVALID = object()
 
 def _coerce(value: Any, expected: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: null is allowed
+        (inner,) = [arg for arg in typing.get_args(expected) if arg is not type(None)]
+        return None if value is None else _coerce(value, inner, key, problems)
     if origin in (tuple, list):
         (item_type, *_) = typing.get_args(expected)
         if not isinstance(value, (list, tuple)):
@@ -209,6 +220,14 @@ def _check_values(p: Params) -> list[str]:
     one_of("sample.sampler", p.sample.sampler, SAMPLERS)
     one_of("sample.variance", p.sample.variance, VARIANCES)
     one_of("train.weighting", p.train.weighting, WEIGHTINGS)
+    one_of("evaluate.feature_extractor", p.evaluate.feature_extractor, FEATURE_EXTRACTORS)
+    require(
+        1 <= p.evaluate.isc_splits <= p.sample.num_samples,
+        "evaluate.isc_splits",
+        p.evaluate.isc_splits,
+        f"an integer in [1, sample.num_samples = {p.sample.num_samples}]",
+    )
+    require(0 <= p.classifier.min_accuracy <= 1, "classifier.min_accuracy", p.classifier.min_accuracy, "a fraction in [0, 1]")
     require(p.T >= 1, "T", p.T, "an integer >= 1")
     require(
         p.sample.variance != "learned_range" or p.train.learn_variance,
@@ -225,6 +244,8 @@ def _check_values(p: Params) -> list[str]:
     )
     require(p.train.min_snr_gamma > 0, "train.min_snr_gamma", p.train.min_snr_gamma, "a number > 0 (5 in Hang et al. 2023)")
     require(p.train.vlb_weight >= 0, "train.vlb_weight", p.train.vlb_weight, "a number >= 0 (0.001 in Improved DDPM)")
+    require(p.evaluate.snapshot_samples >= 0, "evaluate.snapshot_samples", p.evaluate.snapshot_samples, "an integer >= 0 (0 skips the curve)")
+    require(1 <= p.evaluate.snapshot_steps <= p.T, "evaluate.snapshot_steps", p.evaluate.snapshot_steps, f"an integer in [1, T = {p.T}]")
     require(p.evaluate.nll_images >= 0, "evaluate.nll_images", p.evaluate.nll_images, "an integer >= 0 (0 skips the NLL)")
     require(p.sample.eta >= 0, "sample.eta", p.sample.eta, "a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
     require(0 < p.data.test_fraction < 1, "data.test_fraction", p.data.test_fraction, "a fraction in (0, 1)")

@@ -72,6 +72,10 @@ class DiffusionProcess:
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
         return DiffusionProcess(1 - abar / abar_prev, model_timesteps=self.model_timesteps[k])
 
+    def with_steps(self, steps: int) -> DiffusionProcess:
+        """The process itself at steps = T, else its respacing to ``steps`` evenly spaced timesteps."""
+        return self if steps == self.T else self.respaced(spaced_timesteps(self.T, steps))
+
     # -- forward process -------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)  (eq. 4).

@@ -1,33 +1,55 @@
-"""FID, IS and KID through torch-fidelity, with the dataset classifier as feature extractor.
+"""FID, KID, IS and precision / recall through torch-fidelity, on features extracted once per image set.
 
-Tensors in, numbers out. Images are uint8 (N, C, H, W); torch-fidelity wants 3-channel
-uint8, so grayscale is repeated to 3 channels and the extractor reads one back.
+Images are uint8 (N, C, H, W). Each set goes through the feature extractor once
+(:class:`Extractor`); the metrics are torch-fidelity's own functions applied to those
+features, so a generated set's features serve both references (test and train split) and
+a reference set's features come from a content-keyed cache (:mod:`ddpmlab.feature_cache`).
+Extractors, by ``evaluate.feature_extractor``:
+
+- ``inception-v3-compat``: torch-fidelity's TF-Inception port (pool3 2048-d features,
+  unbiased logits), the one published FIDs use; images are resized to 299x299 inside it.
+- ``classifier``: the dataset classifier's 128-d penultimate features and its logits;
+  works offline and on tiny grayscale data, comparable only with itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from ddpmlab import checkpoint
 from ddpmlab.classifier import CHECKPOINT_KIND, DigitClassifier
 from ddpmlab.data import to_model_range
 
-EXTRACTOR = "ddpmlab-classifier"
+CLASSIFIER_REGISTRY_NAME = "ddpmlab-classifier"
+# evaluate.feature_extractor -> (torch-fidelity registry name, (FID/KID/PRC layer, IS layer))
+EXTRACTORS = {
+    "classifier": (CLASSIFIER_REGISTRY_NAME, ("features", "logits")),
+    "inception-v3-compat": ("inception-v3-compat", ("2048", "logits_unbiased")),
+}
+KID_SUBSETS = 100  # torch-fidelity's default
+PRC_NEIGHBORHOOD = 3  # k of the k-NN balls (Kynkaanniemi et al. 2019)
 
 
 class ClassifierFeatures(FeatureExtractorBase):
-    """Penultimate features (FID, KID) and logits (IS) of a trained :class:`DigitClassifier`."""
+    """Penultimate features (FID, KID, PRC) and logits (IS) of a trained :class:`DigitClassifier`."""
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
-            raise ValueError(f"{EXTRACTOR} needs feature_extractor_weights_path (a classifier checkpoint)")
+            raise ValueError(f"{CLASSIFIER_REGISTRY_NAME} needs feature_extractor_weights_path (a classifier checkpoint)")
         payload = checkpoint.load(feature_extractor_weights_path, CHECKPOINT_KIND)
         self.net = DigitClassifier(payload["in_channels"], payload["num_classes"])
         self.net.load_state_dict(payload["model"])
@@ -55,8 +77,8 @@ class ClassifierFeatures(FeatureExtractorBase):
         return tuple(by_name[name] for name in self.features_list)
 
 
-if EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-    torch_fidelity.register_feature_extractor(EXTRACTOR, ClassifierFeatures)
+if CLASSIFIER_REGISTRY_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor(CLASSIFIER_REGISTRY_NAME, ClassifierFeatures)
 
 
 class UInt8RGB(torch.utils.data.Dataset):
@@ -73,44 +95,82 @@ class UInt8RGB(torch.utils.data.Dataset):
         return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
-def fidelity_metrics(
-    candidate: np.ndarray,
-    reference: np.ndarray,
-    classifier_path: str | Path,
-    *,
-    kid_subset_size: int,
-    batch_size: int,
-    cuda: bool,
-    seed: int,
-) -> dict[str, float]:
-    """FID, KID and precision / recall (Kynkaanniemi et al. 2019, k = 3 neighbourhoods) of
-    ``candidate`` against ``reference``, and IS of ``candidate``.
+@dataclass(frozen=True)
+class FeatureSet:
+    """One image set seen by one extractor: features (N, D) for FID / KID / PRC, logits (N, K) for IS."""
 
-    KID uses subsets of min(kid_subset_size, len(candidate), len(reference)) images.
+    features: torch.Tensor
+    logits: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def subset(self, index: np.ndarray) -> FeatureSet:
+        index = torch.as_tensor(index)
+        return FeatureSet(self.features[index], self.logits[index])
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Extractor:
+    """A torch-fidelity feature extractor in eval mode; ``identity`` is what its features depend on."""
+
+    def __init__(self, kind: str, weights: str | Path, device: torch.device, batch_size: int):
+        if kind not in EXTRACTORS:
+            raise ValueError(f"unknown feature extractor {kind!r}; allowed: {', '.join(EXTRACTORS)}")
+        registry_name, self.layers = EXTRACTORS[kind]
+        self.cuda = device.type == "cuda"
+        self.batch_size = batch_size
+        self.module = create_feature_extractor(
+            registry_name, list(self.layers), cuda=self.cuda, feature_extractor_weights_path=str(weights), verbose=False
+        )
+        self.identity = {
+            "extractor": kind,
+            "layers": list(self.layers),
+            "weights_sha256": sha256_file(weights),
+            "torch_fidelity": torch_fidelity.__version__,  # Inception's resize and layers are versioned with it
+        }
+
+    def __call__(self, images: np.ndarray) -> FeatureSet:
+        features = get_featuresdict_from_dataset(
+            UInt8RGB(images), self.module, self.batch_size, self.cuda, save_cpu_ram=True, verbose=False
+        )  # save_cpu_ram: in-memory arrays, worker processes would only add start-up time
+        return FeatureSet(features[self.layers[0]], features[self.layers[1]])
+
+
+def compare(generated: FeatureSet, reference: FeatureSet, *, kid_subset_size: int, seed: int) -> dict[str, float]:
+    """FID, KID (mean, std over 100 subsets) and precision / recall of ``generated`` against ``reference``.
+
+    KID subsets have min(kid_subset_size, len(generated), len(reference)) images.
     """
-    result = torch_fidelity.calculate_metrics(
-        input1=UInt8RGB(candidate),
-        input2=UInt8RGB(reference),
-        cuda=cuda,
-        batch_size=batch_size,
-        isc=True,
-        fid=True,
-        kid=True,
-        prc=True,
-        feature_extractor=EXTRACTOR,
-        feature_extractor_weights_path=str(classifier_path),
-        kid_subset_size=min(kid_subset_size, len(candidate), len(reference)),
-        cache=False,
-        save_cpu_ram=True,  # in-memory arrays: worker processes would only add start-up time
+    fid = fid_statistics_to_metric(fid_features_to_statistics(generated.features), fid_features_to_statistics(reference.features), verbose=False)
+    kid = kid_features_to_metric(
+        generated.features,
+        reference.features,
+        kid_subsets=KID_SUBSETS,
+        kid_subset_size=min(kid_subset_size, len(generated), len(reference)),
         rng_seed=seed,
         verbose=False,
     )
+    prc = prc_features_to_metric(
+        generated.features, reference.features, prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True, verbose=False
+    )
     return {
-        "fid": float(result["frechet_inception_distance"]),
-        "is_mean": float(result["inception_score_mean"]),
-        "is_std": float(result["inception_score_std"]),
-        "kid_mean": float(result["kernel_inception_distance_mean"]),
-        "kid_std": float(result["kernel_inception_distance_std"]),
-        "precision": float(result["precision"]),
-        "recall": float(result["recall"]),
+        "fid": float(fid["frechet_inception_distance"]),
+        "kid_mean": float(kid["kernel_inception_distance_mean"]),
+        "kid_std": float(kid["kernel_inception_distance_std"]),
+        "precision": float(prc["precision"]),
+        "recall": float(prc["recall"]),
     }
+
+
+def inception_score(images: FeatureSet, *, splits: int, seed: int) -> dict[str, float]:
+    """IS = exp E_x KL(p(y|x) || p(y)), mean and std over ``splits`` disjoint splits (p(y) per split)."""
+    result = isc_features_to_metric(images.logits, splits=min(splits, len(images)), rng_seed=seed)
+    return {"is_mean": float(result["inception_score_mean"]), "is_std": float(result["inception_score_std"])}

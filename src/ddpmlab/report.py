@@ -11,14 +11,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: stages run on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-from ddpmlab.data import to_model_range, to_uint8  # noqa: E402
-from ddpmlab.diffusion import DiffusionProcess  # noqa: E402
-from ddpmlab.schedules import SCHEDULES, make_betas  # noqa: E402
+from ddpmlab.data import to_model_range, to_uint8
+from ddpmlab.diffusion import DiffusionProcess
+from ddpmlab.schedules import SCHEDULES, make_betas
 
 # -- figures ---------------------------------------------------------------------------------
 
@@ -38,6 +38,19 @@ def loss_figure(log: pd.DataFrame, path: Path) -> None:
     lines = ax.get_lines() + lr_ax.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
     ax.set_title("Training loss")
+    _save(fig, path)
+
+
+def training_curve_figure(curve: pd.DataFrame, real: dict, path: Path) -> None:
+    """FID of each training checkpoint against the test and the training split, with the real-data floors."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for key, label, color in (("fid", "vs test", "tab:red"), ("fid_train", "vs train", "tab:orange")):
+        ax.plot(curve["step"], curve[key], marker="o", color=color, label=f"EMA model {label}")
+        ax.axhline(real[key], color=color, linestyle="--", alpha=0.6, label=f"real-data floor {label}")
+    ax.set_yscale("log")
+    ax.set(xlabel="training step", ylabel="FID (log scale)", title="FID over training")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     _save(fig, path)
 
 
@@ -71,17 +84,24 @@ def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
 
 
 def steps_figure(steps: pd.DataFrame, real: dict, path: Path) -> None:
-    """FID, IS and time per sample against the number of sampling steps (log x)."""
+    """FID (against the test and the training split), IS and time per sample against the number of sampling steps (log x)."""
     fig, (ax_fid, ax_is, ax_time) = plt.subplots(1, 3, figsize=(14, 3.8))
     ordered = steps.sort_values("steps")
-    for ax, key, label in ((ax_fid, "fid", "FID (lower is better)"), (ax_is, "is_mean", "IS (higher is better)")):
-        ax.plot(ordered["steps"], ordered[key], marker="o", color="tab:red", label="generated")
-        ax.axhline(real[key], color="tab:gray", linestyle="--", label="real-data floor")
-        ax.set(xlabel="sampling steps (log scale)", ylabel=label, title=f"{label.split(' ')[0]} vs sampling steps")
+    curves = [
+        (ax_fid, "fid", "generated vs test", "tab:red"),
+        (ax_fid, "fid_train", "generated vs train", "tab:orange"),
+        (ax_is, "is_mean", "generated", "tab:red"),
+    ]
+    for ax, key, label, color in curves:
+        ax.plot(ordered["steps"], ordered[key], marker="o", color=color, label=label)
+        ax.axhline(real[key], color=color, linestyle="--", alpha=0.6, label=f"real-data floor ({label.split(' ', 1)[1]})" if " vs " in label else "real-data floor")
+    ax_fid.set(ylabel="FID (lower is better)", title="FID vs sampling steps")
+    ax_is.set(ylabel="IS (higher is better)", title="IS vs sampling steps")
     ax_time.plot(ordered["steps"], 1000 * ordered["seconds_per_sample"], marker="o", color="tab:blue")
-    ax_time.set(xlabel="sampling steps (log scale)", ylabel="ms per image", title="Sampling time per image")
+    ax_time.set(ylabel="ms per image", title="Sampling time per image")
     for ax in (ax_fid, ax_is, ax_time):
         ax.set_xscale("log")
+        ax.set_xlabel("sampling steps (log scale)")
         ax.set_xticks(ordered["steps"].tolist(), [str(v) for v in ordered["steps"]])
         ax.minorticks_off()
         ax.grid(True, alpha=0.3)

@@ -31,6 +31,12 @@ def save_training(state: TrainState, training_params: dict[str, Any], in_channel
     checkpoint.save(payload, path, KIND)
 
 
+def save_snapshot(state: TrainState, training_params: dict[str, Any], in_channels: int, image_size: int, path: str | Path) -> None:
+    """The EMA weights alone at the current step (what sampling needs, a fraction of the size); loads as TrainedDiffusion."""
+    payload = {"params": training_params, "in_channels": in_channels, "image_size": image_size, "ema": state.ema.model.state_dict(), "step": state.step}
+    checkpoint.save(payload, path, KIND)
+
+
 @dataclass
 class TrainedDiffusion:
     model: UNet  # EMA weights, eval mode

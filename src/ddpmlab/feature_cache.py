@@ -1,0 +1,68 @@
+"""Reference-set features cached on disk, keyed by the content they were computed from.
+
+The key is a SHA-256 of the images' bytes, shape and dtype together with the extractor's
+identity (name, layers, weights hash, torch-fidelity version). Changed data, a retrained
+classifier or other weights give another key, so stale statistics can never be reused;
+unchanged data is extracted once and shared by every experiment (the cache lives outside
+the repository, like torch.hub's). Entries are written to a temporary file and renamed,
+so a crash never leaves a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpmlab.metrics import FeatureSet
+
+CACHE_ENV = "DDPMLAB_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """$DDPMLAB_CACHE, else $XDG_CACHE_HOME/ddpmlab, else ~/.cache/ddpmlab; features live under features/."""
+    if os.environ.get(CACHE_ENV):
+        root = Path(os.environ[CACHE_ENV])
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpmlab"
+    return root / "features"
+
+
+def content_key(images: np.ndarray, identity: dict) -> str:
+    """SHA-256 over the extractor identity and the exact image bytes (N, C, H, W uint8)."""
+    digest = hashlib.sha256()
+    header = {"extractor": identity, "shape": list(images.shape), "dtype": str(images.dtype)}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.hits = self.misses = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def features(self, images: np.ndarray, identity: dict, extract: Callable[[np.ndarray], FeatureSet]) -> tuple[FeatureSet, str]:
+        """(features of ``images``, their key): from the cache, or extracted and stored."""
+        key = content_key(images, identity)
+        path = self.path(key)
+        if path.is_file():
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry["key"] == key and len(entry["features"]) == len(images):
+                self.hits += 1
+                return FeatureSet(entry["features"], entry["logits"]), key
+        self.misses += 1
+        result = extract(images)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel workers may race
+        torch.save({"key": key, "identity": identity, "features": result.features, "logits": result.logits}, tmp)
+        os.replace(tmp, path)
+        return result, key
