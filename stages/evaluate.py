@@ -193,8 +193,8 @@ def main(
             "isc_splits": cfg.isc_splits,
             "prc_neighborhood": PRC_NEIGHBORHOOD,
             "checkpoint_step": sampling["checkpoint_step"],
-            "weights": sampling.get("weights", "ema"),
-            "model_mode": sampling.get("model_mode", "eval"),
+            "weights": sampling["weights"],
+            "model_mode": sampling["model_mode"],
         },
     }
     write_rows_csv(by_steps, STEP_FIELDS, steps_csv)
@@ -211,8 +211,7 @@ def main(
 
 def protocol_params(protocol: dict) -> dict:
     """The protocol as flat MLflow params (a run is only comparable with runs of the same protocol)."""
-    flat = flatten({k: v for k, v in protocol.items() if k not in ("reference_keys", "extractor_weights_sha256")})
-    return {**flat, "reference_splits": ",".join(SPLITS)}
+    return {**flatten(protocol), "reference_splits": ",".join(SPLITS)}
 
 
 def log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, metrics_path, tables) -> None:

@@ -216,6 +216,7 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
         protocol = ("feature_extractor", "num_generated", "num_real.test", "reference_splits", "checkpoint_step", "weights", "model_mode", "seed")
         assert [eval_run[f"params.{k}"] for k in protocol] == ["classifier", "24", "24", "test,train", "4", "ema", "eval", "0"]
         assert np.isfinite(eval_run["metrics.fid_train"]) and np.isfinite(eval_run["metrics.real_fid_train"])
+        assert len(eval_run["params.extractor_weights_sha256"]) == 64 and len(eval_run["params.reference_keys.train"]) == 16
     assert eval_runs["30"]["metrics.fid"] != eval_runs["5"]["metrics.fid"]
     assert np.isfinite(train_run["metrics.nll_bits_per_dim"])
     eval_run = eval_runs["30"]
