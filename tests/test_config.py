@@ -96,3 +96,10 @@ def test_training_dict_excludes_sampling_and_evaluation():
     training = Params.from_dict(default_raw()).training_dict()
     assert {"schedule", "T", "model", "train", "data"} <= training.keys()
     assert not {"sample", "evaluate", "classifier", "tracking"} & training.keys()
+
+
+def test_config_lists_exactly_the_extractors_metrics_implements():
+    from ddpmlab.config import FEATURE_EXTRACTORS
+    from ddpmlab.metrics import EXTRACTORS
+
+    assert set(FEATURE_EXTRACTORS) == set(EXTRACTORS)  # config stays free of torch-fidelity, so it keeps its own copy

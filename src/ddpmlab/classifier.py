@@ -1,6 +1,7 @@
-"""A small CNN classifier of the prepared dataset, used as the FID / IS / KID feature extractor.
+"""A small CNN classifier of the prepared dataset: the feature extractor of
+``evaluate.feature_extractor: classifier``.
 
-Inception-v3 weights cannot be downloaded offline, and Inception features of 16x16
+It works offline (Inception-v3's weights are a download), and Inception features of 16x16
 grayscale digits would mean little anyway. A classifier trained on the same data gives
 features that separate its classes: its penultimate layer stands in for Inception's pool3
 (FID, KID) and its logits for Inception's logits (IS). Numbers computed with it are
