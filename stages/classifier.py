@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ddpmlab import checkpoint
 from ddpmlab.classifier import CHECKPOINT_KIND as CLASSIFIER_KIND
 from ddpmlab.classifier import check_accuracy, train_classifier
-from ddpmlab.cli import params_option, read_params, stage_errors, write_json
+from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.data import ImageSet
 from ddpmlab.devices import resolve_device
 
@@ -28,15 +28,23 @@ def main(params_path: str, data_dir: Path, out: Path, metrics_path: Path) -> Non
     params = read_params(params_path)
     cfg = params.classifier
     device = resolve_device(params.device)
+    card = read_json(data_dir / "card.json")
+    if card["num_classes"] < 2 and params.evaluate.feature_extractor != "classifier":
+        # nothing to classify, and nothing needs the classifier: record that instead of a checkpoint of nothing
+        checkpoint.save({"in_channels": card["channels"], "num_classes": card["num_classes"], "model": None, "test_accuracy": None}, out, CLASSIFIER_KIND)
+        write_json(metrics_path, {"test_accuracy": None, "train_accuracy": None, "note": "single-class data: no classifier"})
+        click.echo("single-class data: no classifier trained (evaluate uses Inception features)")
+        return
     train, test = ImageSet.load(data_dir / "train.npz"), ImageSet.load(data_dir / "test.npz")
-    with tqdm(total=cfg.epochs, desc="classifier", unit="epoch") as bar:
+    with tqdm(total=cfg.steps, desc="classifier", unit="step") as bar:
 
-        def on_epoch(epoch: int, loss: float) -> None:
+        def on_step(step: int, loss: float) -> None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}")
 
         result = train_classifier(
-            train, test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=params.seed, device=device, on_epoch=on_epoch
+            train, test, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=params.seed, device=device, on_step=on_step
         )
     payload = {
         "in_channels": result.model.in_channels,

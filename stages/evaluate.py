@@ -238,7 +238,8 @@ def log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, sample
             )
             values = {k: v for k, v in row.items() if k != "steps" and v is not None}
             real = {f"real_{k}": v for k, v in metrics["real"].items()}
-            tracking.log_metrics({**values, **real, "classifier_accuracy": metrics["classifier_accuracy"], **nll_metrics})
+            accuracy = {"classifier_accuracy": metrics["classifier_accuracy"]} if metrics["classifier_accuracy"] is not None else {}
+            tracking.log_metrics({**values, **real, **accuracy, **nll_metrics})
             folder = samples_dir / f"steps-{row['steps']}"
             for name in ("grid.png", "denoise_strip.png"):
                 if (folder / name).is_file():

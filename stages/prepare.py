@@ -1,4 +1,8 @@
-"""DVC stage `prepare`: dataset source -> uint8 train/test arrays, a dataset card and a grid of real images."""
+"""DVC stage `prepare`: dataset source -> uint8 train/test arrays, a dataset card and a grid of real images.
+
+data.source picks digits (bundled), mnist, fashion_mnist, cifar10 (local files first, then a
+download) or folder (data.root, any directory of images); see README "Datasets".
+"""
 
 from __future__ import annotations
 
@@ -9,42 +13,55 @@ import click
 import numpy as np
 
 from ddpmlab import images
-from ddpmlab.cli import params_option, read_params, write_json
-from ddpmlab.data import ImageSet, load_source, split
+from ddpmlab.cli import params_option, read_params, stage_errors, write_json
+from ddpmlab.data import ImageSet, SourceData, load_source, pixel_stats, split
 
 
-def dataset_card(source: str, train: ImageSet, test: ImageSet) -> dict:
-    pixels = np.concatenate([train.images, test.images]).astype(np.float64) / 255.0
+def content_sha256(train: ImageSet, test: ImageSet) -> str:
     digest = hashlib.sha256()
     for part in (train.images, train.labels, test.images, test.labels):
-        digest.update(np.ascontiguousarray(part).tobytes())
+        digest.update(np.ascontiguousarray(part).data)
+    return digest.hexdigest()
+
+
+def dataset_card(source: str, data: SourceData, train: ImageSet, test: ImageSet) -> dict:
+    """The prepared data in one small JSON: read by train / evaluate / report and logged to MLflow."""
+    num_classes = len(data.classes)
     return {
         "source": source,
         "image_size": int(train.images.shape[-1]),
         "channels": int(train.images.shape[1]),
-        "num_classes": int(max(train.labels.max(), test.labels.max())) + 1,
-        "train": {"count": len(train), "per_class": np.bincount(train.labels).tolist()},
-        "test": {"count": len(test), "per_class": np.bincount(test.labels).tolist()},
-        "pixel_mean": round(float(pixels.mean()), 6),
-        "pixel_std": round(float(pixels.std()), 6),
-        "content_sha256": digest.hexdigest(),
+        "num_classes": num_classes,
+        "classes": data.classes,
+        "train": {"count": len(train), "per_class": np.bincount(train.labels, minlength=num_classes).tolist()},
+        "test": {"count": len(test), "per_class": np.bincount(test.labels, minlength=num_classes).tolist()},
+        **pixel_stats(train, test),
+        "content_sha256": content_sha256(train, test),
+        "origin": data.origin,
     }
 
 
 @click.command(help=__doc__)
 @params_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@stage_errors
 def main(params_path: str, out: Path) -> None:
     params = read_params(params_path)
-    data = load_source(params.data.source, params.data.image_size)
-    train, test = split(data, params.data.test_fraction, params.seed)
+    cfg = params.data
+    data = load_source(cfg)
+    train, test = (data.train, data.test) if data.test is not None else split(data.train, cfg.test_fraction, params.seed)
     out.mkdir(parents=True, exist_ok=True)
     train.save(out / "train.npz")
     test.save(out / "test.npz")
-    write_json(out / "card.json", dataset_card(params.data.source, train, test))
-    scale = images.display_scale(params.data.image_size)
+    card = dataset_card(cfg.source, data, train, test)
+    write_json(out / "card.json", card)
+    scale = images.display_scale(cfg.image_size)
     images.save_png(images.upscale(images.grid(train.images[:64], columns=8), scale), out / "real_grid.png")
-    click.echo(f"prepared {params.data.source}: {len(train)} train / {len(test)} test images of {train.images.shape[1:]}")
+    skipped = f", {data.origin['skipped']} bad files skipped" if data.origin.get("skipped") else ""
+    click.echo(
+        f"prepared {cfg.source}: {len(train)} train / {len(test)} test images of {tuple(train.images.shape[1:])}, "
+        f"{card['num_classes']} classes{skipped}"
+    )
 
 
 if __name__ == "__main__":

@@ -171,12 +171,34 @@ def build(
             f"{protocol['num_generated']} images). For watching training only: "
             "the reported checkpoint is always the final one",
         )
+    data_section(doc, card)
     doc.heading("Params")
     doc.paragraph("Training params as stored in the checkpoint, then the sampling settings the samples were drawn with.")
     sampling_rows = [[f"sample.{k}", sampling[k]] for k in ("sampler", "variance", "eta", "clip_x0", "num_samples")]
     sampling_rows.append(["sample.steps", ", ".join(str(r["steps"]) for r in sampling["runs"])])
     doc.table(["param", "value"], [[k, v] for k, v in flatten(params).items()] + sampling_rows)
     return doc
+
+
+def data_section(doc: Document, card: dict) -> None:
+    """The dataset card: what the model was trained and evaluated on, and where it came from."""
+    origin = card.get("origin", {})
+    doc.heading("Data")
+    where = origin.get("files") or origin.get("folder") or origin.get("package", "")
+    verified = f"; {origin['verified']}" if origin.get("verified") else ""
+    doc.paragraph(f"`{card['source']}` from {where}{verified}. Content SHA-256 of the prepared arrays: `{card['content_sha256'][:16]}`.")
+    if origin.get("skipped"):
+        shown = "; ".join(origin["skipped_files"][:10])
+        doc.paragraph(f"**{origin['skipped']} of {origin['files']} files were skipped as unreadable** (data.skip_bad): {shown}.")
+    stats = ", ".join(f"{m:.3f} / {s:.3f}" for m, s in zip(card["channel_mean"], card["channel_std"]))
+    doc.table(
+        ["", "value"],
+        [["images", f"{card['channels']} x {card['image_size']} x {card['image_size']}, uint8"],
+         ["train / test", f"{card['train']['count']} / {card['test']['count']}"],
+         ["pixel mean / std per channel (0..1)", stats]],
+    )  # fmt: skip
+    classes = card.get("classes") or [str(i) for i in range(card["num_classes"])]
+    doc.table(["class", "train", "test"], [[name, tr, te] for name, tr, te in zip(classes, card["train"]["per_class"], card["test"]["per_class"])])
 
 
 @click.command(help=__doc__)

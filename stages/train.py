@@ -39,6 +39,17 @@ def fingerprint(training_params: dict, data_file: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def dataset_params(card: dict) -> dict:
+    """The dataset card's identity as run params, so runs on different data are told apart in the MLflow UI."""
+    return {
+        "dataset.source": card["source"],
+        "dataset.train_count": card["train"]["count"],
+        "dataset.test_count": card["test"]["count"],
+        "dataset.num_classes": card["num_classes"],
+        "dataset.sha256": card["content_sha256"][:16],
+    }
+
+
 def write_schedule_csv(process: DiffusionProcess, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -97,6 +108,8 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
             tracking.log_params(flatten(training_params))
             tracking.log_params({"num_parameters": count_parameters(model), "device_resolved": str(device)})
             tracking.log_artifact(data_dir / "real_grid.png", "images")
+            tracking.log_artifact(data_dir / "card.json", "data")
+            tracking.log_params(dataset_params(card))
         bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step")
 
         def on_log(record: LogRecord) -> None:
@@ -110,7 +123,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
             save_training(s, training_params, in_channels, image_size, resume_state)
             write_json(resume_info, {"run_id": run_id, "log": log_rows})
 
-        train(state, process, images, cfg, loss_fn=params.training_loss(), on_step=lambda _: bar.update(1), on_log=on_log, on_checkpoint=on_checkpoint)
+        train(state, process, images, cfg, loss_fn=params.training_loss(), hflip=params.data.hflip, on_step=lambda _: bar.update(1), on_log=on_log, on_checkpoint=on_checkpoint)
         bar.close()
         seconds = time.perf_counter() - started
         out.mkdir(parents=True, exist_ok=True)

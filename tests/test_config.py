@@ -41,8 +41,12 @@ def with_change(path: str, value) -> dict:
         ("train.steps", 1.5, "train.steps: expected int"),
         ("train.ema_decay", 1.0, "train.ema_decay"),
         ("data.image_size", 10, "data.image_size: got 10"),
-        ("data.source", "imagenet", "data.source: got 'imagenet'"),
-        ("model.attention_resolutions", [3], "model.attention_resolutions: got [3]"),
+        ("data.source", "imagenet", "data.source: got 'imagenet'; allowed: cifar10, digits, fashion_mnist, folder, mnist"),
+        ("data.channels", 2, "data.channels: got 2; allowed: null (the source's own), 1 (grayscale) or 3 (RGB)"),
+        ("data.root", " ", "data.root: got ' '"),
+        ("data.hflip", "yes", "data.hflip: expected bool"),
+        ("classifier.steps", 0, "classifier.steps: got 0"),
+        ("model.attention_levels", [3], "model.attention_levels: got [3]; allowed: levels among 0 (16x16), 1 (8x8), 2 (4x4) at data.image_size=16"),
         ("model.norm_groups", 7, "model.norm_groups: got 7"),
         ("sample.variance", "learned", "sample.variance: got 'learned'"),
         ("sample.variance", "learned_range", "learned_range together with train.learn_variance: true"),
@@ -88,8 +92,8 @@ def test_optional_path_accepts_null_and_a_string():
 
 
 def test_scalar_for_a_list_param_is_accepted():
-    # `dvc exp run -S model.attention_resolutions=8` writes a scalar
-    assert Params.from_dict(with_change("model.attention_resolutions", 8)).model.attention_resolutions == (8,)
+    # `dvc exp run -S model.attention_levels=1` writes a scalar
+    assert Params.from_dict(with_change("model.attention_levels", 1)).model.attention_levels == (1,)
 
 
 def test_training_dict_excludes_sampling_and_evaluation():

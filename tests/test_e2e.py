@@ -107,3 +107,22 @@ def wait_for_queue(dvc: list[str], clone: Path, env: dict, timeout_s: float) -> 
             return
         time.sleep(3)
     pytest.fail(f"queued experiments still running after {timeout_s}s:\n{status}")
+
+
+def test_folder_source_is_a_dvc_dependency_so_a_new_image_reruns_prepare(repo):
+    """`data.root` is templated into prepare's deps: adding an image makes prepare (and so the rest) stale."""
+    from PIL import Image
+
+    clone, env = repo
+    dvc = [sys.executable, "-m", "dvc"]
+    for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        for i in range(6):
+            (clone / "images" / label).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (12, 10), colour).save(clone / "images" / label / f"{i}.png")
+    run([*dvc, "exp", "run", "prepare", "-S", "data.source=folder", "-S", "data.root=images"], clone, env)
+    card = json.loads((clone / "data" / "prepared" / "card.json").read_text())
+    assert card["classes"] == ["blue", "red"] and card["train"]["count"] + card["test"]["count"] == 12
+    assert json.loads(run([*dvc, "status", "prepare", "--json"], clone, env)) == {}
+    Image.new("RGB", (10, 10), (0, 255, 0)).save(clone / "images" / "red" / "new.png")
+    status = json.loads(run([*dvc, "status", "prepare", "--json"], clone, env))
+    assert "prepare" in status and any("images" in json.dumps(change) for change in status["prepare"])

@@ -21,8 +21,8 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def digits_and_classifier(tmp_path_factory: pytest.TempPathFactory):
     """8x8 digits and a classifier trained with params.yaml's classifier settings (~15 s)."""
-    train, test = split(load_digits(8), 0.2, seed=0)
-    result = train_classifier(train, test, epochs=100, batch_size=128, lr=3e-3, seed=0, device=CPU)
+    train, test = split(load_digits(8, None).train, 0.2, seed=0)
+    result = train_classifier(train, test, steps=1200, batch_size=128, lr=3e-3, seed=0, device=CPU)
     assert result.test_accuracy > 0.97  # features of a classifier that fails its task would test nothing
     path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
     payload = {"in_channels": 1, "num_classes": result.model.num_classes, "model": result.model.state_dict(), "test_accuracy": result.test_accuracy}

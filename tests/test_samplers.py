@@ -30,7 +30,7 @@ def test_single_point_data_is_recovered_exactly(schedule, T, variance, clip):
 
 def random_unet() -> UNet:
     torch.manual_seed(0)
-    model = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), norm_groups=4), 1, 8)
+    model = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=4), 1, 8)
     with torch.no_grad():  # zero-initialised output layers would make eps_theta = 0 everywhere
         for p in model.parameters():
             p.normal_(0, 0.05)

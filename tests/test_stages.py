@@ -149,14 +149,14 @@ def test_a_second_evaluation_reuses_the_cached_reference_features(pipeline: Path
 
 
 def test_classifier_below_the_accuracy_threshold_fails_its_stage(pipeline: Path, tmp_path: Path):
-    strict = write_tiny_params(tmp_path / "strict.yaml", classifier={"epochs": 1, "min_accuracy": 0.999})
+    strict = write_tiny_params(tmp_path / "strict.yaml", classifier={"steps": 3, "min_accuracy": 0.999})
     args = ["--params", strict, "--data", pipeline / "data", "--out", tmp_path / "c.pt", "--metrics", tmp_path / "c.json"]
     result = CliRunner().invoke(classifier.main, [str(a) for a in args])
     assert result.exit_code == 1
     assert "is below classifier.min_accuracy=0.999" in result.output and "evaluate.feature_extractor=inception-v3-compat" in result.output
     assert (tmp_path / "c.json").is_file()  # written first, so the failure can be inspected
     # Not the extractor (Inception is): the same classifier passes.
-    other = write_tiny_params(tmp_path / "other.yaml", classifier={"epochs": 1, "min_accuracy": 0.999}, evaluate={"feature_extractor": "inception-v3-compat"})
+    other = write_tiny_params(tmp_path / "other.yaml", classifier={"steps": 3, "min_accuracy": 0.999}, evaluate={"feature_extractor": "inception-v3-compat"})
     invoke(classifier, "--params", other, "--data", pipeline / "data", "--out", tmp_path / "c.pt", "--metrics", tmp_path / "c.json")
 
 

@@ -6,7 +6,7 @@ from ddpmlab.diffusion import DiffusionProcess
 from ddpmlab.training import EMA, TrainingDiverged, new_train_state, train
 from ddpmlab.unet import UNet, UNetConfig
 
-TINY = UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), norm_groups=4, dropout=0.1)
+TINY = UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=4, dropout=0.1)
 
 
 def tiny_data(n=32):
@@ -89,3 +89,26 @@ def test_non_finite_loss_stops_training_with_the_step():
         state.model.conv_in.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="between steps 1 and 2"):
         train(state, DiffusionProcess.from_schedule("linear", 50), tiny_data(), cfg)
+
+
+def test_hflip_mirrors_about_half_of_each_batch_and_is_off_by_default():
+    """A recording loss sees the x_0 batches: with hflip each image is either itself or its exact mirror."""
+    images = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8).repeat(16, 1, 1, 1)  # one asymmetric image
+    seen = []
+
+    def recording_loss(model, process, x0, t, noise):
+        seen.append(x0.detach().clone())
+        return model(x0, t).pow(2).mean()
+
+    cfg = TrainConfig(steps=20, batch_size=16, log_every=10, checkpoint_every=100)
+    process = DiffusionProcess.from_schedule("linear", 10)
+    for flag in (False, True):
+        seen.clear()
+        train(make_state(cfg), process, images, cfg, loss_fn=recording_loss, hflip=flag)
+        batches = torch.cat(seen)
+        original = images[:1].float().div(127.5).sub(1)
+        is_original = (batches == original).flatten(1).all(1)
+        is_mirror = (batches == original.flip(-1)).flatten(1).all(1)
+        assert (is_original | is_mirror).all()
+        mirrored = is_mirror.float().mean().item()
+        assert mirrored == 0.0 if not flag else 0.4 < mirrored < 0.6  # 320 fair coin flips

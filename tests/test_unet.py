@@ -3,7 +3,7 @@ import torch
 
 from ddpmlab.unet import UNet, UNetConfig, count_parameters, timestep_embedding
 
-DDPM_CIFAR10 = UNetConfig(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,), dropout=0.1, norm_groups=32)
+DDPM_CIFAR10 = UNetConfig(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), dropout=0.1, norm_groups=32)
 
 
 def test_ddpm_cifar10_network_has_35_7M_parameters():
@@ -15,9 +15,9 @@ def test_ddpm_cifar10_network_has_35_7M_parameters():
 @pytest.mark.parametrize(
     "config,channels,size",
     [
-        (UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), norm_groups=4), 1, 8),
-        (UNetConfig(channels=8, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(), norm_groups=2), 3, 16),
-        (UNetConfig(channels=16, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(12,), norm_groups=8), 3, 12),
+        (UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=4), 1, 8),
+        (UNetConfig(channels=8, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(), norm_groups=2), 3, 16),
+        (UNetConfig(channels=16, channel_mult=(1,), num_res_blocks=1, attention_levels=(0,), norm_groups=8), 3, 12),
     ],
 )
 def test_output_has_input_shape(config, channels, size):
@@ -28,7 +28,7 @@ def test_output_has_input_shape(config, channels, size):
 
 def test_output_depends_on_timestep_once_zero_initialised_layers_are_trained():
     torch.manual_seed(0)
-    model = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(), norm_groups=4), 1, 8).eval()
+    model = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), norm_groups=4), 1, 8).eval()
     x = torch.randn(1, 1, 8, 8)
     assert torch.count_nonzero(model(x, torch.tensor([3]))) == 0  # zero-initialised output layer
     with torch.no_grad():  # stand-in for training: residual branches and output become non-zero

@@ -65,12 +65,13 @@ def stage_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from ddpmlab.checkpoint import CheckpointError
         from ddpmlab.classifier import ClassifierTooWeak
+        from ddpmlab.data import DataUnavailable
         from ddpmlab.inception import InceptionWeightsUnavailable
         from ddpmlab.training import TrainingDiverged
 
         try:
             return fn(*args, **kwargs)
-        except (CheckpointError, TrainingDiverged, FileNotFoundError, InceptionWeightsUnavailable, ClassifierTooWeak) as e:
+        except (CheckpointError, TrainingDiverged, FileNotFoundError, InceptionWeightsUnavailable, ClassifierTooWeak, DataUnavailable) as e:
             raise click.ClickException(str(e)) from e
 
     return wrapper

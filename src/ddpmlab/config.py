@@ -14,13 +14,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddpmlab.data import SOURCES
 from ddpmlab.diffusion import OBJECTIVES, VARIANCES
 from ddpmlab.losses import WEIGHTINGS, TrainingLoss
 from ddpmlab.samplers import SAMPLERS
 from ddpmlab.schedules import SCHEDULES
 from ddpmlab.unet import UNetConfig
 
-DATA_SOURCES = ("digits",)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FEATURE_EXTRACTORS = ("classifier", "inception-v3-compat")  # ddpmlab.metrics.EXTRACTORS (kept free of torch-fidelity)
 
@@ -36,8 +36,12 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "digits"
+    root: str = "data/raw"
     image_size: int = 16
+    channels: int | None = None
     test_fraction: float = 0.2
+    hflip: bool = False
+    skip_bad: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,10 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    epochs: int = 100
+    steps: int = 1200
     batch_size: int = 128
     lr: float = 3e-3
-    min_accuracy: float = 0.95
+    min_accuracy: float = 0.75
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,7 @@ def _coerce(value: Any, expected: Any, key: str, problems: list[str]) -> Any:
     if origin in (tuple, list):
         (item_type, *_) = typing.get_args(expected)
         if not isinstance(value, (list, tuple)):
-            value = [value]  # `dvc exp run -S model.attention_resolutions=8` gives a scalar
+            value = [value]  # `dvc exp run -S model.attention_levels=1` gives a scalar
         items = [_coerce(v, item_type, f"{key}[{i}]", problems) for i, v in enumerate(value)]
         return _INVALID if _INVALID in items else tuple(items)
     ok = {
@@ -216,7 +220,9 @@ def _check_values(p: Params) -> list[str]:
     one_of("schedule", p.schedule, SCHEDULES)
     one_of("objective", p.objective, OBJECTIVES)
     one_of("device", p.device, DEVICES)
-    one_of("data.source", p.data.source, DATA_SOURCES)
+    one_of("data.source", p.data.source, SOURCES)
+    require(p.data.channels in (None, 1, 3), "data.channels", p.data.channels, "null (the source's own), 1 (grayscale) or 3 (RGB)")
+    require(bool(p.data.root.strip()), "data.root", p.data.root, "a directory path (dataset files, or the images of data.source=folder)")
     one_of("sample.sampler", p.sample.sampler, SAMPLERS)
     one_of("sample.variance", p.sample.variance, VARIANCES)
     one_of("train.weighting", p.train.weighting, WEIGHTINGS)
@@ -257,7 +263,7 @@ def _check_values(p: Params) -> list[str]:
         ("sample.num_samples", p.sample.num_samples),
         ("sample.batch_size", p.sample.batch_size),
         ("sample.strip_columns", p.sample.strip_columns),
-        ("classifier.epochs", p.classifier.epochs),
+        ("classifier.steps", p.classifier.steps),
         ("classifier.batch_size", p.classifier.batch_size),
         ("evaluate.batch_size", p.evaluate.batch_size),
         ("model.channels", p.model.channels),
@@ -297,8 +303,7 @@ def _check_architecture(m: UNetConfig, image_size: int) -> list[str]:
     bad_groups = sorted({m.channels * c for c in m.channel_mult if (m.channels * c) % m.norm_groups})
     if bad_groups:
         problems.append(f"model.norm_groups: got {m.norm_groups}; allowed: a divisor of every level's width {bad_groups}")
-    available = m.resolutions(image_size)
-    missing = [r for r in m.attention_resolutions if r not in available]
-    if missing:
-        problems.append(f"model.attention_resolutions: got {list(m.attention_resolutions)}; allowed: values among {available}")
+    levels_at = ", ".join(f"{i} ({size}x{size})" for i, size in enumerate(m.resolutions(image_size)))
+    if any(level not in range(levels) for level in m.attention_levels):
+        problems.append(f"model.attention_levels: got {list(m.attention_levels)}; allowed: levels among {levels_at} at data.image_size={image_size}")
     return problems

@@ -107,6 +107,7 @@ def train(
     cfg: TrainConfig,
     *,
     loss_fn: TrainingLoss | None = None,
+    hflip: bool = False,
     on_step: Callable[[int], None] | None = None,
     on_log: Callable[[LogRecord], None] | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
@@ -114,7 +115,9 @@ def train(
     """Run from ``state.step`` to ``cfg.steps``.
 
     images: (N, C, H, W) uint8 on the training device; batches are drawn uniformly with
-    replacement. The loss is read back every ``cfg.log_every`` steps only, so the device
+    replacement. ``hflip`` mirrors a random half of each batch (DDPM's CIFAR-10 augmentation);
+    its coin flips come from the same generator, drawn only when enabled, so runs without it
+    are unchanged. The loss is read back every ``cfg.log_every`` steps only, so the device
     never waits on the host in between.
     """
     device = images.device
@@ -124,7 +127,11 @@ def train(
     window_start, window_steps = time.perf_counter(), 0
     while state.step < cfg.steps:
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), device=device, generator=state.generator)
-        x0 = to_model_range(images[idx]).contiguous(memory_format=torch.channels_last)
+        x0 = to_model_range(images[idx])
+        if hflip:
+            flip = torch.rand(cfg.batch_size, device=device, generator=state.generator) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        x0 = x0.contiguous(memory_format=torch.channels_last)
         t = sample_timesteps(cfg.batch_size, process.T, device, state.generator)
         noise = torch.randn(x0.shape, device=device, generator=state.generator)
         loss = loss_fn(model, process, x0, t, noise)

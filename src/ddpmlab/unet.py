@@ -1,7 +1,7 @@
 """The DDPM U-Net (Ho et al. 2020, sec. 4 and appendix B): (x_t, t) -> output of x's shape.
 
 A PixelCNN++-style backbone: residual blocks with GroupNorm, SiLU, dropout and the timestep
-embedding added in every block; self-attention at chosen resolutions; skip connections
+embedding added in every block; self-attention at chosen levels; skip connections
 from every down-path block to the up path. The network knows nothing about schedules:
 ``t`` is just a number to embed.
 """
@@ -21,13 +21,14 @@ class UNetConfig:
     """Architecture knobs (the ``model`` section of params.yaml).
 
     The DDPM CIFAR-10 network is channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
-    attention_resolutions=(16,), dropout=0.1, norm_groups=32 (35.7M parameters).
+    attention_levels=(1,), dropout=0.1, norm_groups=32 (35.7M parameters): attention at 16x16 of 32x32.
+    Levels, not pixel sizes, so one config fits every image size (level i works at image_size / 2^i).
     """
 
     channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (8,)
+    attention_levels: tuple[int, ...] = (1,)
     dropout: float = 0.1
     norm_groups: int = 8
 
@@ -129,10 +130,9 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
-        def attention(c: int, resolution: int) -> nn.Module:
-            return SelfAttention(c, groups) if resolution in config.attention_resolutions else nn.Identity()
+        def attention(c: int, level: int) -> nn.Module:
+            return SelfAttention(c, groups) if level in config.attention_levels else nn.Identity()
 
-        resolutions = config.resolutions(image_size)
         skip_channels = [ch]
         current = ch
         self.down = nn.ModuleList()
@@ -142,7 +142,7 @@ class UNet(nn.Module):
             for _ in range(config.num_res_blocks):
                 blocks.append(ResBlock(current, ch * mult, emb_dim, dropout, groups))
                 current = ch * mult
-                attns.append(attention(current, resolutions[level]))
+                attns.append(attention(current, level))
                 skip_channels.append(current)
             self.down.append(Level(blocks, attns))
             last = level == len(config.channel_mult) - 1
@@ -161,7 +161,7 @@ class UNet(nn.Module):
             for _ in range(config.num_res_blocks + 1):
                 blocks.append(ResBlock(current + skip_channels.pop(), ch * mult, emb_dim, dropout, groups))
                 current = ch * mult
-                attns.append(attention(current, resolutions[level]))
+                attns.append(attention(current, level))
             self.up.append(Level(blocks, attns))
             self.upsample.append(Upsample(current) if level > 0 else nn.Identity())
 
