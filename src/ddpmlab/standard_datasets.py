@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -142,9 +143,10 @@ def _idx(spec: StandardDataset, cls: Any, root: Path) -> tuple[list[Any], dict[s
             raise DataUnavailable(f"data.source={spec.name}: checksum mismatch (truncated, corrupt or a different release):\n{lines}\nReplace these files.")
         raw.mkdir(parents=True, exist_ok=True)
         for name, path in files.items():
-            if path != raw / name:  # torchvision reads extracted files from its raw folder
-                with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as src, open(raw / name, "wb") as dst:
+            if path != raw / name:  # torchvision reads extracted files from its raw folder; temp + rename: never half a file
+                with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as src, open(raw / f".{name}.part", "wb") as dst:
                     shutil.copyfileobj(src, dst)
+                os.replace(raw / f".{name}.part", raw / name)
         origin = {"files": str(folder), "verified": "md5 of the decompressed IDX files against the published checksums"}
         try:
             return [cls(str(root), train=flag, download=False) for flag in (True, False)], origin
