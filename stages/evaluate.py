@@ -177,7 +177,7 @@ def main(
         "over_training": {
             "images": cfg.snapshot_samples, "sample_steps": cfg.snapshot_steps,
             "by_step": {str(row["step"]): {k: row[k] for k in CURVE_FIELDS[1:]} for row in curve},
-        } if curve else None,  # fmt: skip
+        } if curve else None,
         "protocol": {
             "feature_extractor": cfg.feature_extractor,
             "extractor_weights_sha256": extractor.identity["weights_sha256"],

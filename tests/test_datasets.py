@@ -6,8 +6,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -141,7 +145,7 @@ def write_cifar(base: Path, per_batch: int = 3) -> tuple[np.ndarray, np.ndarray]
 
 
 def publish_cifar(monkeypatch: pytest.MonkeyPatch, base: Path) -> None:
-    md5 = lambda name: hashlib.md5((base / name).read_bytes()).hexdigest()  # noqa: E731
+    md5 = lambda name: hashlib.md5((base / name).read_bytes()).hexdigest()
     monkeypatch.setattr(tvd.CIFAR10, "train_list", [[f"data_batch_{i}", md5(f"data_batch_{i}")] for i in range(1, 6)])
     monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5("test_batch")]])
     monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5("batches.meta")})
@@ -158,7 +162,7 @@ def test_cifar10_batches_load_in_channel_first_order(tmp_path, monkeypatch, no_s
 
 
 def test_cifar10_archive_is_verified_then_extracted(tmp_path, monkeypatch, no_system_dirs):
-    images, _ = write_cifar(tmp_path / "build" / "cifar-10-batches-py")
+    write_cifar(tmp_path / "build" / "cifar-10-batches-py")
     publish_cifar(monkeypatch, tmp_path / "build" / "cifar-10-batches-py")
     archive = tmp_path / "raw" / "cifar10" / "cifar-10-python.tar.gz"
     archive.parent.mkdir(parents=True)
@@ -316,9 +320,6 @@ print(json.dumps({"before_kb": before, "peak_kb": resource.getrusage(resource.RU
 
 def test_preparing_cifar10_sized_data_needs_less_than_1gb_above_the_arrays(tmp_path):
     """60,000 x 3 x 32 x 32 uint8 (184 MB): peak memory of the prepare stage above its imports."""
-    import json
-    import subprocess
-    import sys
 
     base = tmp_path / "raw" / "cifar-10-batches-py"
     base.mkdir(parents=True)
@@ -333,7 +334,7 @@ def test_preparing_cifar10_sized_data_needs_less_than_1gb_above_the_arrays(tmp_p
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-c", MEMORY_DRIVER, json.dumps(sums), str(params), str(tmp_path / "out")],
-        cwd=root, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        cwd=root, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     usage = json.loads(result.stdout.strip().splitlines()[-1])
@@ -342,3 +343,15 @@ def test_preparing_cifar10_sized_data_needs_less_than_1gb_above_the_arrays(tmp_p
     print(f"prepare cifar10-sized: {extra_mb:.0f} MB above imports, arrays {arrays_mb:.0f} MB")
     assert extra_mb < arrays_mb + 1024
     assert ImageSet.load(tmp_path / "out" / "test.npz").images.shape == (10_000, 3, 32, 32)
+
+
+def test_download_socket_timeout_is_set_inside_and_restored_after_errors():
+    import socket
+
+    from ddpmlab.downloads import DOWNLOAD_TIMEOUT_S, socket_timeout
+
+    before = socket.getdefaulttimeout()
+    with pytest.raises(RuntimeError), socket_timeout():
+        assert socket.getdefaulttimeout() == DOWNLOAD_TIMEOUT_S
+        raise RuntimeError("download failed")
+    assert socket.getdefaulttimeout() == before

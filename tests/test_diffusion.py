@@ -1,5 +1,6 @@
 """The forward process and posterior against Monte Carlo and numerically integrated Bayes' rule."""
 
+import itertools
 import math
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_learned_range_spans_posterior_variance_to_beta(process):
     assert torch.allclose(variance(1.0), beta, rtol=1e-10)
     assert torch.allclose(variance(0.0), (tilde * beta).sqrt(), rtol=1e-10)
     grid = [variance(r) for r in torch.linspace(-1, 1, 9).tolist()]
-    assert all(((a < b) & (a >= tilde * (1 - 1e-12)) & (b <= beta * (1 + 1e-12))).all() for a, b in zip(grid, grid[1:]))
+    assert all(((a < b) & (a >= tilde * (1 - 1e-12)) & (b <= beta * (1 + 1e-12))).all() for a, b in itertools.pairwise(grid))
 
 
 def test_learned_range_needs_variance_channels(process):

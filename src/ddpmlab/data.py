@@ -133,7 +133,7 @@ def load_source(cfg: DataConfig) -> SourceData:
         from ddpmlab.standard_datasets import load_standard
 
         data = load_standard(cfg.source, Path(cfg.root))
-        fit = lambda s: ImageSet(fit_images(s.images, cfg.image_size, cfg.channels), s.labels)  # noqa: E731
+        fit = lambda s: ImageSet(fit_images(s.images, cfg.image_size, cfg.channels), s.labels)
         return SourceData(fit(data.train), fit(data.test), data.classes, data.origin)
     raise ValueError(f"unknown data source {cfg.source!r}; allowed: {', '.join(SOURCES)}")
 

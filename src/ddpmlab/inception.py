@@ -11,16 +11,15 @@ can run the check before any sampling work.
 from __future__ import annotations
 
 import importlib.util
-import socket
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from ddpmlab.downloads import socket_timeout
+
 # torch-fidelity 0.4's URL_INCEPTION_V3 (tests check they agree).
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_FILENAME = WEIGHTS_URL.rsplit("/", 1)[1]
-DOWNLOAD_TIMEOUT_S = 30  # per socket operation; a blocked network fails fast instead of hanging
 
 
 class InceptionWeightsUnavailable(RuntimeError):
@@ -38,16 +37,6 @@ def _offline_advice() -> str:
         f"or set evaluate.inception_weights to its path; without it, use evaluate.feature_extractor=classifier, "
         f"which works offline (its FIDs are not comparable with published ones)."
     )
-
-
-@contextmanager
-def _socket_timeout(seconds: float):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def resolve_weights(configured: str | None, *, download: bool = True) -> Path:
@@ -70,7 +59,7 @@ def resolve_weights(configured: str | None, *, download: bool = True) -> Path:
     cached.parent.mkdir(parents=True, exist_ok=True)
     url = WEIGHTS_URL  # read at call time, so tests can point it at an unreachable address
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        with socket_timeout():
             torch.hub.download_url_to_file(url, str(cached), progress=True)  # writes a .partial file, then renames
     except OSError as e:  # URLError, timeouts, DNS failures are all OSErrors
         raise InceptionWeightsUnavailable(f"Inception-v3 weights could not be downloaded from {url} ({e}). {_offline_advice()}") from e

@@ -205,10 +205,10 @@ class Document:
         parts = [
             "<!doctype html><html><head><meta charset='utf-8'>",
             f"<title>{html.escape(self.title)}</title>",
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
+            ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
             "img{max-width:100%;image-rendering:pixelated}figure{margin:1em 0}figcaption{color:#555;font-size:90%}"
-            "code{background:#f3f3f3;padding:0 3px}</style></head><body>",
+            "code{background:#f3f3f3;padding:0 3px}</style></head><body>"),
             f"<h1>{html.escape(self.title)}</h1>",
         ]
         for kind, content in self.blocks:

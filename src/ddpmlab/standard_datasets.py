@@ -15,9 +15,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from ddpmlab.data import DataUnavailable, ImageSet, SourceData
-
-DOWNLOAD_TIMEOUT_S = 30  # per socket operation: offline machines fail fast instead of hanging
+from ddpmlab.downloads import socket_timeout
 
 # Published MD5 sums of the *decompressed* IDX files (the release lists them for the .gz archives,
 # which re-compression changes; torchvision checks those when it downloads).
@@ -81,16 +77,6 @@ def verify(files: dict[Path, str]) -> None:
         raise DataUnavailable(
             "checksum mismatch (a truncated download or a different release):\n" + "\n".join(lines) + "\nDelete these files and run again."
         )
-
-
-@contextmanager
-def download_timeout(seconds: float = DOWNLOAD_TIMEOUT_S) -> Iterator[None]:
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def unavailable(spec: StandardDataset, looked: list[Path], files: list[str], urls: list[str], cause: Exception, root: Path) -> DataUnavailable:
@@ -153,7 +139,7 @@ def _idx(spec: StandardDataset, cls: Any, root: Path) -> tuple[list[Any], dict[s
         except Exception as e:  # a verified file that still fails to parse
             raise DataUnavailable(f"data.source={spec.name}: could not read the IDX files in {raw}: {e}") from e
     try:
-        with download_timeout():
+        with socket_timeout():
             sets = [cls(str(root), train=flag, download=True) for flag in (True, False)]
     except Exception as e:  # torchvision raises RuntimeError / URLError / OSError
         raise unavailable(spec, looked, [f"{name}[.gz]" for name in expected], urls, e, root) from e
@@ -184,7 +170,7 @@ def _cifar(spec: StandardDataset, cls: Any, root: Path) -> tuple[list[Any], dict
         else:
             origin = {"files": "downloaded", "urls": [cls.url], "verified": "md5 of the release archive (torchvision's list)"}
     try:
-        with download_timeout():
+        with socket_timeout():
             sets = [cls(str(root), train=flag, download=extracted is None) for flag in (True, False)]
     except Exception as e:
         if origin["files"] == "downloaded":
@@ -202,9 +188,9 @@ def load_standard(name: str, root: Path) -> SourceData:
     if name == "cifar10":
         sets, origin = _cifar(spec, cls, root)
         # torchvision holds (N, H, W, C) as a transposed view of the (N, C, H, W) batches: no copy here
-        to_set = lambda s: ImageSet(np.ascontiguousarray(s.data.transpose(0, 3, 1, 2)), np.asarray(s.targets, dtype=np.int64))  # noqa: E731
+        to_set = lambda s: ImageSet(np.ascontiguousarray(s.data.transpose(0, 3, 1, 2)), np.asarray(s.targets, dtype=np.int64))
     else:
         sets, origin = _idx(spec, cls, root)
-        to_set = lambda s: ImageSet(s.data.numpy()[:, None], s.targets.numpy().astype(np.int64))  # noqa: E731
+        to_set = lambda s: ImageSet(s.data.numpy()[:, None], s.targets.numpy().astype(np.int64))
     train, test = (to_set(s) for s in sets)
     return SourceData(train, test, list(sets[0].classes), {"torchvision_class": spec.torchvision_class, **origin})
