@@ -22,8 +22,8 @@ run: install  ## train, sample, evaluate and report with params.yaml
 test: install  ## the full test suite (CI runs exactly this)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
-ui: install  ## MLflow UI on http://127.0.0.1:5000 against the project's store
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+ui: install  ## MLflow UI on 127.0.0.1:5000 against the project's store; prints the link to the runs
+	$(BIN)/ddpmlab ui --port 5000
 
 clean:  ## remove the virtualenv (pipeline outputs stay: `dvc gc` / `git clean` for those)
 	rm -rf $(VENV)

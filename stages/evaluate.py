@@ -1,7 +1,9 @@
 """DVC stage `evaluate`: FID, KID, IS and precision / recall at every sampling step count,
 against the test and the training split, and the NLL bound.
 
-The protocol is explicit and recorded (metrics.json "protocol", MLflow params): the feature
+Two outputs: metrics.json, a few flat headline keys (the DVC metric, short enough for
+`dvc exp show` and `dvc metrics diff` in a terminal), and evaluation.json with everything.
+The protocol is explicit and recorded (evaluation.json "protocol", MLflow params): the feature
 extractor (evaluate.feature_extractor), N generated images per step count (sample.num_samples;
 the paper protocol is 50,000 and FID is biased upward at small N), the real-data floor with
 the same N, the seed, and the checkpoint (EMA weights, eval mode, its training step).
@@ -112,7 +114,8 @@ def extractor_weights(params: Params, classifier_path: Path, classifier_accuracy
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Output folder of `train`.")
 @click.option("--classifier", "classifier_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Classifier checkpoint.")
 @click.option("--classifier-metrics", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Classifier accuracy JSON.")
-@click.option("--out", "metrics_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="metrics.json to write.")
+@click.option("--out", "metrics_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="metrics.json to write: flat headline keys.")
+@click.option("--details", "details_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="evaluation.json to write: every number and the protocol.")
 @click.option("--steps-csv", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of the metrics per step count.")
 @click.option("--nll-terms", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of the NLL bound's terms per t.")
 @click.option("--training-curve", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of FID per training checkpoint.")
@@ -122,7 +125,7 @@ def extractor_weights(params: Params, classifier_path: Path, classifier_accuracy
 )  # fmt: skip
 @stage_errors
 def main(
-    params_path, data_dir, samples_dir, model_dir, classifier_path, classifier_metrics, metrics_path, steps_csv, nll_terms, training_curve, cache_dir
+    params_path, data_dir, samples_dir, model_dir, classifier_path, classifier_metrics, metrics_path, details_path, steps_csv, nll_terms, training_curve, cache_dir
 ) -> None:
     params = read_params(params_path)
     cfg = params.evaluate
@@ -203,10 +206,21 @@ def main(
         write_nll_terms(terms, nll_terms)
     else:
         nll_terms.write_text("t,term,bits_per_dim\n")
-    write_json(metrics_path, metrics)
-    log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, metrics_path, (steps_csv, nll_terms, training_curve))
+    write_json(details_path, metrics)
+    write_json(metrics_path, headline_metrics(metrics))
+    log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, (metrics_path, details_path), (steps_csv, nll_terms, training_curve))
     summary = f"  NLL {nll['bits_per_dim']:.3f} bits/dim on {nll['images']} test images" if nll else ""
     click.echo(f"FID {headline['fid']:.3f} vs test, {headline['fid_train']:.3f} vs train at {headline['steps']} steps (real {floor['fid']:.3f}){summary}")
+
+
+def headline_metrics(evaluation: dict) -> dict:
+    """The DVC metric: flat keys, the headline step count's scores, the NLL, the real-data FID floor
+    and FID at every step count as ``fid@<steps>``."""
+    out = {key: evaluation[key] for key in ("fid", "fid_train", "is_mean", "kid_mean", "precision", "recall", "sample_steps", "seconds_per_sample")}
+    out["nll_bpd"] = evaluation["nll_bits_per_dim"]
+    out["real_fid"] = evaluation["real"]["fid"]
+    out.update({f"fid@{steps}": row["fid"] for steps, row in evaluation["by_steps"].items()})
+    return out
 
 
 def protocol_params(protocol: dict) -> dict:
@@ -214,7 +228,7 @@ def protocol_params(protocol: dict) -> dict:
     return {**flatten(protocol), "reference_splits": ",".join(SPLITS)}
 
 
-def log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, metrics_path, tables) -> None:
+def log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, metric_files, tables) -> None:
     """One evaluation run per step count, nested under the training run; NLL on both; the
     FID-over-training curve on the training run (MLflow's step axis = training step)."""
     training_params = train_info["params"]
@@ -244,9 +258,13 @@ def log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, sample
             for name in ("grid.png", "denoise_strip.png"):
                 if (folder / name).is_file():
                     tracking.log_artifact(folder / name, "samples")
-            tracking.log_artifact(metrics_path)
+            for path in metric_files:
+                tracking.log_artifact(path)
     train_run = train_info["run_id"]
     if tracking.run_exists(train_run):
+        # The headline scores on the training run too: the UI's chart view lists parent runs, so
+        # an `fid` chart there compares models (the latest evaluation of each).
+        tracking.log_metrics({k: metrics[k] for k in ("fid", "fid_train", "is_mean", "kid_mean", "precision", "recall")}, run_id=train_run)
         for table in tables:
             tracking.log_artifact(table, "evaluation", run_id=train_run)
         if nll:

@@ -1,5 +1,6 @@
 """DVC stage `report`: reports/report.md and a self-contained report.html, built from the
-other stages' outputs only (params come from the checkpoint's train.json, not params.yaml)."""
+other stages' outputs only (params come from the checkpoint's train.json, not params.yaml).
+The report and its figures are also logged to the MLflow training run (artifacts under report/)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import click
 import pandas as pd
 import torch
 
-from ddpmlab import images
+from ddpmlab import images, tracking
 from ddpmlab.cli import read_json
 from ddpmlab.config import flatten
 from ddpmlab.data import ImageSet
@@ -205,7 +206,7 @@ def data_section(doc: Document, card: dict) -> None:
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared data folder (card, test images, real grid).")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Output folder of `train` (train.json).")
 @click.option("--samples", "samples_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Output folder of `sample`.")
-@click.option("--metrics", "metrics_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="metrics.json of `evaluate`.")
+@click.option("--evaluation", "evaluation_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="evaluation.json of `evaluate`.")
 @click.option("--classifier-metrics", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Classifier accuracy JSON.")
 @click.option("--train-log", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Training log CSV.")
 @click.option("--schedule", "schedule_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Schedule CSV (beta_t, alpha-bar_t).")
@@ -213,14 +214,19 @@ def data_section(doc: Document, card: dict) -> None:
 @click.option("--nll-terms", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="NLL bound terms per t.")
 @click.option("--training-curve", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="FID per training checkpoint.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.md, report.html, figures/.")
-def main(data_dir, model_dir, samples_dir, metrics_path, classifier_metrics, train_log, schedule_path, steps_csv, nll_terms, training_curve, out) -> None:
+def main(data_dir, model_dir, samples_dir, evaluation_path, classifier_metrics, train_log, schedule_path, steps_csv, nll_terms, training_curve, out) -> None:
     doc = build(
-        data_dir, model_dir, samples_dir, read_json(metrics_path), read_json(classifier_metrics), pd.read_csv(train_log),
+        data_dir, model_dir, samples_dir, read_json(evaluation_path), read_json(classifier_metrics), pd.read_csv(train_log),
         pd.read_csv(schedule_path), pd.read_csv(steps_csv), pd.read_csv(nll_terms), pd.read_csv(training_curve), out,
     )  # fmt: skip
     (out / "report.md").write_text(doc.to_markdown())
     (out / "report.html").write_text(doc.to_html(out))
     click.echo(f"wrote {out / 'report.md'} and {out / 'report.html'}")
+    train_run = read_json(model_dir / "train.json")["run_id"]
+    if tracking.run_exists(train_run):
+        for name in ("report.html", "report.md"):
+            tracking.log_artifact(out / name, "report", run_id=train_run)
+        tracking.log_artifacts(out / "figures", "report/figures", run_id=train_run)
 
 
 if __name__ == "__main__":

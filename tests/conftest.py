@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny params that run every code path in seconds, and an isolated MLflow store."""
+"""Shared fixtures: tiny params that run every code path in seconds, an isolated MLflow store,
+and the stages chained as dvc.yaml chains them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from unittest import mock
 
 import pytest
 import yaml
+from click.testing import CliRunner, Result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +75,62 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(inception, "WEIGHTS_URL", "http://127.0.0.1:9/weights-inception-2015-12-05-6726825d.pth")
     return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def invoke(command, *args: object) -> Result:
+    """Run a stage (a module with a click ``main``) or a click command; fail the test on a non-zero exit."""
+    result = CliRunner().invoke(getattr(command, "main", command), [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def evaluate_args(params: Path, data: Path, samples: Path, model: Path, classifier_dir: Path, out: Path) -> list:
+    """The evaluate stage's arguments: classifier.pt / classifier.json from ``classifier_dir``, outputs into ``out``."""
+    return [
+        "--params", params, "--data", data, "--samples", samples, "--model", model,
+        "--classifier", classifier_dir / "classifier.pt", "--classifier-metrics", classifier_dir / "classifier.json",
+        "--out", out / "metrics.json", "--details", out / "evaluation.json", "--steps-csv", out / "steps.csv",
+        "--nll-terms", out / "nll_terms.csv", "--training-curve", out / "fid_over_training.csv",
+    ]  # fmt: skip
+
+
+def run_pipeline(p: Path, out: Path, data: Path | None = None) -> None:
+    """Every stage with params ``p`` into ``out``; with ``data``, reuse its prepared data and classifier."""
+    from stages import classifier, evaluate, prepare, report, sample, train
+
+    if data is None:
+        data = out
+        invoke(prepare, "--params", p, "--out", out / "data")
+        invoke(classifier, "--params", p, "--data", out / "data", "--out", out / "classifier.pt", "--metrics", out / "classifier.json")
+    invoke(
+        train, "--params", p, "--data", data / "data", "--out", out / "model", "--log", out / "train_log.csv",
+        "--schedule", out / "schedule.csv", "--resume-dir", out / "resume",
+    )  # fmt: skip
+    invoke(sample, "--params", p, "--model", out / "model", "--out", out / "samples")
+    invoke(evaluate, *evaluate_args(p, data / "data", out / "samples", out / "model", data, out))
+    invoke(
+        report, "--data", data / "data", "--model", out / "model", "--samples", out / "samples",
+        "--evaluation", out / "evaluation.json", "--classifier-metrics", data / "classifier.json",
+        "--train-log", out / "train_log.csv", "--schedule", out / "schedule.csv",
+        "--steps-csv", out / "steps.csv", "--nll-terms", out / "nll_terms.csv",
+        "--training-curve", out / "fid_over_training.csv", "--out", out / "reports",
+    )  # fmt: skip
+
+
+COMPARED_SCHEDULES = ("linear", "cosine", "sigmoid")
+
+
+@pytest.fixture(scope="session")
+def schedules_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A store as `dvc exp run -S schedule=linear,cosine,sigmoid` leaves it, with tiny params:
+    per schedule a training run and one evaluation run per step count (30 and 5). Returns
+    (folder, MLflow URI); the first schedule's folder also holds data/ and classifier.*."""
+    folder = tmp_path_factory.mktemp("schedules")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        uri = isolate_stores(monkeypatch, folder)
+        first = None
+        for schedule in COMPARED_SCHEDULES:
+            params = write_tiny_params(folder / f"{schedule}.yaml", schedule=schedule, evaluate={"snapshot_samples": 0})
+            run_pipeline(params, folder / schedule, data=first)
+            first = first or folder / schedule
+    return folder, uri

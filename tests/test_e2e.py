@@ -58,9 +58,12 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     dvc = [sys.executable, "-m", "dvc"]
     run([*dvc, "repro"], clone, env)
     metrics = json.loads((clone / "reports" / "metrics.json").read_text())
-    assert {"fid", "is_mean", "kid_mean", "real"} <= metrics.keys()
+    assert {"fid", "is_mean", "kid_mean", "real_fid", "fid@30", "fid@5"} <= metrics.keys()
     assert (clone / "reports" / "report.html").is_file()
     assert json.loads(run([*dvc, "status", "--json"], clone, env)) == {}
+    plots = json.loads(run([*dvc, "plots", "show", "--json", "-o", str(clone / "dvc_plots")], clone, env))["data"]
+    assert {"training loss", "FID vs sampling steps", "noise schedule alpha-bar", "reports/figures/samples_grid.png"} <= plots.keys()
+    assert all(not entry.get("errors") for entries in plots.values() for entry in entries)
 
     # A sampling param re-samples without retraining.
     params = yaml.safe_load((clone / "params.yaml").read_text())
@@ -95,6 +98,11 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     assert all(len(commit) == 40 for commit in queued["tags.mlflow.source.git.commit"])
     artifacts = Path(mlflow.get_experiment_by_name("ddpmlab").artifact_location.removeprefix("file://"))
     assert artifacts == clone / "mlruns" and artifacts.is_dir()
+
+    # `ddpmlab compare` on what the queue left: every schedule at every step count, one row each.
+    run([sys.executable, "-m", "ddpmlab.commands", "compare"], clone, env)
+    rows = [line.split("|")[1:-1] for line in (clone / "reports" / "compare.md").read_text().splitlines() if line.startswith("| ")]
+    assert sorted((r[1].strip(), r[6].strip()) for r in rows[1:]) == sorted((s, n) for s in ("linear", "quadratic", "cosine") for n in ("30", "5"))
 
 
 def wait_for_queue(dvc: list[str], clone: Path, env: dict, timeout_s: float) -> None:

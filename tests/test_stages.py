@@ -8,18 +8,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from PIL import Image
-from stages import classifier, evaluate, prepare, report, sample, train
+from stages import classifier, evaluate, prepare, sample, train
 
-from conftest import isolate_stores, write_tiny_params
+from conftest import evaluate_args, invoke, isolate_stores, run_pipeline, write_tiny_params
 from ddpmlab.cli import EXIT_CONFIG_ERROR
-
-
-def invoke(command, *args: str) -> Result:
-    result = CliRunner().invoke(command.main, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -29,36 +23,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
     p = write_tiny_params(tmp_path / "params.yaml")
     with pytest.MonkeyPatch.context() as monkeypatch:
         isolate_stores(monkeypatch, tmp_path)
-        _run_all(p, tmp_path)
+        run_pipeline(p, tmp_path)
     return tmp_path
-
-
-def evaluate_args(params: Path, data: Path, samples: Path, model: Path, classifier_dir: Path, out: Path) -> list:
-    """The evaluate stage's arguments: classifier.pt / classifier.json from ``classifier_dir``, outputs into ``out``."""
-    return [
-        "--params", params, "--data", data, "--samples", samples, "--model", model,
-        "--classifier", classifier_dir / "classifier.pt", "--classifier-metrics", classifier_dir / "classifier.json",
-        "--out", out / "metrics.json", "--steps-csv", out / "steps.csv", "--nll-terms", out / "nll_terms.csv",
-        "--training-curve", out / "fid_over_training.csv",
-    ]  # fmt: skip
-
-
-def _run_all(p: Path, tmp_path: Path) -> None:
-    invoke(prepare, "--params", p, "--out", tmp_path / "data")
-    invoke(classifier, "--params", p, "--data", tmp_path / "data", "--out", tmp_path / "classifier.pt", "--metrics", tmp_path / "classifier.json")
-    invoke(
-        train, "--params", p, "--data", tmp_path / "data", "--out", tmp_path / "model", "--log", tmp_path / "train_log.csv",
-        "--schedule", tmp_path / "schedule.csv", "--resume-dir", tmp_path / "resume",
-    )  # fmt: skip
-    invoke(sample, "--params", p, "--model", tmp_path / "model", "--out", tmp_path / "samples")
-    invoke(evaluate, *evaluate_args(p, tmp_path / "data", tmp_path / "samples", tmp_path / "model", tmp_path, tmp_path))
-    invoke(
-        report, "--data", tmp_path / "data", "--model", tmp_path / "model", "--samples", tmp_path / "samples",
-        "--metrics", tmp_path / "metrics.json", "--classifier-metrics", tmp_path / "classifier.json",
-        "--train-log", tmp_path / "train_log.csv", "--schedule", tmp_path / "schedule.csv",
-        "--steps-csv", tmp_path / "steps.csv", "--nll-terms", tmp_path / "nll_terms.csv",
-        "--training-curve", tmp_path / "fid_over_training.csv", "--out", tmp_path / "reports",
-    )  # fmt: skip
 
 
 def test_prepare_writes_a_deterministic_split(pipeline: Path, tmp_path: Path):
@@ -106,7 +72,7 @@ def test_samples_do_not_depend_on_batch_size(pipeline: Path, tmp_path: Path, mon
 
 
 def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline: Path):
-    metrics = json.loads((pipeline / "metrics.json").read_text())
+    metrics = json.loads((pipeline / "evaluation.json").read_text())
     for key in ("fid", "fid_train", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"):
         assert np.isfinite(metrics[key]) and np.isfinite(metrics["real"][key])
     assert np.isfinite(metrics["real"]["fid_train"]) and np.isfinite(metrics["real"]["recall_train"])
@@ -121,17 +87,29 @@ def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline:
     assert steps_rows[0].startswith("steps,fid,fid_train") and [r.split(",")[0] for r in steps_rows[1:]] == ["30", "5"]
 
 
+def test_metrics_json_is_flat_and_short_for_dvc_exp_show(pipeline: Path):
+    """The DVC metric holds headline scalars only; the detail lives in evaluation.json."""
+    metrics = json.loads((pipeline / "metrics.json").read_text())
+    details = json.loads((pipeline / "evaluation.json").read_text())
+    assert list(metrics) == [
+        "fid", "fid_train", "is_mean", "kid_mean", "precision", "recall", "sample_steps", "seconds_per_sample", "nll_bpd", "real_fid", "fid@30", "fid@5",
+    ]  # fmt: skip
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    assert metrics["fid@5"] == details["by_steps"]["5"]["fid"] and metrics["real_fid"] == details["real"]["fid"]
+    assert metrics["nll_bpd"] == details["nll"]["bits_per_dim"] and metrics["fid"] == details["by_steps"]["30"]["fid"]
+
+
 def test_evaluate_scores_every_checkpoint_over_training(pipeline: Path):
     rows = [line.split(",") for line in (pipeline / "fid_over_training.csv").read_text().splitlines()]
     assert rows[0] == ["step", "fid", "fid_train", "is_mean", "precision", "recall"]
     assert [row[0] for row in rows[1:]] == ["2", "4"]  # the snapshot, then the final model
-    over = json.loads((pipeline / "metrics.json").read_text())["over_training"]
+    over = json.loads((pipeline / "evaluation.json").read_text())["over_training"]
     assert (over["images"], over["sample_steps"]) == (8, 5) and list(over["by_step"]) == ["2", "4"]
     assert all(np.isfinite(point["fid"]) and np.isfinite(point["fid_train"]) for point in over["by_step"].values())
 
 
 def test_evaluate_records_the_protocol(pipeline: Path):
-    protocol = json.loads((pipeline / "metrics.json").read_text())["protocol"]
+    protocol = json.loads((pipeline / "evaluation.json").read_text())["protocol"]
     card = json.loads((pipeline / "data" / "card.json").read_text())
     assert protocol["feature_extractor"] == "classifier" and len(protocol["extractor_weights_sha256"]) == 64
     assert protocol["num_generated"] == 24 and protocol["num_real"] == {"test": 24, "train": 24}  # the floor uses the same N
@@ -145,7 +123,7 @@ def test_a_second_evaluation_reuses_the_cached_reference_features(pipeline: Path
     monkeypatch.setenv("DDPMLAB_CACHE", str(pipeline / "cache"))  # the pipeline fixture's cache
     result = invoke(evaluate, *evaluate_args(pipeline / "params.yaml", pipeline / "data", pipeline / "samples", pipeline / "model", pipeline, tmp_path))
     assert "(2 cached, 0 extracted)" in result.output
-    assert json.loads((tmp_path / "metrics.json").read_text())["by_steps"] == json.loads((pipeline / "metrics.json").read_text())["by_steps"]
+    assert json.loads((tmp_path / "evaluation.json").read_text())["by_steps"] == json.loads((pipeline / "evaluation.json").read_text())["by_steps"]
 
 
 def test_classifier_below_the_accuracy_threshold_fails_its_stage(pipeline: Path, tmp_path: Path):
@@ -169,7 +147,7 @@ def test_offline_inception_fails_sample_before_any_sampling(pipeline: Path, tmp_
     assert not (tmp_path / "samples").exists()  # nothing was sampled
     result = CliRunner().invoke(evaluate.main, [str(a) for a in evaluate_args(params, pipeline / "data", pipeline / "samples", pipeline / "model", pipeline, tmp_path)])
     assert result.exit_code == 1 and "could not be downloaded" in result.output
-    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "evaluation.json").exists()
 
 
 def test_evaluate_with_inception_weights_from_a_local_file(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: Path, random_inception_weights: Path):
@@ -184,14 +162,14 @@ def test_evaluate_with_inception_weights_from_a_local_file(pipeline: Path, tmp_p
         tmp_path / "params.yaml", sample={"num_samples": 24}, evaluate={"feature_extractor": "inception-v3-compat", "inception_weights": str(random_inception_weights), "nll_images": 0}
     )
     invoke(evaluate, *evaluate_args(params, data, pipeline / "samples", pipeline / "model", pipeline, tmp_path))
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "evaluation.json").read_text())
     assert metrics["protocol"]["feature_extractor"] == "inception-v3-compat"
     assert metrics["protocol"]["num_real"] == {"test": 24, "train": 20} and metrics["protocol"]["reference_images"] == {"test": 20, "train": 40}
     assert all(np.isfinite(metrics["by_steps"]["5"][k]) for k in ("fid", "fid_train", "is_mean", "kid_mean", "precision"))
 
 
 def test_evaluate_reports_the_nll_bound_and_its_terms(pipeline: Path):
-    nll = json.loads((pipeline / "metrics.json").read_text())["nll"]
+    nll = json.loads((pipeline / "evaluation.json").read_text())["nll"]
     assert nll["images"] == 12 and nll["variance"] == "fixed_large"
     terms = [line.split(",") for line in (pipeline / "nll_terms.csv").read_text().splitlines()[1:]]
     assert [row[1] for row in (terms[0], terms[1], terms[-1])] == ["L_0", "L_1", "L_T"] and len(terms) == 31  # T + 1 terms
@@ -228,6 +206,13 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
     assert "samples/steps_comparison.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "samples")}
     assert {"evaluation/steps.csv", "evaluation/nll_terms.csv"} <= {a.path for a in client.list_artifacts(train_run["run_id"], "evaluation")}
     assert "samples/grid.png" in {a.path for a in client.list_artifacts(eval_run["run_id"], "samples")}
+    assert train_run["metrics.fid"] == eval_runs["30"]["metrics.fid"]  # the headline, so the UI's chart view shows an fid chart per model
+    report_files = {a.path for a in client.list_artifacts(train_run["run_id"], "report")}
+    assert {"report/report.html", "report/report.md", "report/figures"} <= report_files
+    assert "report/figures/samples_grid.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "report/figures")}
+    experiment = mlflow.get_experiment_by_name("ddpmlab")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens in the UI's model-training view
+    assert experiment.artifact_location == (pipeline / "mlruns").as_uri()  # beside the store, not in the working directory
 
 
 def test_report_has_every_section_and_embeds_images(pipeline: Path):
@@ -322,5 +307,5 @@ def test_other_objectives_losses_and_samplers_run_through_the_stages(pipeline: P
     with np.load(tmp_path / "samples" / "steps-10" / "samples.npz") as f:
         assert f["images"].shape == (8, 1, 8, 8)
     invoke(evaluate, *evaluate_args(params, pipeline / "data", tmp_path / "samples", tmp_path / "model", pipeline, tmp_path))
-    nll = json.loads((tmp_path / "metrics.json").read_text())["nll"]
+    nll = json.loads((tmp_path / "evaluation.json").read_text())["nll"]
     assert nll["variance"] == variance and np.isfinite(nll["bits_per_dim"])

@@ -160,6 +160,13 @@ def _save(fig: plt.Figure, path: Path) -> None:
 # -- document ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Emphasis:
+    """A table cell shown in bold (e.g. the best value of a column)."""
+
+    value: object
+
+
 @dataclass
 class Document:
     """Headings, paragraphs, tables and images in order; rendered to Markdown and HTML.
@@ -193,7 +200,7 @@ class Document:
                 header, rows = content
                 out.append("| " + " | ".join(header) + " |")
                 out.append("|" + "|".join("---" for _ in header) + "|")
-                out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+                out += ["| " + " | ".join(f"**{_cell(v.value)}**" if isinstance(v, Emphasis) else _cell(v) for v in row) + " |" for row in rows]
                 out.append("")
             elif kind == "image":
                 path, caption = content
@@ -220,7 +227,7 @@ class Document:
                 header, rows = content
                 parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
                 for row in rows:
-                    parts.append("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>")
+                    parts.append("<tr>" + "".join(_html_cell(v) for v in row) + "</tr>")
                 parts.append("</table>")
             elif kind == "image":
                 path, caption = content
@@ -237,6 +244,12 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def _html_cell(value: object) -> str:
+    if isinstance(value, Emphasis):
+        return f"<td><b>{html.escape(_cell(value.value))}</b></td>"
+    return f"<td>{html.escape(_cell(value))}</td>"
 
 
 def _inline_code(text: str) -> str:

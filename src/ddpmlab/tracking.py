@@ -11,14 +11,19 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view, where
+# training runs, their params and metric charts are hidden; this kind opens "Model training".
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def project_root() -> Path:
@@ -33,20 +38,31 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def artifact_location(uri: str) -> str | None:
+    """For a SQLite store, artifacts in ``mlruns/`` beside the database file (for the project's
+    store, <root>/mlruns), absolute: not relative to whatever directory the first run happened
+    to start in. Servers choose their own (None)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri.removeprefix(prefix)).resolve().parent / "mlruns").as_uri()
+
+
 def use_experiment(name: str) -> str:
     """Point mlflow at the project's store and experiment (created if missing); returns its id."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI to the environment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        # In the project's own store, pin artifacts to <root>/mlruns (absolute), not to a path
-        # relative to whatever directory the first run happened to start in.
-        location = (project_root() / "mlruns").as_uri() if uri == default_tracking_uri() else None
+        location = artifact_location(uri)
         try:
-            mlflow.create_experiment(name, artifact_location=location)
+            mlflow.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
         except MlflowException:
             pass  # a parallel queued experiment created it first
         experiment = mlflow.get_experiment_by_name(name)
+    key, kind = EXPERIMENT_KIND
+    if experiment.tags.get(key) != kind:  # created by an older ddpmlab or by hand
+        mlflow.tracking.MlflowClient(uri).set_experiment_tag(experiment.experiment_id, key, kind)
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
 
@@ -114,9 +130,63 @@ def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str
         mlflow.tracking.MlflowClient(tracking_uri()).log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
+def log_artifacts(folder: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    """Every file under ``folder``, keeping its relative layout."""
+    if run_id is None:
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+    else:
+        mlflow.tracking.MlflowClient(tracking_uri()).log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+
 def run_exists(run_id: str) -> bool:
     try:
         mlflow.tracking.MlflowClient(tracking_uri()).get_run(run_id)
     except MlflowException:
         return False
     return True
+
+
+# -- reading runs back (ddpmlab compare) -------------------------------------------------------
+
+
+def find_experiment(name: str) -> str | None:
+    """The id of experiment ``name`` in the project's store, or None; creates nothing."""
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else None
+
+
+def search_runs(experiment_id: str, filter_string: str = "", run_ids: list[str] | None = None) -> pd.DataFrame:
+    """All matching runs in one search (MLflow pages through them itself): params.*, metrics.*, tags.* columns."""
+    if run_ids:
+        quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
+        clause = f"attributes.run_id IN ({quoted})"
+        filter_string = f"{filter_string} AND {clause}" if filter_string else clause
+    return mlflow.search_runs(experiment_ids=[experiment_id], filter_string=filter_string, max_results=100_000, output_format="pandas")
+
+
+def metric_histories(run_ids: list[str], key: str) -> dict[str, pd.DataFrame]:
+    """run id -> (step, value) of metric ``key``: MLflow has no bulk call for histories, so the
+    requests for a handful of training runs go out in parallel."""
+    client = mlflow.tracking.MlflowClient(tracking_uri())
+
+    def fetch(run_id: str) -> pd.DataFrame:
+        points = client.get_metric_history(run_id, key)
+        return pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]}).sort_values("step")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(run_ids, pool.map(fetch, run_ids)))
+
+
+def download_artifacts(requests: list[tuple[str, str]], destination: Path) -> list[Path | None]:
+    """Download (run id, artifact path) pairs into ``destination/<run id>/``; None where one is missing."""
+
+    def fetch(request: tuple[str, str]) -> Path | None:
+        run_id, artifact = request
+        try:
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(destination / run_id)))
+        except (MlflowException, OSError):
+            return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(fetch, requests))

@@ -1,0 +1,161 @@
+"""The `ddpmlab` console script: commands that work on the MLflow store, outside the DVC DAG."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import yaml
+
+DEFAULT_EXPERIMENT = "ddpmlab"
+
+
+def experiment_name(params_path: Path, given: str | None) -> str:
+    """--experiment, else params.yaml's tracking.experiment, else the default."""
+    if given:
+        return given
+    if params_path.is_file():
+        raw = yaml.safe_load(params_path.read_text()) or {}
+        return str((raw.get("tracking") or {}).get("experiment") or DEFAULT_EXPERIMENT)
+    return DEFAULT_EXPERIMENT
+
+
+def runs_link(host: str, port: int, experiment_id: str) -> str:
+    """The experiment's runs in MLflow 3's model-training view, metrics as charts.
+
+    Without workflowType the UI may open the GenAI traces overview, and the runs table starts
+    with no params or metrics columns; chart mode shows one chart per logged metric."""
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+
+
+experiment_option = click.option("--experiment", default=None, help="MLflow experiment [default: tracking.experiment of --params, else ddpmlab].")
+params_option = click.option(
+    "--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Read only for tracking.experiment; need not exist.",
+)  # fmt: skip
+
+
+@click.group(
+    help="""Compare ddpmlab experiments and browse them in MLflow (no DVC needed).
+
+\b
+  ddpmlab compare   one report comparing every evaluated run: schedules, samplers, step counts
+  ddpmlab ui        the MLflow UI on 127.0.0.1, opened at the runs' metric charts
+
+The store is the project's (mlflow.db in the current directory) unless MLFLOW_TRACKING_URI is set."""
+)
+def main() -> None:
+    pass
+
+
+@main.command()
+@experiment_option
+@params_option
+@click.option("--filter", "filter_string", default="", help="MLflow search filter, e.g. \"params.T = '1000'\" or \"params.sampler = 'ddim'\".")
+@click.option("--runs", "run_ids", multiple=True, help="Only these run ids (repeat or comma-separate); a training run brings all its evaluations.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True, help="Writes compare.md, compare.html, compare/*.png here.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default="data/prepared", show_default=True,
+              help="Prepared data whose first test image shows the forward process (else a bundled digit).")  # fmt: skip
+def compare(experiment: str | None, params_path: Path, filter_string: str, run_ids: tuple[str, ...], out: Path, data_dir: Path) -> None:
+    """Compare every evaluated run of the experiment: a table (best values marked), FID against
+    sampling steps and sampling cost, training losses, schedules, forward-process strips and
+    sample grids at matched steps. Reads all runs with one MLflow search."""
+    from mlflow.exceptions import MlflowException
+
+    from ddpmlab import compare as cmp
+    from ddpmlab import tracking
+
+    name = experiment_name(params_path, experiment)
+    experiment_id = tracking.find_experiment(name)
+    if experiment_id is None:
+        raise click.ClickException(f"no MLflow experiment {name!r} in {tracking.tracking_uri()}: run the pipeline first (dvc repro)")
+    wanted = [r.strip() for value in run_ids for r in value.split(",") if r.strip()]
+    try:
+        selection = cmp.select(selected_runs(experiment_id, filter_string, wanted))
+    except MlflowException as e:
+        raise click.ClickException(f"--filter {filter_string!r}: {e.message}") from e
+    except cmp.NothingToCompare as e:
+        raise click.ClickException(str(e)) from e
+
+    figures_dir = out / "compare"
+    figures = {}
+
+    def figure(name: str, draw) -> None:
+        draw(figures_dir / f"{name}.png")
+        figures[name] = f"compare/{name}.png"
+
+    shown = selection.best_models()  # figures stay readable with hundreds of runs; the table has them all
+    figure("fid", lambda p: cmp.fid_figure(shown, p))
+    histories = cmp.loss_histories(shown, tracking.metric_histories)
+    if histories:
+        figure("loss", lambda p: cmp.loss_figure(histories, p))
+    processes = cmp.schedule_processes(shown)
+    figure("schedules", lambda p: cmp.schedules_figure(processes, p))
+    figure("forward", lambda p: cmp.forward_figure(cmp.first_image(data_dir), processes, p))
+    choices = cmp.grid_choices(shown)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = tracking.download_artifacts([(run_id, "samples/grid.png") for _, _, run_id in choices], Path(tmp))
+        grids = {(label, steps): path for (label, steps, _), path in zip(choices, paths) if path is not None}
+        if grids:
+            figure("grids", lambda p: cmp.grids_figure(grids, p))
+    doc = cmp.document(selection, figures, f"MLflow experiment {name!r} ({tracking.tracking_uri()})", shown.evaluations["label"].nunique())
+    _write(out / "compare.md", doc.to_markdown())
+    _write(out / "compare.html", doc.to_html(out))
+    models = selection.evaluations["label"].nunique()
+    click.echo(f"compared {len(selection.evaluations)} evaluations of {models} models: wrote {out / 'compare.md'} and {out / 'compare.html'}")
+
+
+@main.command()
+@experiment_option
+@params_option
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
+def ui(experiment: str | None, params_path: Path, port: int) -> None:
+    """Start `mlflow ui` on 127.0.0.1 against the project's store and print the link to the
+    experiment's runs in the model-training view (metric charts). Stop it with Ctrl-C."""
+    from ddpmlab import tracking
+
+    name = experiment_name(params_path, experiment)
+    uri = tracking.tracking_uri()
+    experiment_id = tracking.use_experiment(name)  # creates it (tagged for the training view) if no run has yet
+    click.echo(f"MLflow UI for experiment {name!r} ({uri}):\n  {runs_link('127.0.0.1', port, experiment_id)}", err=False)
+    sys.stdout.flush()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    try:
+        raise SystemExit(subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
+    except KeyboardInterrupt:
+        raise SystemExit(0) from None
+
+
+def selected_runs(experiment_id: str, filter_string: str, wanted: list[str]):
+    """The runs matching --filter and --runs (a training run id brings its evaluations), plus the
+    training runs of every selected evaluation that the selection left out (their train time and
+    loss curve): two searches at most."""
+    import pandas as pd
+
+    from ddpmlab import tracking
+
+    runs = tracking.search_runs(experiment_id, filter_string)
+    if runs.empty:
+        return runs
+    if wanted:
+        runs = runs[runs["run_id"].isin(wanted) | runs.get("params.train_run_id", runs["run_id"]).isin(wanted)]
+    if "params.train_run_id" in runs:
+        missing = sorted(set(runs["params.train_run_id"].dropna()) - set(runs["run_id"]))
+        if missing:
+            runs = pd.concat([runs, tracking.search_runs(experiment_id, run_ids=missing)], ignore_index=True)
+    return runs
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The MLflow UI as a person sees it: `ddpmlab ui` on a loopback port against a store made by
+tiny pipeline runs of three schedules, opened in headless Chromium (Debian's, no browser
+download) through the link `ddpmlab ui` prints. Screenshots go to test-output/.
+
+Needs /usr/bin/chromium (CI installs Debian's `chromium`) and the playwright package."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import COMPARED_SCHEDULES, ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "test-output"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Chromium: apt-get install chromium (CI installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ui_link(schedules_store, tmp_path):
+    """Start `ddpmlab ui` against the store; yield the link it prints; stop the server and its workers."""
+    _, uri = schedules_store
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    command = [sys.executable, "-m", "ddpmlab.commands", "ui", "--port", str(port), "--params", str(tmp_path / "none.yaml")]
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        link = None
+        for _ in range(5):
+            line = server.stdout.readline()
+            if "http://" in line:
+                link = line.strip()
+                break
+        assert link, "ddpmlab ui printed no link"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow ui did not answer within 90 s")
+        yield link
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # mlflow ui runs uvicorn and job workers as children
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_the_printed_link_opens_fid_charts_and_a_run_page_with_params_and_sample_grid(ui_link):
+    from playwright.sync_api import expect, sync_playwright
+
+    SCREENSHOTS.mkdir(exist_ok=True)
+    assert re.search(r"#/experiments/\d+/runs\?workflowType=machine_learning&compareRunsMode=CHART$", ui_link)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        try:
+            page.goto(ui_link)
+            # The chart view: the runs carry their schedule in their names, and there is an `fid` chart.
+            for schedule in COMPARED_SCHEDULES:
+                expect(page.get_by_text(f"{schedule}-T30-train", exact=True).first).to_be_visible(timeout=60_000)
+            page.get_by_placeholder("Search metric charts").fill("fid")
+            fid_card = page.get_by_test_id("experiment-view-compare-runs-card").filter(has=page.get_by_text("fid", exact=True))
+            # Drawn, not a spinner: one bar per training run, i.e. per schedule.
+            expect(fid_card.locator(".js-plotly-plot .barlayer .point")).to_have_count(len(COMPARED_SCHEDULES), timeout=60_000)
+            page.screenshot(path=SCREENSHOTS / "mlflow_ui_fid_charts.png")
+
+            # A run's page, reached as a user would: its params include schedule and T ...
+            page.get_by_text("cosine-T30-train", exact=True).first.click()
+            expect(page.get_by_text("Parameters", exact=False).first).to_be_visible(timeout=30_000)
+            page.get_by_placeholder("Search parameters").fill("schedule")
+            expect(page.get_by_role("row", name=re.compile(r"^schedule\s+cosine$"))).to_be_visible(timeout=30_000)
+            page.get_by_placeholder("Search parameters").fill("T")
+            expect(page.get_by_role("row", name=re.compile(r"^T\s+30$"))).to_be_visible(timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "mlflow_ui_run_params.png")
+
+            # ... and its artifacts show the sample grid as an image.
+            page.get_by_role("tab", name="Artifacts").click()
+            page.get_by_text("samples", exact=True).first.click()
+            page.get_by_text("steps_comparison.png", exact=True).first.click()
+            image = page.locator("img[src^='blob:'], img[src^='data:image/png']").first
+            expect(image).to_be_visible(timeout=30_000)
+            assert image.evaluate("img => img.complete && img.naturalWidth > 0")
+            page.screenshot(path=SCREENSHOTS / "mlflow_ui_sample_grid.png")
+        except Exception:
+            page.screenshot(path=SCREENSHOTS / "mlflow_ui_failure.png")
+            raise
+        finally:
+            browser.close()
