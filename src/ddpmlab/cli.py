@@ -42,13 +42,17 @@ def params_option(fn: Callable) -> Callable:
     )(fn)
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (temporary file + rename) so readers never see half a file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a file atomically (temporary file + rename) so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

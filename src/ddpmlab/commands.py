@@ -68,6 +68,7 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
 
     from ddpmlab import compare as cmp
     from ddpmlab import tracking
+    from ddpmlab.cli import write_text_atomic
 
     name = experiment_name(params_path, experiment)
     experiment_id = tracking.find_experiment(name)
@@ -103,8 +104,8 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
         if grids:
             figure("grids", lambda p: cmp.grids_figure(grids, p))
     doc = cmp.document(selection, figures, f"MLflow experiment {name!r} ({tracking.tracking_uri()})", shown.evaluations["label"].nunique())
-    _write(out / "compare.md", doc.to_markdown())
-    _write(out / "compare.html", doc.to_html(out))
+    write_text_atomic(out / "compare.md", doc.to_markdown())
+    write_text_atomic(out / "compare.html", doc.to_html(out))
     models = selection.evaluations["label"].nunique()
     click.echo(f"compared {len(selection.evaluations)} evaluations of {models} models: wrote {out / 'compare.md'} and {out / 'compare.html'}")
 
@@ -121,7 +122,7 @@ def ui(experiment: str | None, params_path: Path, port: int) -> None:
     name = experiment_name(params_path, experiment)
     uri = tracking.tracking_uri()
     experiment_id = tracking.use_experiment(name)  # creates it (tagged for the training view) if no run has yet
-    click.echo(f"MLflow UI for experiment {name!r} ({uri}):\n  {runs_link('127.0.0.1', port, experiment_id)}", err=False)
+    click.echo(f"MLflow UI for experiment {name!r} ({uri}):\n  {runs_link('127.0.0.1', port, experiment_id)}")
     sys.stdout.flush()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     try:
@@ -148,13 +149,6 @@ def selected_runs(experiment_id: str, filter_string: str, wanted: list[str]):
         if missing:
             runs = pd.concat([runs, tracking.search_runs(experiment_id, run_ids=missing)], ignore_index=True)
     return runs
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
