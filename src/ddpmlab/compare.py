@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import numpy as np
 import pandas as pd
 
@@ -200,6 +201,9 @@ def fid_figure(selection: Selection, path: Path) -> None:
     ax_steps.minorticks_off()
     ax_steps.set(xlabel="sampling steps (log scale)", ylabel="FID vs test split (lower is better)", title="FID vs sampling steps")
     ax_cost.set_xscale("log")
+    ax_cost.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_cost.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 20, not 2x10^1
+    ax_cost.xaxis.set_minor_formatter(NullFormatter())
     ax_cost.set(xlabel="sampling time per image, ms (log scale; labels: steps)", ylabel="FID vs test split (lower is better)",
                 title="FID vs sampling cost")  # fmt: skip
     for ax in (ax_steps, ax_cost):

@@ -180,6 +180,7 @@ def metric_histories(run_ids: list[str], key: str) -> dict[str, pd.DataFrame]:
 
 def download_artifacts(requests: list[tuple[str, str]], destination: Path) -> list[Path | None]:
     """Download (run id, artifact path) pairs into ``destination/<run id>/``; None where one is missing."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small image is noise
 
     def fetch(request: tuple[str, str]) -> Path | None:
         run_id, artifact = request
