@@ -58,6 +58,7 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
     trained = TrainedDiffusion.load(model_dir / "model.pt", device)
     if cfg.variance == "learned_range" and not learns_variance(trained.params):
         raise click.UsageError("sample.variance=learned_range, but the checkpoint was trained with train.learn_variance: false")
+    network = trained.sampling_network(cfg.precision, cfg.compile)  # weights cast once, not per call
     image_shape = (trained.model.in_channels, trained.model.image_size, trained.model.image_size)
     seeds = image_seeds(cfg.seed, 0, cfg.num_samples)
     scale = images.display_scale(trained.model.image_size)
@@ -76,7 +77,7 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
 
             started = time.perf_counter()
             x0 = sample_seeded(
-                SAMPLERS[cfg.sampler], trained.model, trained.process.with_steps(steps), seeds, image_shape,
+                SAMPLERS[cfg.sampler], network, trained.process.with_steps(steps), seeds, image_shape,
                 batch_size=cfg.batch_size, device=device, callback=callback, clip_x0=cfg.clip_x0,
                 objective=trained.params["objective"], **options,
             )  # fmt: skip
@@ -106,7 +107,8 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
             "device": str(device),
             "checkpoint_step": trained.step,
             "weights": "ema",  # TrainedDiffusion loads the EMA weights only
-            "model_mode": "train" if trained.model.training else "eval",
+            "model_mode": "train" if network.net.training else "eval",
+            "precision": str(network.dtype).removeprefix("torch."),
             "runs": runs,
         },
     )

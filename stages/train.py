@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ddpmlab import checkpoint, tracking
+from ddpmlab.acceleration import resolve_precision
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.config import flatten
 from ddpmlab.data import ImageSet
@@ -81,6 +82,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
     training_params = params.training_dict()
     cfg = params.train
     device = resolve_device(params.device)
+    precision = str(resolve_precision(cfg.precision, device)).removeprefix("torch.")  # what `auto` became here
     train_set = ImageSet.load(data_dir / "train.npz")
     card = read_json(data_dir / "card.json")
     in_channels, image_size = card["channels"], card["image_size"]
@@ -106,7 +108,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
     with tracking.start_run(params.tracking.experiment, run_name, "train", resume_run_id=run_id) as run_id:
         if state.step == 0:
             tracking.log_params(flatten(training_params))
-            tracking.log_params({"num_parameters": count_parameters(model), "device_resolved": str(device)})
+            tracking.log_params({"num_parameters": count_parameters(model), "device_resolved": str(device), "precision_resolved": precision})
             tracking.log_artifact(data_dir / "real_grid.png", "images")
             tracking.log_artifact(data_dir / "card.json", "data")
             tracking.log_params(dataset_params(card))
@@ -139,6 +141,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
             "seconds_this_session": round(seconds, 1),
             "num_parameters": count_parameters(model),
             "device": str(device),
+            "precision": precision,
             "final_loss": log_rows[-1]["loss"] if log_rows else None,
             "params": training_params,
         }

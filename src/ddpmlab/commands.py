@@ -45,6 +45,7 @@ params_option = click.option(
 \b
   ddpmlab compare   one report comparing every evaluated run: schedules, samplers, step counts
   ddpmlab ui        the MLflow UI on 127.0.0.1, opened at the runs' metric charts
+  ddpmlab preset    the `dvc exp run -S ...` command of a preset (configs/cifar10.yaml)
 
 The store is the project's (mlflow.db in the current directory) unless MLFLOW_TRACKING_URI is set."""
 )
@@ -129,6 +130,30 @@ def ui(experiment: str | None, params_path: Path, port: int) -> None:
         raise SystemExit(subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
     except KeyboardInterrupt:
         raise SystemExit(0) from None
+
+
+@main.command()
+@click.argument("preset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The params file the preset overrides (validated together before anything runs).")  # fmt: skip
+@click.option("--run", is_flag=True, help="Run the command instead of printing it; arguments after -- go to `dvc exp run` (e.g. -- --queue).")
+@click.argument("dvc_args", nargs=-1, type=click.UNPROCESSED)
+def preset(preset: Path, params_path: Path, run: bool, dvc_args: tuple[str, ...]) -> None:
+    """Turn a preset (a YAML file of params.yaml overrides, e.g. configs/cifar10.yaml) into the
+    `dvc exp run -S key=value ...` command that applies it, after checking that the merged params
+    are valid. Prints the command, or runs it with --run."""
+    from ddpmlab import presets
+    from ddpmlab.config import ConfigError
+
+    try:
+        overrides, _ = presets.load(preset, params_path)
+    except (ConfigError, ValueError) as e:
+        raise click.ClickException(f"{preset} on {params_path}: {e}") from e
+    args = [*presets.set_arguments(overrides), *dvc_args]
+    if not run:
+        click.echo(presets.command_line(args))
+        return
+    raise SystemExit(subprocess.call(["dvc", "exp", "run", *args]))
 
 
 def selected_runs(experiment_id: str, filter_string: str, wanted: list[str]):

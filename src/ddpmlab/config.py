@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddpmlab.acceleration import PRECISIONS
 from ddpmlab.data import SOURCES
 from ddpmlab.diffusion import OBJECTIVES, VARIANCES
 from ddpmlab.losses import WEIGHTINGS, TrainingLoss
@@ -59,6 +60,11 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     learn_variance: bool = False
     vlb_weight: float = 0.001
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    grad_accum: int = 1
+    tf32: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class SampleConfig:
     seed: int = 1
     strip_images: int = 8
     strip_columns: int = 8
+    precision: str = "fp32"
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,14 @@ def _check_values(p: Params) -> list[str]:
     one_of("sample.variance", p.sample.variance, VARIANCES)
     one_of("train.weighting", p.train.weighting, WEIGHTINGS)
     one_of("evaluate.feature_extractor", p.evaluate.feature_extractor, FEATURE_EXTRACTORS)
+    one_of("train.precision", p.train.precision, PRECISIONS)
+    one_of("sample.precision", p.sample.precision, PRECISIONS)
+    require(
+        p.train.grad_accum >= 1 and p.train.batch_size % p.train.grad_accum == 0,
+        "train.grad_accum",
+        p.train.grad_accum,
+        f"an integer >= 1 that divides train.batch_size = {p.train.batch_size} (micro-batches of batch_size / grad_accum)",
+    )
     require(
         1 <= p.evaluate.isc_splits <= p.sample.num_samples,
         "evaluate.isc_splits",

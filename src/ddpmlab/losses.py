@@ -64,6 +64,7 @@ class TrainingLoss:
     def __call__(self, model, process: DiffusionProcess, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         xt = process.q_sample(x0, t, noise)
         output = model(xt, t)
+        output = output.to(torch.promote_types(output.dtype, torch.float32))  # bf16 under autocast -> fp32 loss; fp64 stays
         prediction, variance_output = split_output(output, x0.shape[1])
         per_sample = (prediction - self.target(process, x0, t, noise)).square().flatten(1).mean(dim=1)
         if self.weighting == "min_snr":

@@ -30,7 +30,7 @@ def sample_checkpoint(path: Path, params: Params, device: torch.device) -> tuple
     cfg, steps = params.sample, params.evaluate.snapshot_steps
     shape = (trained.model.in_channels, trained.model.image_size, trained.model.image_size)
     x0 = sample_seeded(
-        SAMPLERS[cfg.sampler], trained.model, trained.process.with_steps(steps), image_seeds(cfg.seed, 0, params.evaluate.snapshot_samples),
+        SAMPLERS[cfg.sampler], trained.sampling_network(cfg.precision, cfg.compile), trained.process.with_steps(steps), image_seeds(cfg.seed, 0, params.evaluate.snapshot_samples),
         shape, batch_size=cfg.batch_size, device=device, clip_x0=cfg.clip_x0, objective=trained.params["objective"],
         **sampler_options(cfg.sampler, variance=cfg.variance, eta=cfg.eta),
     )  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ddpmlab import checkpoint
+from ddpmlab import acceleration, checkpoint
 from ddpmlab.diffusion import DiffusionProcess
 from ddpmlab.training import TrainState
 from ddpmlab.unet import UNet, UNetConfig
@@ -52,3 +52,9 @@ class TrainedDiffusion:
         model.load_state_dict(payload["ema"])
         process = DiffusionProcess.from_schedule(params["schedule"], params["T"])
         return cls(model.to(device, memory_format=torch.channels_last).eval(), process, params, int(payload["step"]))
+
+    def sampling_network(self, precision: str = "fp32", compile: bool = False) -> acceleration.InferenceNetwork:
+        """The EMA network prepared once for sampling (``sample.precision`` / ``sample.compile``)."""
+        device = next(self.model.parameters()).device
+        dtype = acceleration.resolve_precision(precision, device)
+        return acceleration.InferenceNetwork(self.model, device, dtype, compile=compile)
