@@ -1,8 +1,9 @@
 """How fast the same computation runs: precision, memory format, compilation, fused optimizers.
 
 Nothing here changes what DDPM computes. bf16 autocast runs convolutions and matmuls in
-bfloat16 with fp32 master weights, fp32 optimizer state and an fp32 loss; GroupNorm and the
-softmax inside attention stay fp32 (the autocast policy), and the sampler's x_t update is fp32.
+bfloat16 with fp32 master weights, fp32 optimizer state and an fp32 loss. Under CPU autocast,
+GroupNorm and attention run in bf16 when their input is bf16 (checked on torch 2.15); the
+sampler's x_t update is always fp32.
 ``auto`` picks bf16 where the hardware has bf16 units: CUDA GPUs with bf16 tensor cores, and
 CPUs with AMX tiles or AVX512-BF16 (through oneDNN). On the 2-core AVX512-BF16 CPU of
 benchmarks/RESULTS.md it trained the 35.7M CIFAR-10 network 2.3x faster than fp32 and the
@@ -95,5 +96,5 @@ class InferenceNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
-        with autocast(self.device, self.dtype):  # keeps GroupNorm / softmax in fp32 around the bf16 weights
+        with autocast(self.device, self.dtype):  # casts the fp32 input and timestep embedding to the weights' bf16
             return self._forward(x, t).float()
