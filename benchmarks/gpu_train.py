@@ -33,6 +33,7 @@ import statistics
 import time
 
 import click
+import peers
 import torch
 from torch import nn
 
@@ -47,33 +48,11 @@ CONFIGS = ("fp32", "tf32", "bf16-nchw", "bf16", "bf16-compile")
 STEPS_800K = 800_000
 
 
-class DiffusersAdapter(nn.Module):
-    """UNet2DModel with ddpmlab's calling convention: (x, t) -> tensor."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(x, t).sample
-
-
 def build(name: str, small: bool) -> nn.Module:
-    """ours: the DDPM CIFAR-10 net (Ho et al. 2020, appendix B); diffusers: UNet2DModel of matched layout."""
-    width, mult, groups = (32, (1, 2, 2, 2), 8) if small else (128, (1, 2, 2, 2), 32)
-    if name == "ours":
-        cfg = UNetConfig(channels=width, channel_mult=mult, num_res_blocks=2, attention_levels=(1,), dropout=0.1, norm_groups=groups)
-        return UNet(cfg, in_channels=3, image_size=32)
-    from diffusers import UNet2DModel
-
-    net = UNet2DModel(
-        sample_size=32, in_channels=3, out_channels=3,
-        block_out_channels=tuple(width * m for m in mult), layers_per_block=2,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),  # attention at 16x16 only
-        dropout=0.1, norm_num_groups=groups, attention_head_dim=None,  # None: one head, as DDPM
-    )
-    return DiffusersAdapter(net)
+    """ours: the DDPM CIFAR-10 net (Ho et al. 2020, appendix B); diffusers: UNet2DModel of matched layout (peers.py)."""
+    width, groups = (32, 8) if small else (128, 32)
+    cfg = UNetConfig(channels=width, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), dropout=0.1, norm_groups=groups)
+    return peers.ours(cfg, 3, 32) if name == "ours" else peers.diffusers_unet(cfg, 3, 32)
 
 
 def set_tf32(on: bool) -> None:

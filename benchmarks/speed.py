@@ -36,7 +36,7 @@ import yaml
 from peers import PEERS, ours
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpmlab.acceleration import InferenceNetwork, cpu_features, native_bf16
+from ddpmlab.acceleration import InferenceNetwork, cpu_features, native_bf16, resolve_precision
 from ddpmlab.config import Params, TrainConfig
 from ddpmlab.diffusion import DiffusionProcess
 from ddpmlab.training import new_train_state, train
@@ -132,8 +132,7 @@ class TrainRunner:
 class SampleRunner:
     def __init__(self, build, size: Size, config: str, device: torch.device, batch: int):
         precision, channels_last, compile_ = SPEED_CONFIGS[config]
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self.net = InferenceNetwork(build(), device, dtype, channels_last, compile_)
+        self.net = InferenceNetwork(build(), device, resolve_precision(precision, device), channels_last, compile_)
         self.x = torch.randn(batch, size.channels, size.image_size, size.image_size, device=device)
         self.t = torch.randint(0, 1000, (batch,), device=device)
 
