@@ -11,6 +11,12 @@ Reference features are extracted once per (data content, extractor) and cached b
 hash (--cache-dir). The NLL is the variational bound in bits/dim (Ho et al. eq. 5) on
 evaluate.nll_images test images. Each step count becomes one MLflow run nested under the
 training run.
+
+Conditional models: every (steps, guidance w) run is scored the same way, plus the
+conditional accuracy (the dataset classifier's accuracy on the generated images against the
+classes asked for) and per-class FID against the training split's images of each class
+(where every class has evaluation.MIN_PER_CLASS images on both sides). guidance.csv holds
+the w sweep (FID vs accuracy, the trade-off of Ho & Salimans 2022).
 """
 
 from __future__ import annotations
@@ -24,12 +30,12 @@ import torch
 from tqdm import tqdm
 
 from ddpmlab import tracking
-from ddpmlab.classifier import check_accuracy
+from ddpmlab.classifier import check_accuracy, load_classifier, predict
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.config import Params, flatten
 from ddpmlab.data import ImageSet, to_model_range
 from ddpmlab.devices import resolve_device
-from ddpmlab.evaluation import SPLITS, Protocol
+from ddpmlab.evaluation import MIN_PER_CLASS, SPLITS, Protocol, per_class_fid
 from ddpmlab.feature_cache import CACHE_ENV, FeatureCache, default_cache_dir
 from ddpmlab.inception import resolve_weights
 from ddpmlab.likelihood import summarize, vlb_terms
@@ -40,7 +46,9 @@ from ddpmlab.trained import TrainedDiffusion
 STEP_FIELDS = (
     "steps", "fid", "fid_train", "fid_ratio", "is_mean", "is_ratio", "kid_mean", "kid_mean_train", "precision", "recall",
     "precision_train", "recall_train", "seconds_per_sample", "images_per_s", "network_evals_per_sample",
+    "guidance", "cond_accuracy", "per_class_fid",
 )  # fmt: skip
+GUIDANCE_FIELDS = ("guidance", "steps", "fid", "fid_train", "is_mean", "cond_accuracy", "per_class_fid", "precision", "recall")
 CURVE_FIELDS = ("step", "fid", "fid_train", "is_mean", "precision", "recall")
 HEADLINE = ("fid", "fid_train", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "fid_ratio", "is_ratio", "seconds_per_sample")
 
@@ -117,6 +125,7 @@ def extractor_weights(params: Params, classifier_path: Path, classifier_accuracy
 @click.option("--out", "metrics_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="metrics.json to write: flat headline keys.")
 @click.option("--details", "details_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="evaluation.json to write: every number and the protocol.")
 @click.option("--steps-csv", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of the metrics per step count.")
+@click.option("--guidance-csv", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of the metrics per guidance weight (conditional models; else header only).")
 @click.option("--nll-terms", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of the NLL bound's terms per t.")
 @click.option("--training-curve", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV of FID per training checkpoint.")
 @click.option(
@@ -125,9 +134,10 @@ def extractor_weights(params: Params, classifier_path: Path, classifier_accuracy
 )  # fmt: skip
 @stage_errors
 def main(
-    params_path, data_dir, samples_dir, model_dir, classifier_path, classifier_metrics, metrics_path, details_path, steps_csv, nll_terms, training_curve, cache_dir
+    params_path, data_dir, samples_dir, model_dir, classifier_path, classifier_metrics, metrics_path, details_path, steps_csv, guidance_csv, nll_terms, training_curve, cache_dir
 ) -> None:
     params = read_params(params_path)
+    tracking.require_reachable()  # before minutes of feature extraction, not after them
     cfg = params.evaluate
     sampling = read_json(samples_dir / "sampling.json")
     train_info = read_json(model_dir / "train.json")
@@ -150,19 +160,30 @@ def main(
         f"({cache.hits} cached, {cache.misses} extracted); {n} generated images per step count"
     )
 
-    by_steps = []
-    for entry in tqdm(sampling["runs"], desc="evaluate", unit="step count"):
+    classifier = load_classifier(classifier_path, device) if sampling.get("num_classes") else None
+    by_steps, per_class = [], {}
+    for entry in tqdm(sampling["runs"], desc="evaluate", unit="run"):
         with np.load(samples_dir / entry["folder"] / "samples.npz") as f:
-            generated = extractor(f["images"])
+            samples, labels = f["images"], f.get("labels")
+        generated = extractor(samples)
         gen = rounded(protocol.score(generated))
+        key = entry.get("key", str(entry["steps"]))
         row = {
-            "steps": entry["steps"], **gen, "fid_ratio": ratio(gen["fid"], floor["fid"]), "is_ratio": ratio(gen["is_mean"], floor["is_mean"]),
+            "key": key, "steps": entry["steps"], **gen, "fid_ratio": ratio(gen["fid"], floor["fid"]), "is_ratio": ratio(gen["is_mean"], floor["is_mean"]),
             "seconds_per_sample": entry["seconds_per_sample"], "images_per_s": round(1 / entry["seconds_per_sample"], 2),
-            "network_evals_per_sample": entry["network_evals_per_sample"],
+            "network_evals_per_sample": entry["network_evals_per_sample"], "guidance": entry.get("guidance"),
         }  # fmt: skip
+        note = ""
+        if classifier is not None and labels is not None:
+            row["cond_accuracy"] = round(float((predict(classifier, samples, device) == labels).mean()), 4)
+            per_class[key] = per_class_fid(generated, labels, references["train"], data["train"].labels)
+            if per_class[key] is not None:
+                per_class[key] = rounded(per_class[key])
+                row["per_class_fid"] = round(float(np.mean(list(per_class[key].values()))), 5)
+            note = f"  w={entry['guidance']:g}: accuracy {row['cond_accuracy']:.3f}"
         by_steps.append(row)
         tqdm.write(
-            f"  {entry['steps']:>5} steps: FID {gen['fid']:.3f} (x{row['fid_ratio']}; vs train {gen['fid_train']:.3f})  IS {gen['is_mean']:.3f}  "
+            f"  {entry['steps']:>5} steps{note}: FID {gen['fid']:.3f} (x{row['fid_ratio']}; vs train {gen['fid_train']:.3f})  IS {gen['is_mean']:.3f}  "
             f"KID {gen['kid_mean']:.4f}  precision {gen['precision']:.3f}  recall {gen['recall']:.3f}  {row['images_per_s']:.1f} img/s"
         )
     curve = fid_over_training(params, model_dir, protocol, extractor, device)
@@ -172,10 +193,13 @@ def main(
     metrics = {
         **{k: headline[k] for k in HEADLINE},
         "sample_steps": headline["steps"],
+        "guidance": headline["guidance"],
+        "cond_accuracy": headline.get("cond_accuracy"),
         "nll_bits_per_dim": nll["bits_per_dim"] if nll else None,
         "real": floor,
         "classifier_accuracy": accuracy,
-        "by_steps": {str(row["steps"]): {k: v for k, v in row.items() if k != "steps"} for row in by_steps},
+        "by_steps": {row["key"]: {k: v for k, v in row.items() if k != "key"} for row in by_steps},
+        "per_class_fid": ({"reference": "train", "min_images_per_class": MIN_PER_CLASS, "by_run": per_class} if per_class else None),
         "nll": nll,
         "over_training": {
             "images": cfg.snapshot_samples, "sample_steps": cfg.snapshot_steps,
@@ -200,7 +224,9 @@ def main(
             "model_mode": sampling["model_mode"],
         },
     }
-    write_rows_csv(by_steps, STEP_FIELDS, steps_csv)
+    first_w = headline["guidance"]
+    write_rows_csv([row for row in by_steps if row["guidance"] == first_w], STEP_FIELDS, steps_csv)  # the step-count sweep
+    write_rows_csv([row for row in by_steps if first_w is not None and row["steps"] == headline["steps"]], GUIDANCE_FIELDS, guidance_csv)
     write_rows_csv(curve, CURVE_FIELDS, training_curve)
     if terms is not None:
         write_nll_terms(terms, nll_terms)
@@ -208,7 +234,7 @@ def main(
         nll_terms.write_text("t,term,bits_per_dim\n")
     write_json(details_path, metrics)
     write_json(metrics_path, headline_metrics(metrics))
-    log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, (metrics_path, details_path), (steps_csv, nll_terms, training_curve))
+    log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, samples_dir, (metrics_path, details_path), (steps_csv, guidance_csv, nll_terms, training_curve))
     summary = f"  NLL {nll['bits_per_dim']:.3f} bits/dim on {nll['images']} test images" if nll else ""
     click.echo(f"FID {headline['fid']:.3f} vs test, {headline['fid_train']:.3f} vs train at {headline['steps']} steps (real {floor['fid']:.3f}){summary}")
 
@@ -219,7 +245,10 @@ def headline_metrics(evaluation: dict) -> dict:
     out = {key: evaluation[key] for key in ("fid", "fid_train", "is_mean", "kid_mean", "precision", "recall", "sample_steps", "seconds_per_sample")}
     out["nll_bpd"] = evaluation["nll_bits_per_dim"]
     out["real_fid"] = evaluation["real"]["fid"]
-    out.update({f"fid@{steps}": row["fid"] for steps, row in evaluation["by_steps"].items()})
+    out.update({f"fid@{key}": row["fid"] for key, row in evaluation["by_steps"].items()})
+    if evaluation.get("cond_accuracy") is not None:  # conditional models: the class fidelity of every run too
+        out["cond_accuracy"] = evaluation["cond_accuracy"]
+        out.update({f"acc@{key}": row["cond_accuracy"] for key, row in evaluation["by_steps"].items()})
     return out
 
 
@@ -235,7 +264,8 @@ def log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, sample
     nll = metrics["nll"]
     nll_metrics = {f"nll_{k}": v for k, v in nll.items() if isinstance(v, float)} if nll else {}
     for row in by_steps:
-        run_name = f"{training_params['schedule']}-T{training_params['T']}-{sampling['sampler']}{row['steps']}"
+        w = row["guidance"]
+        run_name = f"{training_params['schedule']}-T{training_params['T']}-{sampling['sampler']}{row['steps']}" + ("" if w is None else f"-w{w:g}")
         with tracking.start_run(params.tracking.experiment, run_name, "evaluate", parent_run_id=train_info["run_id"]):
             tracking.log_params(flatten(training_params))
             tracking.log_params(flatten({"sample": params.to_dict()["sample"], "evaluate": params.to_dict()["evaluate"]}))
@@ -244,18 +274,19 @@ def log_to_mlflow(params, sampling, train_info, by_steps, curve, metrics, sample
                 {
                     "sampler": sampling["sampler"],
                     "sample_steps": row["steps"],
+                    **({} if w is None else {"guidance": w}),
                     "variance": sampling["variance"],
                     "eta": sampling["eta"],
                     "train_run_id": train_info["run_id"],
                     "sampling_device": sampling["device"],
                 }
             )
-            values = {k: v for k, v in row.items() if k != "steps" and v is not None}
+            values = {k: v for k, v in row.items() if k not in ("steps", "key", "guidance") and v is not None}
             real = {f"real_{k}": v for k, v in metrics["real"].items()}
             accuracy = {"classifier_accuracy": metrics["classifier_accuracy"]} if metrics["classifier_accuracy"] is not None else {}
             tracking.log_metrics({**values, **real, **accuracy, **nll_metrics})
-            folder = samples_dir / f"steps-{row['steps']}"
-            for name in ("grid.png", "denoise_strip.png"):
+            folder = samples_dir / next(r["folder"] for r in sampling["runs"] if r.get("key", str(r["steps"])) == row["key"])
+            for name in ("grid.png", "denoise_strip.png", "class_grid.png"):
                 if (folder / name).is_file():
                     tracking.log_artifact(folder / name, "samples")
             for path in metric_files:

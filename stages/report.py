@@ -12,10 +12,19 @@ import pandas as pd
 import torch
 
 from ddpmlab import images, tracking
-from ddpmlab.cli import read_json
+from ddpmlab.cli import read_json, stage_errors
 from ddpmlab.config import flatten
 from ddpmlab.data import ImageSet
-from ddpmlab.report import Document, forward_strip, loss_figure, nll_figure, schedule_figure, steps_figure, training_curve_figure
+from ddpmlab.report import (
+    Document,
+    forward_strip,
+    guidance_figure,
+    loss_figure,
+    nll_figure,
+    schedule_figure,
+    steps_figure,
+    training_curve_figure,
+)
 
 METRIC_ROWS = [  # (key, label, depends on the reference split)
     ("fid", "FID (lower is better)", True),
@@ -70,6 +79,7 @@ def protocol_text(protocol: dict, classifier: dict) -> str:
 def build(
     data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, classifier: dict,
     log: pd.DataFrame, schedule: pd.DataFrame, steps: pd.DataFrame, nll_terms: pd.DataFrame, curve: pd.DataFrame, out: Path,
+    guidance: pd.DataFrame | None = None,
 ) -> Document:  # fmt: skip
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -106,7 +116,7 @@ def build(
     )
     doc.heading("Metrics")
     doc.paragraph(protocol_text(protocol, classifier))
-    generated = metrics["by_steps"][str(metrics["sample_steps"])]  # every metric of the headline step count
+    generated = metrics["by_steps"][headline.get("key", str(headline["steps"]))]  # every metric of the headline run
     rows = []
     for key, label, per_split in METRIC_ROWS:
         train_cells = [generated[f"{key}_train"], metrics["real"][f"{key}_train"]] if per_split else ["", ""]
@@ -132,6 +142,9 @@ def build(
     doc.paragraph(f"Times are wall-clock seconds of the `sample` stage on {sampling['device']}, divided by the {sampling['num_samples']} images.")
     doc.image("figures/steps.png", "FID, IS and sampling time against the number of sampling steps (log x)")
     doc.image("figures/steps_comparison.png", f"The first images at each step count, one row per count ({', '.join(str(r['steps']) for r in sampling['runs'])}, top to bottom)")
+
+    if guidance is not None and len(guidance):
+        guidance_section(doc, guidance, metrics, sampling, samples_dir, figures, scale)
 
     nll = metrics.get("nll")
     doc.heading("Likelihood")
@@ -181,6 +194,29 @@ def build(
     return doc
 
 
+def guidance_section(doc: Document, sweep: pd.DataFrame, metrics: dict, sampling: dict, samples_dir: Path, figures: Path, scale: int) -> None:
+    """Conditional models: the guidance sweep's table, trade-off figure and a class x samples grid per w."""
+    steps = int(sweep["steps"].iloc[0])
+    doc.heading("Classifier-free guidance")
+    per_class = metrics.get("per_class_fid") or {}
+    doc.paragraph(
+        f"Class-conditional model ({sampling['num_classes']} classes; image i asked to be class i mod {sampling['num_classes']}), sampled at "
+        f"{steps} steps with eps~ = (1 + w) eps(x, t, y) - w eps(x, t, no class) (Ho & Salimans 2022, eq. 6). Conditional accuracy is the "
+        "dataset classifier's accuracy on the generated images against the classes asked for; per-class FID compares the images of each "
+        f"class with the training split's images of that class (mean over classes; computed where every class has at least "
+        f"{per_class.get('min_images_per_class', 50)} images on both sides, else blank)."
+    )
+    rows = [[f"{r.guidance:g}", r.fid, r.fid_train, r.is_mean, r.cond_accuracy, "" if pd.isna(r.per_class_fid) else r.per_class_fid] for r in sweep.itertuples()]
+    doc.table(["w", "FID", "FID vs train", "IS", "conditional accuracy", "per-class FID"], rows)
+    guidance_figure(sweep, metrics["real"], figures / "guidance.png")
+    doc.image("figures/guidance.png", "FID and conditional accuracy against the guidance weight w, and FID against accuracy (each point one w)")
+    for run in sampling["runs"]:
+        if run["steps"] == steps and run.get("guidance") is not None and (samples_dir / run["folder"] / "class_grid.png").is_file():
+            name = f"class_grid_w{run['guidance']:g}.png"
+            shutil.copyfile(samples_dir / run["folder"] / "class_grid.png", figures / name)
+            doc.image(f"figures/{name}", f"w = {run['guidance']:g}: one row per class (0 at the top), the first 10 images asked to be that class")
+
+
 def data_section(doc: Document, card: dict) -> None:
     """The dataset card: what the model was trained and evaluated on, and where it came from."""
     origin = card.get("origin", {})
@@ -211,13 +247,16 @@ def data_section(doc: Document, card: dict) -> None:
 @click.option("--train-log", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Training log CSV.")
 @click.option("--schedule", "schedule_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Schedule CSV (beta_t, alpha-bar_t).")
 @click.option("--steps-csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Metrics per sampling step count.")
+@click.option("--guidance-csv", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Metrics per guidance weight (conditional models).")
 @click.option("--nll-terms", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="NLL bound terms per t.")
 @click.option("--training-curve", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="FID per training checkpoint.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.md, report.html, figures/.")
-def main(data_dir, model_dir, samples_dir, evaluation_path, classifier_metrics, train_log, schedule_path, steps_csv, nll_terms, training_curve, out) -> None:
+@stage_errors
+def main(data_dir, model_dir, samples_dir, evaluation_path, classifier_metrics, train_log, schedule_path, steps_csv, guidance_csv, nll_terms, training_curve, out) -> None:
+    tracking.require_reachable()  # else MLflow's client retries a dead server for minutes
     doc = build(
         data_dir, model_dir, samples_dir, read_json(evaluation_path), read_json(classifier_metrics), pd.read_csv(train_log),
-        pd.read_csv(schedule_path), pd.read_csv(steps_csv), pd.read_csv(nll_terms), pd.read_csv(training_curve), out,
+        pd.read_csv(schedule_path), pd.read_csv(steps_csv), pd.read_csv(nll_terms), pd.read_csv(training_curve), out, pd.read_csv(guidance_csv),
     )  # fmt: skip
     (out / "report.md").write_text(doc.to_markdown())
     (out / "report.html").write_text(doc.to_html(out))

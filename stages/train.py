@@ -1,18 +1,27 @@
 """DVC stage `train`: fit the network with L_simple (DDPM Algorithm 1; eps, x0 or v target), logging to MLflow.
 
-Interrupted runs continue: every `train.checkpoint_every` steps the full training state is
-saved under --resume-dir (not a DVC output, so `dvc repro` keeps it), keyed by a
-fingerprint of the training params and data; a rerun with the same fingerprint resumes.
-The EMA weights at each of those steps are kept as snapshots (<out>/snapshots/) for the
-FID-over-training curve of `evaluate`.
+Interrupted runs continue: every `train.checkpoint_every` steps the full training state
+(weights, EMA, optimizer, LR schedule, step, every RNG, the log so far) is written atomically
+to --resume-dir/<fingerprint>/, which is not a DVC output, so `dvc repro` after a crash or a
+kill -9 finds it and resumes; the newest `train.keep_checkpoints` are kept. The fingerprint
+covers the training params and data, so changed params start afresh. The EMA weights at each
+of those steps are kept as snapshots (<out>/snapshots/) for the FID-over-training curve.
+
+With `train.processes` > 1 the stage relaunches itself under torchrun (DDP, one process per
+GPU, or gloo on CPU); it can also be started by torchrun directly, e.g. across nodes.
+Only rank 0 writes files and MLflow runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import importlib
 import json
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -20,13 +29,14 @@ import click
 import torch
 from tqdm import tqdm
 
-from ddpmlab import checkpoint, tracking
+from ddpmlab import checkpoint, distributed, tracking
 from ddpmlab.acceleration import resolve_precision
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
-from ddpmlab.config import flatten
+from ddpmlab.config import Params, flatten
 from ddpmlab.data import ImageSet
 from ddpmlab.devices import resolve_device
 from ddpmlab.diffusion import DiffusionProcess
+from ddpmlab.distributed import Distributed
 from ddpmlab.trained import KIND, build_unet, save_snapshot, save_training
 from ddpmlab.training import LogRecord, TrainState, new_train_state, train
 from ddpmlab.unet import count_parameters
@@ -34,9 +44,17 @@ from ddpmlab.unet import count_parameters
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s")
 
 
+# The code that decides what training computes (dvc.yaml's deps of `train`): a checkpoint
+# written by other code is not resumed, even when its tensors would still fit.
+TRAINING_CODE = ("training", "distributed", "rng", "acceleration", "losses", "likelihood", "diffusion", "schedules", "unet", "data", "trained", "checkpoint")
+
+
 def fingerprint(training_params: dict, data_file: Path) -> str:
+    """Which resumable state belongs to this run: the training params, the data and the training code."""
     digest = hashlib.sha256(json.dumps(training_params, sort_keys=True, default=list).encode())
     digest.update(data_file.read_bytes())
+    for module in (__file__, *(importlib.import_module(f"ddpmlab.{name}").__file__ for name in TRAINING_CODE)):
+        digest.update(Path(module).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -61,6 +79,28 @@ def write_schedule_csv(process: DiffusionProcess, path: Path) -> None:
             writer.writerow([i + 1, f"{process.betas[i]:.8g}", f"{process.alpha_bars[i]:.8g}", f"{torch.log10(snr[i]):.6g}"])
 
 
+def checkpoints_newest_first(folder: Path) -> list[Path]:
+    """step-N.pt files by N, newest first (by number: names stop sorting by step past 7 digits)."""
+    return sorted(folder.glob("step-*.pt"), key=lambda path: int(path.stem.removeprefix("step-")), reverse=True)
+
+
+def latest_checkpoint(folder: Path) -> tuple[dict | None, Path | None]:
+    """The newest readable resumable checkpoint in ``folder``, loaded on the CPU (RNG states must
+    stay there; the model and optimizer move their tensors themselves); an unreadable one is
+    named and skipped."""
+    for path in checkpoints_newest_first(folder):
+        try:
+            return checkpoint.load(path, KIND, map_location="cpu"), path
+        except (checkpoint.CheckpointError, OSError) as e:
+            click.echo(f"warning: skipping unreadable checkpoint {path}: {e}", err=True)
+    return None, None
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    for path in checkpoints_newest_first(folder)[keep:]:
+        path.unlink(missing_ok=True)
+
+
 def write_log_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -79,40 +119,78 @@ def write_log_csv(rows: list[dict], path: Path) -> None:
 @stage_errors
 def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_path: Path, resume_dir: Path) -> None:
     params = read_params(params_path)
+    processes = params.train.processes
+    dist = distributed.from_env()
+    if processes > 1 and not distributed.launched_by_torchrun():
+        command = distributed.relaunch_command(processes, sys.argv)
+        click.echo(f"train.processes = {processes}: relaunching under torchrun: {' '.join(command)}")
+        sys.stdout.flush()
+        os.execv(sys.executable, command)  # torchrun replaces this process, so a kill or Ctrl-C reaches it
+    if dist.world_size != processes:
+        raise click.ClickException(
+            f"torchrun started {dist.world_size} processes but train.processes = {processes}; set train.processes to the total "
+            "number of processes (WORLD_SIZE) so the params record how the model was trained"
+        )
+    if dist.is_main:
+        tracking.require_reachable()  # a dead tracking server fails now, not after the first checkpoint
+    try:
+        dist, device = distributed.start(resolve_device(params.device))
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+    finished = False
+    try:
+        run_training(params, dist, device, data_dir, out, log_path, schedule_path, resume_dir)
+        finished = True
+    finally:
+        distributed.stop(dist, wait_for_others=finished)
+
+
+def run_training(
+    params: Params, dist: Distributed, device: torch.device, data_dir: Path, out: Path, log_path: Path, schedule_path: Path, resume_dir: Path
+) -> None:
     training_params = params.training_dict()
     cfg = params.train
-    device = resolve_device(params.device)
     precision = str(resolve_precision(cfg.precision, device)).removeprefix("torch.")  # what `auto` became here
     train_set = ImageSet.load(data_dir / "train.npz")
     card = read_json(data_dir / "card.json")
     in_channels, image_size = card["channels"], card["image_size"]
     process = DiffusionProcess.from_schedule(params.schedule, params.T)
-    write_schedule_csv(process, schedule_path)
+    if dist.is_main:
+        write_schedule_csv(process, schedule_path)
 
-    state = new_train_state(lambda: build_unet(training_params["model"], in_channels, image_size, cfg.learn_variance), cfg, params.seed, device)
+    num_classes = card["num_classes"] if params.model.conditional else 0
+    if params.model.conditional and num_classes < 2:
+        raise click.ClickException(f"model.conditional: true needs labelled data with 2 or more classes; {card['source']} has {card['num_classes']}")
+    build = lambda: build_unet(training_params["model"], in_channels, image_size, cfg.learn_variance, num_classes)
+    state = new_train_state(build, cfg, params.seed, device, dist)
     model = state.model
-    key = fingerprint(training_params, data_dir / "train.npz")
-    resume_state, resume_info = resume_dir / f"{key}.pt", resume_dir / f"{key}.json"
-    snapshots = resume_dir / f"{key}-snapshots"  # moved to <out>/snapshots once training ends
+    folder = resume_dir / fingerprint(training_params, data_dir / "train.npz")
+    snapshots = folder / "snapshots"  # moved to <out>/snapshots once training ends
     log_rows: list[dict] = []
     run_id = None
-    if resume_state.is_file() and resume_info.is_file():
-        state.load_state_dict(checkpoint.load(resume_state, KIND, map_location=device))
-        info = json.loads(resume_info.read_text())
-        log_rows, run_id = info["log"], info["run_id"]
-        click.echo(f"resuming training from step {state.step} ({resume_state})")
+    saved, saved_path = latest_checkpoint(folder) if dist.is_main else (None, None)
+    chosen = distributed.broadcast_object(str(saved_path) if saved_path else None, dist)  # every rank resumes from rank 0's choice
+    if chosen is not None and saved is None:
+        saved, saved_path = checkpoint.load(chosen, KIND, map_location="cpu"), Path(chosen)
+    if saved is not None:
+        state.load_state_dict(saved, dist)
+        log_rows, run_id = list(saved["log"]), saved["run_id"]
+        if dist.is_main:
+            click.echo(f"resuming training from step {state.step} ({saved_path})")
 
     images = torch.from_numpy(train_set.images).to(device)
+    labels = torch.from_numpy(train_set.labels).to(device) if num_classes else None
     run_name = f"{params.schedule}-T{params.T}-train"
     started = time.perf_counter()
-    with tracking.start_run(params.tracking.experiment, run_name, "train", resume_run_id=run_id) as run_id:
-        if state.step == 0:
+    run = tracking.start_run(params.tracking.experiment, run_name, "train", resume_run_id=run_id) if dist.is_main else contextlib.nullcontext()
+    with run as run_id:
+        if dist.is_main and state.step == 0:
             tracking.log_params(flatten(training_params))
             tracking.log_params({"num_parameters": count_parameters(model), "device_resolved": str(device), "precision_resolved": precision})
             tracking.log_artifact(data_dir / "real_grid.png", "images")
             tracking.log_artifact(data_dir / "card.json", "data")
             tracking.log_params(dataset_params(card))
-        bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step")
+        bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not dist.is_main)
 
         def on_log(record: LogRecord) -> None:
             row = {"step": record.step, "loss": round(record.loss, 6), "lr": record.lr, "images_per_s": round(record.images_per_s, 1)}
@@ -122,18 +200,25 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
 
         def on_checkpoint(s: TrainState) -> None:
             save_snapshot(s, training_params, in_channels, image_size, snapshots / f"step-{s.step:07d}.pt")
-            save_training(s, training_params, in_channels, image_size, resume_state)
-            write_json(resume_info, {"run_id": run_id, "log": log_rows})
+            extra = {"log": log_rows, "run_id": run_id}  # in the same file as the weights: one atomic write
+            save_training(s, training_params, in_channels, image_size, folder / f"step-{s.step:07d}.pt", extra)
+            prune_checkpoints(folder, cfg.keep_checkpoints)
 
-        train(state, process, images, cfg, loss_fn=params.training_loss(), hflip=params.data.hflip, on_step=lambda _: bar.update(1), on_log=on_log, on_checkpoint=on_checkpoint)
+        train(
+            state, process, images, cfg, loss_fn=params.training_loss(), hflip=params.data.hflip, labels=labels, dist=dist,
+            on_step=lambda _: bar.update(1), on_log=on_log if dist.is_main else None, on_checkpoint=on_checkpoint,
+        )  # fmt: skip
         bar.close()
+        distributed.stop(dist)  # every rank is done: the others leave now rather than wait on rank 0's writes
+        if not dist.is_main:
+            return
         seconds = time.perf_counter() - started
         out.mkdir(parents=True, exist_ok=True)
         save_training(state, training_params, in_channels, image_size, out / "model.pt")
         shutil.rmtree(out / "snapshots", ignore_errors=True)  # from an earlier run outside DVC
         (out / "snapshots").mkdir()
-        for snapshot in sorted(snapshots.glob("step-*.pt")):
-            shutil.move(snapshot, out / "snapshots" / snapshot.name)
+        for snapshot in sorted(snapshots.glob("step-*.pt")):  # copies: the resume folder keeps them until it goes, last
+            shutil.copy2(snapshot, out / "snapshots" / snapshot.name)
         write_log_csv(log_rows, log_path)
         summary = {
             "run_id": run_id,
@@ -141,6 +226,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
             "seconds_this_session": round(seconds, 1),
             "num_parameters": count_parameters(model),
             "device": str(device),
+            "processes": dist.world_size,
             "precision": precision,
             "final_loss": log_rows[-1]["loss"] if log_rows else None,
             "params": training_params,
@@ -149,11 +235,9 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
         tracking.log_metrics({"train_seconds": seconds})
         tracking.log_artifact(out / "model.pt", "checkpoint")
         tracking.log_artifact(out / "train.json", "checkpoint")
-    for path in (resume_state, resume_info):
-        path.unlink(missing_ok=True)
-    if snapshots.is_dir():
-        snapshots.rmdir()
-    click.echo(f"trained {state.step} steps in {seconds:.0f}s on {device}; final loss {summary['final_loss']}")
+    shutil.rmtree(folder, ignore_errors=True)  # finished: the outputs now hold everything
+    where = f"{device} x {dist.world_size} processes" if dist.enabled else str(device)
+    click.echo(f"trained {state.step} steps in {seconds:.0f}s on {where}; final loss {summary['final_loss']}")
 
 
 if __name__ == "__main__":

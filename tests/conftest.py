@@ -3,6 +3,10 @@ and the stages chained as dvc.yaml chains them."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 from pathlib import Path
 from unittest import mock
 
@@ -40,13 +44,14 @@ def write_tiny_params(path: Path, **section_overrides: dict) -> Path:
     return path
 
 
-def isolate_stores(monkeypatch: pytest.MonkeyPatch, folder: Path) -> str:
-    """Point MLflow at a SQLite store and the feature cache at a folder inside ``folder``: the
-    project's mlflow.db and the user's ~/.cache are never touched. Returns the MLflow URI."""
+def isolate_stores(monkeypatch: pytest.MonkeyPatch, folder: Path, tracking_uri: str | None = None) -> str:
+    """Point MLflow at a SQLite store (or at ``tracking_uri``, e.g. a test server) and the feature
+    cache at a folder inside ``folder``: the project's mlflow.db and the user's ~/.cache are never
+    touched. Returns the MLflow URI."""
     monkeypatch.setenv("DDPMLAB_CACHE", str(folder / "cache"))
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = tracking_uri or f"sqlite:///{folder / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 
@@ -77,6 +82,24 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (until someone binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """Stop a process started with ``start_new_session=True`` and its children (`mlflow server`
+    and `mlflow ui` run uvicorn and job workers): SIGTERM, then SIGKILL if they linger."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def invoke(command, *args: object) -> Result:
     """Run a stage (a module with a click ``main``) or a click command; fail the test on a non-zero exit."""
     result = CliRunner().invoke(getattr(command, "main", command), [str(a) for a in args], catch_exceptions=False)
@@ -89,19 +112,27 @@ def evaluate_args(params: Path, data: Path, samples: Path, model: Path, classifi
     return [
         "--params", params, "--data", data, "--samples", samples, "--model", model,
         "--classifier", classifier_dir / "classifier.pt", "--classifier-metrics", classifier_dir / "classifier.json",
-        "--out", out / "metrics.json", "--details", out / "evaluation.json", "--steps-csv", out / "steps.csv",
+        "--out", out / "metrics.json", "--details", out / "evaluation.json", "--steps-csv", out / "steps.csv", "--guidance-csv", out / "guidance.csv",
         "--nll-terms", out / "nll_terms.csv", "--training-curve", out / "fid_over_training.csv",
     ]  # fmt: skip
 
 
+def prepare_inputs(p: Path, out: Path) -> None:
+    """The stages that never touch MLflow: prepared data in ``out/data``, ``out/classifier.*``."""
+    from stages import classifier, prepare
+
+    invoke(prepare, "--params", p, "--out", out / "data")
+    invoke(classifier, "--params", p, "--data", out / "data", "--out", out / "classifier.pt", "--metrics", out / "classifier.json")
+
+
 def run_pipeline(p: Path, out: Path, data: Path | None = None) -> None:
-    """Every stage with params ``p`` into ``out``; with ``data``, reuse its prepared data and classifier."""
-    from stages import classifier, evaluate, prepare, report, sample, train
+    """Every stage with params ``p`` into ``out``; with ``data``, reuse its prepared data and classifier
+    (a folder that :func:`prepare_inputs` filled)."""
+    from stages import evaluate, report, sample, train
 
     if data is None:
         data = out
-        invoke(prepare, "--params", p, "--out", out / "data")
-        invoke(classifier, "--params", p, "--data", out / "data", "--out", out / "classifier.pt", "--metrics", out / "classifier.json")
+        prepare_inputs(p, out)
     invoke(
         train, "--params", p, "--data", data / "data", "--out", out / "model", "--log", out / "train_log.csv",
         "--schedule", out / "schedule.csv", "--resume-dir", out / "resume",
@@ -112,7 +143,7 @@ def run_pipeline(p: Path, out: Path, data: Path | None = None) -> None:
         report, "--data", data / "data", "--model", out / "model", "--samples", out / "samples",
         "--evaluation", out / "evaluation.json", "--classifier-metrics", data / "classifier.json",
         "--train-log", out / "train_log.csv", "--schedule", out / "schedule.csv",
-        "--steps-csv", out / "steps.csv", "--nll-terms", out / "nll_terms.csv",
+        "--steps-csv", out / "steps.csv", "--guidance-csv", out / "guidance.csv", "--nll-terms", out / "nll_terms.csv",
         "--training-curve", out / "fid_over_training.csv", "--out", out / "reports",
     )  # fmt: skip
 

@@ -1,13 +1,15 @@
-"""End to end: `dvc repro`, then two queued experiments run in parallel
-(`dvc exp run -S 'schedule=quadratic,cosine' --queue`, `dvc queue start -j 2`), in a
-temporary copy of the repository (tracked and new files, so uncommitted work is tested
-too) with tiny params. Every (schedule, step count) must reach MLflow."""
+"""End to end: `dvc repro`, then four queued experiments run by two parallel workers
+(`dvc exp run -S 'schedule=quadratic,cosine' -S 'T=30,40' --queue`, `dvc queue start -j 2`)
+against the default SQLite MLflow store, in a temporary copy of the repository (tracked and
+new files, so uncommitted work is tested too) with tiny params. Every run, metric and
+artifact must reach MLflow; a `dvc repro` killed with SIGKILL mid-training resumes."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -73,26 +75,38 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     assert "Stage 'train' didn't change, skipping" in out and "Running stage 'sample'" in out
     run(["git", "commit", "-q", "-am", "fewer samples"], clone, env)
 
-    # Two schedules queued and run by two parallel workers in temporary copies of the repo.
-    run([*dvc, "exp", "run", "-S", "schedule=quadratic,cosine", "--queue"], clone, env)
+    # Four experiments queued and run by two parallel workers in temporary copies of the repo,
+    # all writing to the one SQLite store.
+    run([*dvc, "exp", "run", "-S", "schedule=quadratic,cosine", "-S", "T=30,40", "--queue"], clone, env)
     run([*dvc, "queue", "start", "-j", "2"], clone, env)
-    wait_for_queue(dvc, clone, env, timeout_s=900)
+    wait_for_queue(dvc, clone, env, timeout_s=1200)
     shown = json.loads(run([*dvc, "exp", "show", "--json"], clone, env))
     experiments = [exp for entry in shown for exp in (entry.get("experiments") or [])]
-    assert len(experiments) == 2, experiments
+    assert len(experiments) == 4, experiments
 
     mlflow.set_tracking_uri(f"sqlite:///{clone / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ddpmlab"])
+    assert (runs["status"] == "FINISHED").all(), runs[["tags.mlflow.runName", "status"]]
     evaluations = runs[runs["tags.ddpmlab.stage"] == "evaluate"]
-    by_schedule = evaluations.groupby("params.schedule")["params.sample_steps"].apply(sorted).to_dict()
-    # The baseline ran twice (24 then 12 samples); each queued schedule once; every step count is a run.
-    assert by_schedule == {"linear": ["30", "30", "5", "5"], "quadratic": ["30", "5"], "cosine": ["30", "5"]}
+    by_model = evaluations.groupby(["params.schedule", "params.T"])["params.sample_steps"].apply(sorted).to_dict()
+    # The baseline ran twice (24 then 12 samples); each queued experiment once; every step count is a run.
+    expected = {("linear", "30"): ["30", "30", "5", "5"]} | {(s, t): ["30", "5"] for s in ("quadratic", "cosine") for t in ("30", "40")}
+    assert by_model == expected
     assert evaluations["metrics.fid"].notna().all() and evaluations["metrics.nll_bits_per_dim"].notna().all()
     trains = runs[runs["tags.ddpmlab.stage"] == "train"]
-    assert sorted(trains["params.schedule"]) == ["cosine", "linear", "quadratic"]
-    assert (trains["params.T"] == "30").all() and trains["params.train.lr"].notna().all()
+    assert sorted(zip(trains["params.schedule"], trains["params.T"])) == sorted(expected)
+    assert trains["params.train.lr"].notna().all()
+    client = mlflow.tracking.MlflowClient()
+    for run_id in trains["run_id"]:  # every training run has its whole loss curve and its artifacts
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [2, 4]
+        logged = {a.path for folder in ("checkpoint", "report") for a in client.list_artifacts(run_id, folder)}
+        assert {"checkpoint/model.pt", "checkpoint/train.json", "report/report.html"} <= logged
+        downloaded = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/model.pt", dst_path=str(clone / "dl" / run_id))
+        assert Path(downloaded).stat().st_size > 0
+    for run_id in evaluations["run_id"]:
+        assert client.list_artifacts(run_id), f"evaluation run {run_id} has no artifacts"
     queued = evaluations[evaluations["params.schedule"] != "linear"]
-    assert queued["tags.dvc.exp_name"].notna().all() and queued["tags.dvc.exp_name"].nunique() == 2
+    assert queued["tags.dvc.exp_name"].notna().all() and queued["tags.dvc.exp_name"].nunique() == 4
     train_ids = set(trains["run_id"])
     assert set(evaluations["tags.mlflow.parentRunId"]) <= train_ids  # every evaluation nests under its training run
     assert all(len(commit) == 40 for commit in queued["tags.mlflow.source.git.commit"])
@@ -102,7 +116,7 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     # `ddpmlab compare` on what the queue left: every schedule at every step count, one row each.
     run([sys.executable, "-m", "ddpmlab.commands", "compare"], clone, env)
     rows = [line.split("|")[1:-1] for line in (clone / "reports" / "compare.md").read_text().splitlines() if line.startswith("| ")]
-    assert sorted((r[1].strip(), r[6].strip()) for r in rows[1:]) == sorted((s, n) for s in ("linear", "quadratic", "cosine") for n in ("30", "5"))
+    assert sorted((r[1].strip(), r[6].strip()) for r in rows[1:]) == sorted((s, n) for s in ("linear", "quadratic", "quadratic", "cosine", "cosine") for n in ("30", "5"))
 
 
 def wait_for_queue(dvc: list[str], clone: Path, env: dict, timeout_s: float) -> None:
@@ -134,3 +148,28 @@ def test_folder_source_is_a_dvc_dependency_so_a_new_image_reruns_prepare(repo):
     Image.new("RGB", (10, 10), (0, 255, 0)).save(clone / "images" / "red" / "new.png")
     status = json.loads(run([*dvc, "status", "prepare", "--json"], clone, env))
     assert "prepare" in status and any("images" in json.dumps(change) for change in status["prepare"])
+
+
+def test_dvc_repro_killed_mid_training_resumes_from_its_checkpoint(repo):
+    """DVC deletes a stage's outputs before running it; the resume state lives outside them
+    (.resume/), so `dvc repro` after a SIGKILL of the whole `dvc repro` goes on from there."""
+    clone, env = repo
+    dvc = [sys.executable, "-m", "dvc"]
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["train"].update(steps=100, batch_size=32, checkpoint_every=10, log_every=10)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-q", "-am", "longer training"], clone, env)
+
+    process = subprocess.Popen([*dvc, "repro", "train"], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(clone.glob(".resume/*/step-*.pt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # dvc and the stage it runs, as a crash or an OOM kill would
+    output = process.communicate()[0]
+    assert process.returncode == -signal.SIGKILL, f"dvc repro ended before it was killed:\n{output[-3000:]}"
+
+    out = run([*dvc, "repro", "train"], clone, env)
+    assert "resuming training from step" in out, out[-3000:]
+    assert json.loads((clone / "models" / "ddpm" / "train.json").read_text())["step"] == 100
+    assert json.loads(run([*dvc, "status", "train", "--json"], clone, env)) == {}
+    assert not list(clone.glob(".resume/*/step-*.pt"))

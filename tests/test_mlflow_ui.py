@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMPARED_SCHEDULES, ROOT
+from conftest import COMPARED_SCHEDULES, ROOT, free_port, stop_process_group
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "test-output"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Chromium: apt-get install chromium (CI installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -60,11 +52,7 @@ def ui_link(schedules_store, tmp_path):
             pytest.fail("mlflow ui did not answer within 90 s")
         yield link
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # mlflow ui runs uvicorn and job workers as children
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server)
 
 
 def test_the_printed_link_opens_fid_charts_and_a_run_page_with_params_and_sample_grid(ui_link):

@@ -90,11 +90,12 @@ class InferenceNetwork(nn.Module):
         self.net = model.to(device, memory_format=fmt).eval().requires_grad_(False)
         self.device, self.dtype, self.memory_format = device, dtype, fmt
         self._forward = maybe_compile(self.net, compile)
-        for name in ("in_channels", "out_channels", "image_size", "config"):  # the UNet's shape attributes
+        for name in ("in_channels", "out_channels", "image_size", "config", "num_classes"):  # the UNet's shape attributes
             if hasattr(model, name):
                 setattr(self, name, getattr(model, name))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         x = x.contiguous(memory_format=self.memory_format)
+        extra = {} if y is None else {"y": y}  # class labels, for a conditional network only
         with autocast(self.device, self.dtype):  # casts the fp32 input and timestep embedding to the weights' bf16
-            return self._forward(x, t).float()
+            return self._forward(x, t, **extra).float()

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpmlab import checkpoint
 from ddpmlab.data import ImageSet, to_model_range
 
 FEATURE_DIM = 128
@@ -124,3 +127,20 @@ def train_classifier(
         if on_step is not None:
             on_step(step, float(loss.detach()))
     return ClassifierResult(model, accuracy(model, test, device), accuracy(model, train, device))
+
+
+def load_classifier(path: str | Path, device: torch.device) -> DigitClassifier:
+    payload = checkpoint.load(path, CHECKPOINT_KIND)
+    model = DigitClassifier(payload["in_channels"], payload["num_classes"])
+    checkpoint.load_weights(model, payload["model"], path, "classifier")
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict(model: DigitClassifier, images: np.ndarray, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Predicted class of each uint8 image (N, C, H, W) -> (N,) int64."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_model_range(torch.from_numpy(images[start : start + batch_size])).to(device)
+        out.append(model(x)[1].argmax(dim=1).cpu())
+    return torch.cat(out).numpy()

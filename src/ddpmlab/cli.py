@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -19,11 +20,16 @@ EXIT_CONFIG_ERROR = 78
 
 
 def read_params(path: str | Path) -> Params:
-    """Parse and validate params.yaml; exit with EXIT_CONFIG_ERROR listing every problem."""
+    """Parse and validate params.yaml; exit with EXIT_CONFIG_ERROR listing every problem.
+
+    The one implementation behind every stage and `ddpmlab validate`: an unreadable file or
+    invalid YAML is a configuration error too, so a caller never sees a traceback for one."""
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)
         return Params.from_dict(raw if raw is not None else {})
+    except OSError as e:
+        click.echo(f"error: cannot read params file {path}: {e.strerror or e}", err=True)
     except yaml.YAMLError as e:
         click.echo(f"error: {path} is not valid YAML: {e}", err=True)
     except ConfigError as e:
@@ -73,9 +79,19 @@ def stage_errors(fn: Callable) -> Callable:
         from ddpmlab.inception import InceptionWeightsUnavailable
         from ddpmlab.training import TrainingDiverged
 
+        expected = (CheckpointError, TrainingDiverged, FileNotFoundError, InceptionWeightsUnavailable, ClassifierTooWeak, DataUnavailable)
         try:
             return fn(*args, **kwargs)
-        except (CheckpointError, TrainingDiverged, FileNotFoundError, InceptionWeightsUnavailable, ClassifierTooWeak, DataUnavailable) as e:
-            raise click.ClickException(str(e)) from e
+        except Exception as e:
+            if isinstance(e, (*expected, *_tracking_errors())):
+                raise click.ClickException(str(e)) from e
+            raise
 
     return wrapper
+
+
+def _tracking_errors() -> tuple[type[Exception], ...]:
+    """TrackingUnavailable once ddpmlab.tracking is loaded: only a stage that imported it can raise
+    it, and importing it here would load mlflow (~2 s) into stages that never track (prepare)."""
+    tracking = sys.modules.get("ddpmlab.tracking")
+    return (tracking.TrackingUnavailable,) if tracking else ()

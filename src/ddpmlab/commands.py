@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -40,12 +42,13 @@ params_option = click.option(
 
 
 @click.group(
-    help="""Compare ddpmlab experiments and browse them in MLflow (no DVC needed).
+    help="""Compare ddpmlab experiments, browse them in MLflow and check params files (no DVC needed).
 
 \b
   ddpmlab compare   one report comparing every evaluated run: schedules, samplers, step counts
   ddpmlab ui        the MLflow UI on 127.0.0.1, opened at the runs' metric charts
   ddpmlab preset    the `dvc exp run -S ...` command of a preset (configs/cifar10.yaml)
+  ddpmlab validate  check a params file (default params.yaml) as the stages do, and run nothing
 
 The store is the project's (mlflow.db in the current directory) unless MLFLOW_TRACKING_URI is set."""
 )
@@ -72,7 +75,8 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
     from ddpmlab.cli import write_text_atomic
 
     name = experiment_name(params_path, experiment)
-    experiment_id = tracking.find_experiment(name)
+    with tracking_errors():
+        experiment_id = tracking.find_experiment(name)
     if experiment_id is None:
         raise click.ClickException(f"no MLflow experiment {name!r} in {tracking.tracking_uri()}: run the pipeline first (dvc repro)")
     wanted = [r.strip() for value in run_ids for r in value.split(",") if r.strip()]
@@ -122,7 +126,8 @@ def ui(experiment: str | None, params_path: Path, port: int) -> None:
 
     name = experiment_name(params_path, experiment)
     uri = tracking.tracking_uri()
-    experiment_id = tracking.use_experiment(name)  # creates it (tagged for the training view) if no run has yet
+    with tracking_errors():
+        experiment_id = tracking.use_experiment(name)  # creates it (tagged for the training view) if no run has yet
     click.echo(f"MLflow UI for experiment {name!r} ({uri}):\n  {runs_link('127.0.0.1', port, experiment_id)}")
     sys.stdout.flush()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
@@ -154,6 +159,33 @@ def preset(preset: Path, params_path: Path, run: bool, dvc_args: tuple[str, ...]
         click.echo(presets.command_line(args))
         return
     raise SystemExit(subprocess.call(["dvc", "exp", "run", *args]))
+
+
+@main.command()
+@click.argument("path", default="params.yaml", type=click.Path(dir_okay=False, path_type=Path))
+def validate(path: Path) -> None:
+    """Check a params file exactly as every stage does before it works (YAML, keys, types,
+    ranges, the U-Net's shape) and run nothing. Prints every problem, one per line, and exits
+    with status 78 (EX_CONFIG) when there is any, a missing file and invalid YAML included."""
+    from ddpmlab.cli import read_params
+
+    params = read_params(path)  # exits with EXIT_CONFIG_ERROR after listing the problems
+    steps = ",".join(str(s) for s in params.sample.steps)
+    click.echo(
+        f"{path}: valid ({params.data.source} {params.data.image_size}x{params.data.image_size}, {params.schedule} schedule, T={params.T}, "
+        f"{params.objective} objective, {params.train.steps} training steps, {params.sample.sampler} sampling at {steps} steps)"
+    )
+
+
+@contextmanager
+def tracking_errors() -> Iterator[None]:
+    """An unreachable tracking server as a one-line error, not a traceback."""
+    from ddpmlab.tracking import TrackingUnavailable
+
+    try:
+        yield
+    except TrackingUnavailable as e:
+        raise click.ClickException(str(e)) from e
 
 
 def selected_runs(experiment_id: str, filter_string: str, wanted: list[str]):

@@ -26,7 +26,7 @@ from ddpmlab.report import Document, Emphasis, forward_strip
 
 STAGE_TAG = "tags.ddpmlab.stage"
 # What makes two evaluations different rows: the model, and how it was sampled.
-SAMPLING_KEYS = ["params.train_run_id", "params.sampler", "params.variance", "params.eta", "params.sample_steps"]
+SAMPLING_KEYS = ["params.train_run_id", "params.sampler", "params.variance", "params.eta", "params.guidance", "params.sample_steps"]
 # Training params that never tell two models apart in a plot label.
 NOT_A_DIFFERENCE = {"params.device", "params.device_resolved", "params.num_parameters", "params.tracking.experiment"}
 # The protocol: runs measured under different ones are not comparable.
@@ -41,6 +41,7 @@ class Column:
     header: str
     source: str  # a column of the evaluation rows
     better: str | None = None  # "min" | "max": the best value is marked
+    optional: bool = False  # left out of the table when no row has a value (e.g. no conditional model selected)
 
 
 COLUMNS = [
@@ -51,7 +52,9 @@ COLUMNS = [
     Column("variance", "params.variance"),
     Column("sampler", "params.sampler"),
     Column("steps", "steps"),
+    Column("w", "params.guidance", optional=True),  # classifier-free guidance weight (conditional models only)
     Column("FID", "metrics.fid", "min"),
+    Column("class accuracy", "metrics.cond_accuracy", "max", optional=True),
     Column("IS", "metrics.is_mean", "max"),
     Column("KID", "metrics.kid_mean", "min"),
     Column("precision", "metrics.precision", "max"),
@@ -87,12 +90,14 @@ class Selection:
         """(line label, its rows sorted by steps) per (training run, sampler, variance, eta)."""
         samplers_vary = self.evaluations[["params.sampler", "params.variance", "params.eta"]].drop_duplicates().shape[0] > 1
         out = []
-        for _, rows in self.evaluations.groupby(["label", "params.sampler", "params.variance", "params.eta"], sort=True):
+        for _, rows in self.evaluations.groupby(["label", "params.sampler", "params.variance", "params.eta", "params.guidance"], sort=True, dropna=False):
             first = rows.iloc[0]
             label = first["label"]
             if samplers_vary:
                 sampler = first["params.sampler"] + (f" eta={first['params.eta']}" if first["params.sampler"] == "ddim" else f" {first['params.variance']}")
                 label = f"{label}, {sampler}"
+            if first["params.guidance"]:
+                label = f"{label}, w={first['params.guidance']}"
             out.append((label, rows.sort_values("steps")))
         return out
 
@@ -107,6 +112,7 @@ def select(runs: pd.DataFrame) -> Selection:
     for key in SAMPLING_KEYS:
         if key not in evaluations:
             evaluations[key] = None
+    evaluations["params.guidance"] = evaluations["params.guidance"].fillna("")  # "" = unconditional
     evaluations["steps"] = pd.to_numeric(evaluations["params.sample_steps"]).astype(int)
     evaluations = evaluations.sort_values("start_time").drop_duplicates(SAMPLING_KEYS, keep="last")
     trainings = runs[(runs[STAGE_TAG] == "train") & runs["run_id"].isin(evaluations["params.train_run_id"])].copy()
@@ -154,17 +160,18 @@ def protocol_notes(selection: Selection) -> tuple[str, bool]:
 def table(selection: Selection) -> tuple[list[str], list[list[object]]]:
     """Header and rows of the comparison table; the best value of each scored column is wrapped in Emphasis."""
     evaluations = selection.evaluations
-    header = [c.header for c in COLUMNS]
     values = {c.header: evaluations[c.source] if c.source in evaluations else pd.Series([None] * len(evaluations)) for c in COLUMNS}
+    columns = [c for c in COLUMNS if not (c.optional and all(_missing(v) or v == "" for v in values[c.header]))]
+    header = [c.header for c in columns]
     best = {}
-    for c in COLUMNS:
+    for c in columns:
         numeric = pd.to_numeric(values[c.header], errors="coerce")
         if c.better and numeric.notna().any():
             best[c.header] = numeric.min() if c.better == "min" else numeric.max()
     rows = []
     for i in range(len(evaluations)):
         row = []
-        for c in COLUMNS:
+        for c in columns:
             value = values[c.header].iloc[i]
             value = None if _missing(value) else value
             if c.header in best and value is not None and float(value) == best[c.header]:

@@ -56,6 +56,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     log_every: int = 25
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2
     weighting: str = "mse"
     min_snr_gamma: float = 5.0
     learn_variance: bool = False
@@ -65,6 +66,8 @@ class TrainConfig:
     compile: bool = False
     grad_accum: int = 1
     tf32: bool = True
+    processes: int = 1
+    p_uncond: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class SampleConfig:
     strip_columns: int = 8
     precision: str = "fp32"
     compile: bool = False
+    guidance: tuple[float, ...] = (0.0, 1.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,13 @@ def _check_values(p: Params) -> list[str]:
         f"an integer >= 1 that divides train.batch_size = {p.train.batch_size} (micro-batches of batch_size / grad_accum)",
     )
     require(
+        p.train.processes >= 1 and p.train.grad_accum >= 1 and p.train.batch_size % (p.train.processes * p.train.grad_accum) == 0,
+        "train.processes",
+        p.train.processes,
+        f"an integer >= 1 such that processes x train.grad_accum = {p.train.processes} x {p.train.grad_accum} divides "
+        f"train.batch_size = {p.train.batch_size} (each process trains on an equal share of every batch)",
+    )
+    require(
         1 <= p.evaluate.isc_splits <= p.sample.num_samples,
         "evaluate.isc_splits",
         p.evaluate.isc_splits,
@@ -264,6 +275,14 @@ def _check_values(p: Params) -> list[str]:
         steps,
         f"a non-empty list of distinct step counts in [1, T = {p.T}]",
     )
+    require(0 <= p.train.p_uncond <= 1, "train.p_uncond", p.train.p_uncond, "a probability in [0, 1] (0.1 in Ho & Salimans 2022)")
+    guidance = list(p.sample.guidance)
+    require(
+        len(guidance) > 0 and all(w >= 0 for w in guidance) and len(set(guidance)) == len(guidance),
+        "sample.guidance",
+        guidance,
+        "a non-empty list of distinct guidance weights w >= 0 (0 = plain conditional sampling)",
+    )
     require(p.train.min_snr_gamma > 0, "train.min_snr_gamma", p.train.min_snr_gamma, "a number > 0 (5 in Hang et al. 2023)")
     require(p.train.vlb_weight >= 0, "train.vlb_weight", p.train.vlb_weight, "a number >= 0 (0.001 in Improved DDPM)")
     require(p.evaluate.snapshot_samples >= 0, "evaluate.snapshot_samples", p.evaluate.snapshot_samples, "an integer >= 0 (0 skips the curve)")
@@ -276,6 +295,7 @@ def _check_values(p: Params) -> list[str]:
         ("train.batch_size", p.train.batch_size),
         ("train.log_every", p.train.log_every),
         ("train.checkpoint_every", p.train.checkpoint_every),
+        ("train.keep_checkpoints", p.train.keep_checkpoints),
         ("sample.num_samples", p.sample.num_samples),
         ("sample.batch_size", p.sample.batch_size),
         ("sample.strip_columns", p.sample.strip_columns),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpmlab.metrics import FeatureSet, compare, inception_score
+from ddpmlab.metrics import FeatureSet, compare, frechet_distance, inception_score
 
 SPLITS = ("test", "train")  # the first is the headline reference
 
@@ -57,3 +57,20 @@ class Protocol:
             against = compare(candidates[split], self.references[split], kid_subset_size=self.kid_subset_size, seed=self.seed)
             out.update({f"{name}{suffix(split)}": value for name, value in against.items()})
         return out
+
+
+# Per-class FID needs this many images on each side: below it the covariance estimate is too poor to rank anything.
+MIN_PER_CLASS = 50
+
+
+def per_class_fid(generated: FeatureSet, labels: np.ndarray, reference: FeatureSet, reference_labels: np.ndarray) -> dict[str, float] | None:
+    """FID of the images asked to be class c against the reference images of class c, for every c;
+    None when some class has fewer than MIN_PER_CLASS images on either side."""
+    classes = np.unique(reference_labels)
+    counts = [(int((labels == c).sum()), int((reference_labels == c).sum())) for c in classes]
+    if min(min(pair) for pair in counts) < MIN_PER_CLASS:
+        return None
+    return {
+        str(c): frechet_distance(generated.subset(np.flatnonzero(labels == c)).features, reference.subset(np.flatnonzero(reference_labels == c)).features)
+        for c in classes
+    }

@@ -29,8 +29,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from ddpmlab import checkpoint
-from ddpmlab.classifier import CHECKPOINT_KIND, DigitClassifier
+from ddpmlab.classifier import load_classifier
 from ddpmlab.data import to_model_range
 
 CLASSIFIER_REGISTRY_NAME = "ddpmlab-classifier"
@@ -50,9 +49,7 @@ class ClassifierFeatures(FeatureExtractorBase):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise ValueError(f"{CLASSIFIER_REGISTRY_NAME} needs feature_extractor_weights_path (a classifier checkpoint)")
-        payload = checkpoint.load(feature_extractor_weights_path, CHECKPOINT_KIND)
-        self.net = DigitClassifier(payload["in_channels"], payload["num_classes"])
-        self.net.load_state_dict(payload["model"])
+        self.net = load_classifier(feature_extractor_weights_path, torch.device("cpu"))
 
     @staticmethod
     def get_provided_features_list():
@@ -144,12 +141,16 @@ class Extractor:
         return FeatureSet(features[self.layers[0]], features[self.layers[1]])
 
 
+def frechet_distance(generated: torch.Tensor, reference: torch.Tensor) -> float:
+    """FID between two feature sets (N, D) and (M, D) (Heusel et al. 2017, eq. 6), via torch-fidelity."""
+    return float(fid_statistics_to_metric(fid_features_to_statistics(generated), fid_features_to_statistics(reference), verbose=False)["frechet_inception_distance"])
+
+
 def compare(generated: FeatureSet, reference: FeatureSet, *, kid_subset_size: int, seed: int) -> dict[str, float]:
     """FID, KID (mean, std over 100 subsets) and precision / recall of ``generated`` against ``reference``.
 
     KID subsets have min(kid_subset_size, len(generated), len(reference)) images.
     """
-    fid = fid_statistics_to_metric(fid_features_to_statistics(generated.features), fid_features_to_statistics(reference.features), verbose=False)
     kid = kid_features_to_metric(
         generated.features,
         reference.features,
@@ -162,7 +163,7 @@ def compare(generated: FeatureSet, reference: FeatureSet, *, kid_subset_size: in
         generated.features, reference.features, prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True, verbose=False
     )
     return {
-        "fid": float(fid["frechet_inception_distance"]),
+        "fid": frechet_distance(generated.features, reference.features),
         "kid_mean": float(kid["kernel_inception_distance_mean"]),
         "kid_std": float(kid["kernel_inception_distance_std"]),
         "precision": float(prc["precision"]),

@@ -110,6 +110,27 @@ def steps_figure(steps: pd.DataFrame, real: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def guidance_figure(sweep: pd.DataFrame, real: dict, path: Path) -> None:
+    """Classifier-free guidance: FID and conditional accuracy against w, and the FID-vs-accuracy trade-off, each point a w."""
+    ordered = sweep.sort_values("guidance")
+    fig, (ax_w, ax_trade) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax_w.plot(ordered["guidance"], ordered["fid"], marker="o", color="tab:red", label="FID vs test")
+    ax_w.axhline(real["fid"], color="tab:red", linestyle="--", alpha=0.6, label="real-data floor")
+    ax_w.set(xlabel="guidance weight w", ylabel="FID (lower is better)", title="FID and class accuracy vs guidance")
+    ax_acc = ax_w.twinx()
+    ax_acc.plot(ordered["guidance"], 100 * ordered["cond_accuracy"], marker="s", color="tab:blue", label="conditional accuracy")
+    ax_acc.set_ylabel("conditional accuracy (%)")
+    lines = ax_w.get_legend_handles_labels()[0] + ax_acc.get_legend_handles_labels()[0]
+    ax_w.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
+    ax_trade.plot(100 * ordered["cond_accuracy"], ordered["fid"], marker="o", color="tab:purple")
+    for row in ordered.itertuples():
+        ax_trade.annotate(f"w={row.guidance:g}", (100 * row.cond_accuracy, row.fid), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax_trade.set(xlabel="conditional accuracy (%)", ylabel="FID vs test (lower is better)", title="Trade-off across w (Ho & Salimans 2022)")
+    for ax in (ax_w, ax_trade):
+        ax.grid(True, alpha=0.3)
+    _save(fig, path)
+
+
 def nll_figure(terms: pd.DataFrame, path: Path) -> None:
     """Bits/dim of each term of the bound against t, and the running share of the total."""
     fig, ax = plt.subplots(figsize=(9, 3.8))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ddpmlab.diffusion import DiffusionProcess, split_output
+from ddpmlab.guidance import check_labels, guided
 
 
 class SeededNoise:
@@ -180,20 +181,35 @@ def sample_seeded(
     batch_size: int,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
+    labels: Sequence[int] | torch.Tensor | None = None,
+    guidance: float = 0.0,
     **options,
 ) -> torch.Tensor:
     """Draw image i from ``seeds[i]`` for every i, ``batch_size`` images at a time.
 
     Returns (len(seeds), *image_shape) on ``device``. ``callback`` sees every batch's steps,
-    with ``StepInfo.batch_start`` telling the batches apart.
+    with ``StepInfo.batch_start`` telling the batches apart. A conditional model
+    (``model.num_classes`` > 0) draws image i of class ``labels[i]`` with classifier-free
+    guidance weight ``guidance`` (:mod:`ddpmlab.guidance`); labels are checked first.
     """
+    num_classes = getattr(model, "num_classes", 0)
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        check_labels(labels, num_classes)
+        if len(labels) != len(seeds):
+            raise ValueError(f"{len(labels)} labels for {len(seeds)} images")
+    elif guidance:
+        raise ValueError(f"guidance {guidance} needs class labels and a conditional model")
     outputs = []
     for start in range(0, len(seeds), batch_size):
         noise = SeededNoise(seeds[start : start + batch_size], image_shape, device)
+        network = model
+        if labels is not None:
+            network = guided(model, labels[start : start + batch_size], guidance, num_classes, image_shape[0])
 
         def batch_callback(info: StepInfo, start: int = start) -> None:
             info.batch_start = start
             callback(info)
 
-        outputs.append(sampler(model, process, noise, callback=batch_callback if callback else None, **options))
+        outputs.append(sampler(network, process, noise, callback=batch_callback if callback else None, **options))
     return torch.cat(outputs)

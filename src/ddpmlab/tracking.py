@@ -3,13 +3,20 @@
 Default store: ``<root>/mlflow.db`` (SQLite) with artifacts in ``<root>/mlruns``, where root
 is ``$DVC_ROOT`` when DVC runs the stage (also inside the temporary copies of queued
 experiments, so no run is lost with the copy) and the current directory otherwise.
-``MLFLOW_TRACKING_URI`` overrides the store, e.g. for a team server.
+``MLFLOW_TRACKING_URI`` overrides the store, e.g. for a team server; every run start first
+checks that such a server answers (:func:`require_reachable`), since MLflow's own client
+retries an unreachable one for minutes.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import ssl
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -48,9 +55,45 @@ def artifact_location(uri: str) -> str | None:
     return (Path(uri.removeprefix(prefix)).resolve().parent / "mlruns").as_uri()
 
 
+SERVER_COMMAND = "mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server of MLFLOW_TRACKING_URI does not answer."""
+
+
+def require_reachable(uri: str | None = None, timeout_s: float = 5.0) -> None:
+    """Fail fast, with what to do, when an http(s) tracking URI has no server answering.
+
+    One GET of the server's /health endpoint, no retries; other stores (sqlite, file,
+    databricks, ...) are not checked. Any HTTP answer below 500 counts as reachable: a proxy
+    or authentication layer may hide /health, and MLflow reports those errors itself."""
+    uri = uri or tracking_uri()
+    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            return
+        reason = f"HTTP {e.code} {e.reason}"
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLError):
+            return  # something answered; MLflow has its own TLS settings (MLFLOW_TRACKING_INSECURE_TLS, ...) to judge it
+        reason = str(e.reason)
+    except (OSError, http.client.HTTPException) as e:  # a timeout or reset while reading, or not HTTP at all
+        reason = str(e) or type(e).__name__
+    raise TrackingUnavailable(
+        f"MLflow tracking server {uri} is not reachable ({reason}). Start it, e.g. `{SERVER_COMMAND}`, "
+        f"or unset MLFLOW_TRACKING_URI to use the project's local store ({default_tracking_uri()})."
+    )
+
+
 def use_experiment(name: str) -> str:
     """Point mlflow at the project's store and experiment (created if missing); returns its id."""
     uri = tracking_uri()
+    require_reachable(uri)
     mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI to the environment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
@@ -151,6 +194,7 @@ def run_exists(run_id: str) -> bool:
 
 def find_experiment(name: str) -> str | None:
     """The id of experiment ``name`` in the project's store, or None; creates nothing."""
+    require_reachable()
     mlflow.set_tracking_uri(tracking_uri())
     experiment = mlflow.get_experiment_by_name(name)
     return experiment.experiment_id if experiment else None

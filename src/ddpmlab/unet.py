@@ -31,6 +31,7 @@ class UNetConfig:
     attention_levels: tuple[int, ...] = (1,)
     dropout: float = 0.1
     norm_groups: int = 8
+    conditional: bool = False  # a class embedding joins the timestep embedding (classifier-free guidance)
 
     def resolutions(self, image_size: int) -> list[int]:
         """Feature-map side length at each level of the down path."""
@@ -115,19 +116,29 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t). x: (B, in_channels, S, S) with S = image_size; t: (B,) -> (B, out_channels, S, S).
+    """eps_theta(x_t, t[, y]). x: (B, in_channels, S, S) with S = image_size; t: (B,) -> (B, out_channels, S, S).
 
     out_channels defaults to in_channels; 2 * in_channels adds the variance interpolation
     of a learned-variance model (Improved DDPM) after the prediction.
+
+    With ``config.conditional`` the network also takes class labels y: (B,) int64 in
+    [0, num_classes]; label ``num_classes`` (``null_label``), also used when y is None, is the
+    "no class" of classifier-free guidance (Ho & Salimans 2022), so one network learns
+    eps(x, t, y) and eps(x, t) together. Its embedding is added to the timestep embedding.
     """
 
-    def __init__(self, config: UNetConfig, in_channels: int, image_size: int, out_channels: int | None = None):
+    def __init__(self, config: UNetConfig, in_channels: int, image_size: int, out_channels: int | None = None, num_classes: int = 0):
         super().__init__()
         self.config, self.in_channels, self.image_size = config, in_channels, image_size
         self.out_channels = out_channels or in_channels
         ch, groups, dropout = config.channels, config.norm_groups, config.dropout
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.num_classes = num_classes if config.conditional else 0
+        if config.conditional:
+            if num_classes < 1:
+                raise ValueError(f"model.conditional needs labelled data with at least 1 class, got num_classes={num_classes}")
+            self.class_embedding = nn.Embedding(num_classes + 1, emb_dim)  # the last row is the null class
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         def attention(c: int, level: int) -> nn.Module:
@@ -168,8 +179,17 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, current)
         self.conv_out = zero_init(nn.Conv2d(current, self.out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.config.channels))
+        if self.num_classes:
+            labels = torch.full_like(t, self.null_label, dtype=torch.long) if y is None else y
+            emb = emb + self.class_embedding(labels)
+        elif y is not None:
+            raise ValueError("class labels given to an unconditional network (model.conditional: false)")
         h = self.conv_in(x)
         skips = [h]
         for level, down in zip(self.down, self.downsample):
