@@ -48,6 +48,27 @@ def sampler_setting(sampling: dict) -> str:
     return f"eta {sampling['eta']}" if sampling["sampler"] == "ddim" else f"variance `{sampling['variance']}`"
 
 
+def step_counts(sampling: dict) -> str:
+    """The step counts of the first guidance weight's runs (all runs for unconditional models): "100, 50, 20"."""
+    runs = sampling["runs"]
+    first_w = runs[0].get("guidance")
+    return ", ".join(str(r["steps"]) for r in runs if r.get("guidance") == first_w)
+
+
+def sampled_text(sampling: dict) -> str:
+    """What the sample stage drew: "100, 50 steps" or, with guidance, "100, 50 steps at w = 0, and w = 1, 3 at 100 steps"."""
+    runs = sampling["runs"]
+    first_w = runs[0].get("guidance")
+    text = f"{step_counts(sampling)} steps"
+    if first_w is None:
+        return text
+    others = [r for r in runs if r.get("guidance") != first_w]
+    if not others:
+        return f"{text} at guidance w = {first_w:g}"
+    weights = ", ".join(f"{r['guidance']:g}" for r in others)
+    return f"{text} at guidance w = {first_w:g}, and w = {weights} at {others[0]['steps']} steps"
+
+
 def protocol_text(protocol: dict, classifier: dict) -> str:
     """The evaluation protocol in words: what the numbers below can and cannot be compared with."""
     if protocol["feature_extractor"] == "inception-v3-compat":
@@ -111,7 +132,7 @@ def build(
         f"({card['train']['count']} train / {card['test']['count']} test images, {card['channels']}x{card['image_size']}x{card['image_size']}), "
         f"U-Net with {train['num_parameters']:,} parameters on {train['device']}. "
         f"Sampled {sampling['num_samples']} images with the `{sampling['sampler']}` sampler, {sampler_setting(sampling)}, "
-        f"at {', '.join(str(r['steps']) for r in sampling['runs'])} steps (respaced out of T = {sampling['T']}) on {sampling['device']}; "
+        f"at {sampled_text(sampling)} (respaced out of T = {sampling['T']}) on {sampling['device']}; "
         f"the headline numbers are at {headline['steps']} steps ({headline['seconds_per_sample'] * 1000:.1f} ms per image)."
     )
     doc.heading("Metrics")
@@ -141,7 +162,7 @@ def build(
     )
     doc.paragraph(f"Times are wall-clock seconds of the `sample` stage on {sampling['device']}, divided by the {sampling['num_samples']} images.")
     doc.image("figures/steps.png", "FID, IS and sampling time against the number of sampling steps (log x)")
-    doc.image("figures/steps_comparison.png", f"The first images at each step count, one row per count ({', '.join(str(r['steps']) for r in sampling['runs'])}, top to bottom)")
+    doc.image("figures/steps_comparison.png", f"The first images at each step count, one row per count ({step_counts(sampling)}, top to bottom)")
 
     if guidance is not None and len(guidance):
         guidance_section(doc, guidance, metrics, sampling, samples_dir, figures, scale)
@@ -189,7 +210,9 @@ def build(
     doc.heading("Params")
     doc.paragraph("Training params as stored in the checkpoint, then the sampling settings the samples were drawn with.")
     sampling_rows = [[f"sample.{k}", sampling[k]] for k in ("sampler", "variance", "eta", "clip_x0", "num_samples")]
-    sampling_rows.append(["sample.steps", ", ".join(str(r["steps"]) for r in sampling["runs"])])
+    sampling_rows.append(["sample.steps", step_counts(sampling)])
+    if sampling["runs"][0].get("guidance") is not None:
+        sampling_rows.append(["sample.guidance", ", ".join(dict.fromkeys(f"{r['guidance']:g}" for r in sampling["runs"]))])
     doc.table(["param", "value"], [[k, v] for k, v in flatten(params).items()] + sampling_rows)
     return doc
 

@@ -53,6 +53,9 @@ def test_every_run_is_scored_with_its_conditional_accuracy(conditional: Path):
 def test_report_shows_the_trade_off_and_a_class_grid_per_w(conditional: Path):
     report = (conditional / "reports" / "report.md").read_text()
     assert "## Classifier-free guidance" in report and "figures/guidance.png" in report
+    assert "at 30, 5 steps at guidance w = 0, and w = 1, 3 at 30 steps (respaced" in report
+    assert "one row per count (30, 5, top to bottom)" in report  # the comparison grid holds the first w only
+    assert "| sample.guidance | 0, 1, 3 |" in report
     for w in ("0", "1", "3"):
         assert f"figures/class_grid_w{w}.png" in report
         assert (conditional / "reports" / "figures" / f"class_grid_w{w}.png").is_file()
