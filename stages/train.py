@@ -190,12 +190,15 @@ def run_training(
             tracking.log_artifact(data_dir / "real_grid.png", "images")
             tracking.log_artifact(data_dir / "card.json", "data")
             tracking.log_params(dataset_params(card))
+        # Resumed: MLflow already has the points up to the crash; replayed steps give the same loss, so skip them.
+        logged_up_to = tracking.last_logged_step(run_id, "loss") if dist.is_main and state.step > 0 else -1
         bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not dist.is_main)
 
         def on_log(record: LogRecord) -> None:
             row = {"step": record.step, "loss": round(record.loss, 6), "lr": record.lr, "images_per_s": round(record.images_per_s, 1)}
             log_rows.append(row)
-            tracking.log_metrics({"loss": record.loss, "lr": record.lr, "images_per_s": record.images_per_s}, step=record.step)
+            if record.step > logged_up_to:
+                tracking.log_metrics({"loss": record.loss, "lr": record.lr, "images_per_s": record.images_per_s}, step=record.step)
             bar.set_postfix(loss=f"{record.loss:.4f}", img_s=f"{record.images_per_s:.0f}")
 
         def on_checkpoint(s: TrainState) -> None:

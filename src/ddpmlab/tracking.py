@@ -166,6 +166,13 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str 
         client.log_metric(run_id, key, value, step=step or 0)
 
 
+def last_logged_step(run_id: str, key: str) -> int:
+    """The highest step of metric ``key`` in run ``run_id``, -1 if it has none. A resumed training
+    run logs only past it, so the steps between its last checkpoint and the crash are not doubled."""
+    history = mlflow.tracking.MlflowClient(tracking_uri()).get_metric_history(run_id, key)
+    return max((point.step for point in history), default=-1)
+
+
 def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
     if run_id is None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
