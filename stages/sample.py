@@ -24,7 +24,7 @@ from ddpmlab import images, tracking
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.data import to_uint8
 from ddpmlab.devices import resolve_device
-from ddpmlab.guidance import class_labels, run_key, sweep
+from ddpmlab.guidance import class_labels, network_passes, run_key, sweep
 from ddpmlab.inception import resolve_weights
 from ddpmlab.samplers import SAMPLERS, StepInfo, TrajectoryRecorder, image_seeds, sample_seeded, sampler_options
 from ddpmlab.trained import TrainedDiffusion, learns_variance
@@ -91,13 +91,13 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
     plan = sweep(cfg.steps, cfg.guidance, conditional=bool(num_classes))
 
     runs, comparison = [], []
-    network_evals = sum(steps * (2 if w else 1) for steps, w in plan)  # a guided step runs the network twice
+    network_evals = sum(steps * network_passes(w) for steps, w in plan)
     with tqdm(total=cfg.num_samples * network_evals, desc="sample", unit="img-eval", unit_scale=True) as bar:
         for steps, w in plan:
             bar.set_postfix(steps=steps, **({} if w is None else {"w": w}))
             strip = TrajectoryRecorder(min(cfg.strip_images, cfg.num_samples), cfg.strip_columns, steps)
 
-            def callback(info: StepInfo, strip: TrajectoryRecorder = strip, evals: int = 2 if w else 1) -> None:
+            def callback(info: StepInfo, strip: TrajectoryRecorder = strip, evals: int = network_passes(w)) -> None:
                 if info.step > 0:
                     bar.update(info.x.shape[0] * evals)
                 strip(info)
@@ -119,7 +119,7 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
                     "guidance": w,
                     "key": run_key(steps, w),
                     "folder": steps_dir(steps, w),
-                    "network_evals_per_sample": steps * (2 if w else 1),
+                    "network_evals_per_sample": steps * network_passes(w),
                     "seconds": round(seconds, 2),
                     "seconds_per_sample": round(seconds / cfg.num_samples, 5),
                 }

@@ -51,6 +51,11 @@ def sweep(steps: tuple[int, ...], guidance: tuple[float, ...], conditional: bool
     return [(s, guidance[0]) for s in steps] + [(steps[0], w) for w in guidance[1:]]
 
 
+def network_passes(w: float | None) -> int:
+    """Network evaluations per image per sampling step: a guided step (w != 0) also runs the null class."""
+    return 2 if w else 1
+
+
 def run_key(steps: int, w: float | None) -> str:
     """How a (steps, w) run is named in folders, metrics.json (fid@<key>) and MLflow: "50" or "50w1.5"."""
     return str(steps) if w is None else f"{steps}w{w:g}"
