@@ -47,7 +47,9 @@ CIFAR = UNetConfig(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, at
 SPEED_CONFIGS = {
     "fp32-nchw": ("fp32", False, False),
     "fp32": ("fp32", True, False),
+    "bf16-nchw": ("bf16", False, False),
     "bf16": ("bf16", True, False),
+    "bf16-nchw-compile": ("bf16", False, True),
     "bf16-compile": ("bf16", True, True),
 }
 
