@@ -46,7 +46,7 @@ LOG_FIELDS = ("step", "loss", "lr", "images_per_s")
 
 # The code that decides what training computes (dvc.yaml's deps of `train`): a checkpoint
 # written by other code is not resumed, even when its tensors would still fit.
-TRAINING_CODE = ("training", "distributed", "rng", "acceleration", "losses", "likelihood", "diffusion", "schedules", "unet", "data", "trained", "checkpoint")
+TRAINING_CODE = ("training", "distributed", "rng", "acceleration", "losses", "likelihood", "diffusion", "schedules", "unet", "cpu_kernels", "data", "trained", "checkpoint")
 
 
 def fingerprint(training_params: dict, data_file: Path) -> str:

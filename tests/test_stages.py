@@ -309,3 +309,35 @@ def test_other_objectives_losses_and_samplers_run_through_the_stages(pipeline: P
     invoke(evaluate, *evaluate_args(params, pipeline / "data", tmp_path / "samples", tmp_path / "model", pipeline, tmp_path))
     nll = json.loads((tmp_path / "evaluation.json").read_text())["nll"]
     assert nll["variance"] == variance and np.isfinite(nll["bits_per_dim"])
+
+
+def _ddpmlab_imports(module: str) -> set[str]:
+    """The ddpmlab modules a source file imports (``from ddpmlab import x`` / ``from ddpmlab.x import ...``)."""
+    import ast
+
+    source = Path(__file__).parents[1] / "src" / "ddpmlab" / f"{module}.py"
+    found = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "ddpmlab":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ddpmlab."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_the_networks_code_is_a_train_dependency_and_part_of_the_resume_fingerprint():
+    """Code the U-Net's forward pass runs changes what training computes: DVC must rerun
+    `train` when it changes, and a checkpoint written by older code must not be resumed."""
+    import yaml
+
+    network_code, todo = set(), ["unet"]
+    while todo:
+        module = todo.pop()
+        if module not in network_code:
+            network_code.add(module)
+            todo += _ddpmlab_imports(module)
+    dvc_yaml = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())
+    deps = set(dvc_yaml["stages"]["train"]["deps"])
+    assert "cpu_kernels" in network_code
+    assert {f"src/ddpmlab/{m}.py" for m in network_code} <= deps
+    assert network_code <= set(train.TRAINING_CODE)
