@@ -60,7 +60,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     drop = quantised_drop_probability(p)
     if drop >= 1.0:
         return torch.zeros_like(x)
-    threshold = torch.tensor(round(p * _LANE_VALUES), dtype=torch.int16)  # int16 vs int16 tensor: 2x faster than vs a Python int
+    # A lane in [0, 2^15) below drop * 2^15 drops its element. An int16 tensor, not a Python int: 2x faster compare
+    threshold = torch.tensor(int(drop * _LANE_VALUES), dtype=torch.int16)
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()
     lanes = words.view(torch.int16)[: x.numel()].bitwise_and_(_LANE_VALUES - 1)
     keep = _in_memory_order_of(x, torch.ge(lanes, threshold))
