@@ -325,19 +325,38 @@ def _ddpmlab_imports(module: str) -> set[str]:
     return found
 
 
+def _import_closure(*roots: str) -> set[str]:
+    """The roots and every ddpmlab module they import, directly or not."""
+    closure, todo = set(), list(roots)
+    while todo:
+        module = todo.pop()
+        if module not in closure:
+            closure.add(module)
+            todo += _ddpmlab_imports(module)
+    return closure
+
+
+def _stage_deps(stage: str) -> set[str]:
+    import yaml
+
+    return set(yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"][stage]["deps"])
+
+
 def test_the_networks_code_is_a_train_dependency_and_part_of_the_resume_fingerprint():
     """Code the U-Net's forward pass runs changes what training computes: DVC must rerun
     `train` when it changes, and a checkpoint written by older code must not be resumed."""
-    import yaml
-
-    network_code, todo = set(), ["unet"]
-    while todo:
-        module = todo.pop()
-        if module not in network_code:
-            network_code.add(module)
-            todo += _ddpmlab_imports(module)
-    dvc_yaml = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())
-    deps = set(dvc_yaml["stages"]["train"]["deps"])
+    network_code = _import_closure("unet")
     assert "cpu_kernels" in network_code
-    assert {f"src/ddpmlab/{m}.py" for m in network_code} <= deps
+    assert {f"src/ddpmlab/{m}.py" for m in network_code} <= _stage_deps("train")
     assert network_code <= set(train.TRAINING_CODE)
+
+
+@pytest.mark.parametrize("stage", ["sample", "evaluate"])
+def test_stages_that_run_the_trained_network_depend_on_its_code(stage):
+    """sample and evaluate run the saved network (in bf16 through cpu_kernels when sample.precision
+    asks) and its diffusion process: a change to that code must rerun them, even when it leaves
+    the trained weights alone."""
+    code = _import_closure("unet", "diffusion") | {"trained", "acceleration"}  # trained: loads and casts the EMA weights
+    assert {"unet", "cpu_kernels", "diffusion", "schedules"} <= code
+    missing = {f"src/ddpmlab/{m}.py" for m in code} - _stage_deps(stage)
+    assert not missing, f"dvc.yaml's {stage} stage does not list {sorted(missing)}"
