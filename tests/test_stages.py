@@ -353,9 +353,9 @@ def test_the_networks_code_is_a_train_dependency_and_part_of_the_resume_fingerpr
 
 @pytest.mark.parametrize("stage", ["sample", "evaluate"])
 def test_stages_that_run_the_trained_network_depend_on_its_code(stage):
-    """sample and evaluate run the saved network (in bf16 through cpu_kernels when sample.precision
-    asks) and its diffusion process: a change to that code must rerun them, even when it leaves
-    the trained weights alone."""
+    """sample (the samples) and evaluate (the NLL) run the saved network and its diffusion process,
+    with cpu_kernels on the bf16 CPU path: a change to that code must rerun them, even when it
+    leaves the trained weights alone."""
     code = _import_closure("unet", "diffusion") | {"trained", "acceleration"}  # trained: loads and casts the EMA weights
     assert {"unet", "cpu_kernels", "diffusion", "schedules"} <= code
     missing = {f"src/ddpmlab/{m}.py" for m in code} - _stage_deps(stage)
