@@ -4,8 +4,9 @@ Interrupted runs continue: every `train.checkpoint_every` steps the full trainin
 (weights, EMA, optimizer, LR schedule, step, every RNG, the log so far) is written atomically
 to --resume-dir/<fingerprint>/, which is not a DVC output, so `dvc repro` after a crash or a
 kill -9 finds it and resumes; the newest `train.keep_checkpoints` are kept. The fingerprint
-covers the training params and data, so changed params start afresh. The EMA weights at each
-of those steps are kept as snapshots (<out>/snapshots/) for the FID-over-training curve.
+covers the training params, the data and the training code, so changed params or code start
+afresh. The EMA weights at each of those steps are kept as snapshots (<out>/snapshots/) for the
+FID-over-training curve.
 
 With `train.processes` > 1 the stage relaunches itself under torchrun (DDP, one process per
 GPU, or gloo on CPU); it can also be started by torchrun directly, e.g. across nodes.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -29,7 +29,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from ddpmlab import checkpoint, distributed, tracking
+from ddpmlab import checkpoint, code_deps, distributed, tracking
 from ddpmlab.acceleration import resolve_precision
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.config import Params, flatten
@@ -44,17 +44,19 @@ from ddpmlab.unet import count_parameters
 LOG_FIELDS = ("step", "loss", "lr", "images_per_s")
 
 
-# The code that decides what training computes (dvc.yaml's deps of `train`): a checkpoint
-# written by other code is not resumed, even when its tensors would still fit.
-TRAINING_CODE = ("training", "distributed", "rng", "acceleration", "losses", "likelihood", "diffusion", "schedules", "unet", "cpu_kernels", "data", "trained", "checkpoint")
+# The code that decides what training computes: this script and every ddpmlab module it imports
+# (config builds the loss, data the batches, unet the network...), the same files dvc.yaml lists as
+# `train`'s deps (tests/test_dvc_deps.py). A checkpoint written by other code is not resumed, even
+# when its tensors would still fit.
+TRAINING_CODE = (Path(__file__).resolve(), *code_deps.import_closure(Path(__file__)))
 
 
 def fingerprint(training_params: dict, data_file: Path) -> str:
     """Which resumable state belongs to this run: the training params, the data and the training code."""
     digest = hashlib.sha256(json.dumps(training_params, sort_keys=True, default=list).encode())
     digest.update(data_file.read_bytes())
-    for module in (__file__, *(importlib.import_module(f"ddpmlab.{name}").__file__ for name in TRAINING_CODE)):
-        digest.update(Path(module).read_bytes())
+    for source in TRAINING_CODE:
+        digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
 

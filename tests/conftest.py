@@ -22,7 +22,7 @@ TINY_OVERRIDES = {
     "data": {"image_size": 8},
     "model": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1], "norm_groups": 4},
     "train": {"steps": 4, "batch_size": 8, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 2},
-    "sample": {"steps": [30, 5], "num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
+    "sample": {"sampler": ["ddpm", "dpmpp_2m"], "steps": [30, 5], "num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
     "classifier": {"steps": 3, "min_accuracy": 0.0},  # three batches cannot reach a real threshold
     "evaluate": {"batch_size": 64, "kid_subset_size": 8, "isc_splits": 4, "nll_images": 12, "snapshot_samples": 8, "snapshot_steps": 5},
 }
@@ -37,6 +37,18 @@ def merge(base: dict, overrides: dict) -> dict:
 
 def tiny_params() -> dict:
     return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_OVERRIDES)
+
+
+# The TrainConfig defaults the unit tests were written, and their tolerances measured, with (fp32,
+# NHWC): the dataclass defaults now follow params.yaml (auto precision, NCHW, ...).
+UNIT_TRAIN_DEFAULTS = {"precision": "fp32", "channels_last": True, "ema_decay": 0.999, "checkpoint_every": 500}
+
+
+def train_config(**fields):
+    """A TrainConfig of ``fields`` over UNIT_TRAIN_DEFAULTS."""
+    from ddpmlab.config import TrainConfig
+
+    return TrainConfig(**{**UNIT_TRAIN_DEFAULTS, **fields})
 
 
 def write_tiny_params(path: Path, **section_overrides: dict) -> Path:
@@ -112,7 +124,7 @@ def evaluate_args(params: Path, data: Path, samples: Path, model: Path, classifi
     return [
         "--params", params, "--data", data, "--samples", samples, "--model", model,
         "--classifier", classifier_dir / "classifier.pt", "--classifier-metrics", classifier_dir / "classifier.json",
-        "--out", out / "metrics.json", "--details", out / "evaluation.json", "--steps-csv", out / "steps.csv", "--guidance-csv", out / "guidance.csv",
+        "--out", out / "metrics.json", "--details", out / "evaluation.json", "--steps-csv", out / "steps.csv", "--guidance-csv", out / "guidance.csv", "--nfe-csv", out / "fid_vs_nfe.csv",
         "--nll-terms", out / "nll_terms.csv", "--training-curve", out / "fid_over_training.csv",
     ]  # fmt: skip
 

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import train_config
 from ddpmlab.acceleration import InferenceNetwork, adamw, resolve_precision
 from ddpmlab.config import ConfigError, Params, TrainConfig
 from ddpmlab.diffusion import DiffusionProcess
@@ -37,7 +38,7 @@ def test_precision_names_resolve_to_autocast_dtypes():
 
 
 def test_gradient_accumulation_takes_the_same_step_as_one_big_batch():
-    base = TrainConfig(steps=5, batch_size=16, lr=1e-3, warmup_steps=1, precision="fp32", log_every=5)
+    base = train_config(steps=5, batch_size=16, lr=1e-3, warmup_steps=1, precision="fp32", log_every=5)
     whole, split = run(base), run(dataclasses.replace(base, grad_accum=4))
     # Same samples per step (drawn before the split); only the summation order of the gradient differs.
     torch.testing.assert_close(flat(split), flat(whole), rtol=0, atol=1e-5)
@@ -45,7 +46,7 @@ def test_gradient_accumulation_takes_the_same_step_as_one_big_batch():
 
 
 def test_bf16_training_keeps_fp32_weights_and_optimizer_state_and_learns():
-    cfg = TrainConfig(steps=60, batch_size=16, lr=2e-3, warmup_steps=5, log_every=10, precision="bf16")
+    cfg = train_config(steps=60, batch_size=16, lr=2e-3, warmup_steps=5, log_every=10, precision="bf16")
     logs = []
     state = run(cfg, logs)
     assert {p.dtype for p in state.model.parameters()} == {torch.float32}
@@ -55,7 +56,7 @@ def test_bf16_training_keeps_fp32_weights_and_optimizer_state_and_learns():
 
 
 def test_bf16_and_fp32_training_stay_close_over_a_few_steps():
-    base = TrainConfig(steps=3, batch_size=16, lr=1e-3, warmup_steps=1, log_every=3)
+    base = train_config(steps=3, batch_size=16, lr=1e-3, warmup_steps=1, log_every=3)
     fp32, bf16 = run(dataclasses.replace(base, precision="fp32")), run(dataclasses.replace(base, precision="bf16"))
     drift = (flat(bf16) - flat(fp32)).abs().max().item()
     # Three Adam steps move each weight by about lr per step; bf16 rounding may flip a few update

@@ -27,24 +27,38 @@ def table_rows(markdown: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
-def test_compare_reports_every_schedule_at_every_step_count(schedules_store, tmp_path, monkeypatch):
+# The tiny pipeline's run plan (conftest.TINY_OVERRIDES): every sampler at every step count.
+RUN_KEYS = ("ddpm-30", "ddpm-5", "dpmpp_2m-30", "dpmpp_2m-5")
+TABLE_START = ["run", "schedule", "T", "objective", "sampler", "spacing", "steps", "NFE"]
+METRIC_HEADERS = ["FID", "FID / real floor", "IS", "KID", "precision", "recall", "NLL (bits/dim)", "train steps", "train time (min)", "s / sample"]
+
+
+def cells(header: list[str], row: list[str], *names: str) -> tuple[str, ...]:
+    return tuple(row[header.index(name)] for name in names)
+
+
+def test_compare_reports_every_schedule_at_every_sampler_and_step_count(schedules_store, tmp_path, monkeypatch):
     folder, uri = schedules_store
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--data", folder / COMPARED_SCHEDULES[0] / "data")
     assert result.exit_code == 0, result.output
-    assert "compared 6 evaluations of 3 models" in result.output
+    assert f"compared {len(COMPARED_SCHEDULES) * len(RUN_KEYS)} evaluations of 3 models" in result.output
     rows = table_rows((tmp_path / "compare.md").read_text())
     header, body = rows[0], rows[1:]
-    assert header[:7] == ["run", "schedule", "T", "objective", "variance", "sampler", "steps"]
-    assert sorted((r[1], r[6]) for r in body) == sorted((s, n) for s in COMPARED_SCHEDULES for n in ("30", "5"))
-    assert {r[0] for r in body} == {f"{s}-T30-ddpm{n}" for s in COMPARED_SCHEDULES for n in (30, 5)}
+    assert header == TABLE_START + METRIC_HEADERS  # unconditional models: no w, no class accuracy
+    expected_runs = {(s, sampler, steps) for s in COMPARED_SCHEDULES for sampler in ("ddpm", "dpmpp_2m") for steps in ("30", "5")}
+    assert sorted(cells(header, r, "schedule", "sampler", "steps") for r in body) == sorted(expected_runs)
+    assert {r[0] for r in body} == {f"{s}-T30-{key}" for s in COMPARED_SCHEDULES for key in RUN_KEYS}
+    assert all(cells(header, r, "spacing", "T", "objective") == ("uniform", "30", "eps") for r in body)
+    assert all(r[header.index("NFE")] == r[header.index("steps")] for r in body)  # one network evaluation per step, unguided
 
-    # Each FID is the one the evaluate stage wrote for that (schedule, steps); the lowest is bold, once.
+    # Each FID is the one the evaluate stage wrote for that (schedule, run); the lowest is bold, once.
     fid_col = header.index("FID")
     expected = {}
     for schedule in COMPARED_SCHEDULES:
-        by_steps = json.loads((folder / schedule / "evaluation.json").read_text())["by_steps"]
-        expected.update({(schedule, steps): row["fid"] for steps, row in by_steps.items()})
-    shown = {(r[1], r[6]): float(r[fid_col].strip("*")) for r in body}
+        by_run = json.loads((folder / schedule / "evaluation.json").read_text())["by_run"]
+        assert set(by_run) == set(RUN_KEYS)
+        expected.update({(schedule, row["sampler"], str(row["steps"])): row["fid"] for row in by_run.values()})
+    shown = {cells(header, r, "schedule", "sampler", "steps"): float(r[fid_col].strip("*")) for r in body}
     assert shown == pytest.approx(expected, rel=1e-3)
     bold = [r for r in body if r[fid_col].startswith("**")]
     assert len(bold) == 1 and float(bold[0][fid_col].strip("*")) == pytest.approx(min(expected.values()), rel=1e-3)
@@ -62,9 +76,10 @@ def test_a_filter_that_matches_only_evaluations_still_brings_their_training_runs
     _, uri = schedules_store
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--filter", "params.sample_steps = '5'")
     assert result.exit_code == 0, result.output
-    body = table_rows((tmp_path / "compare.md").read_text())[1:]
-    assert sorted(r[1] for r in body) == sorted(COMPARED_SCHEDULES) and {r[6] for r in body} == {"5"}
-    assert all(r[14] != "" for r in body)  # train time comes from the training runs the filter left out
+    header, *body = table_rows((tmp_path / "compare.md").read_text())
+    assert sorted(cells(header, r, "schedule", "sampler") for r in body) == sorted((s, sampler) for s in COMPARED_SCHEDULES for sampler in ("ddpm", "dpmpp_2m"))
+    assert {r[header.index("steps")] for r in body} == {"5"}
+    assert all(float(r[header.index("train time (min)")]) > 0 for r in body)  # from the training runs the filter left out
     assert (tmp_path / "compare" / "loss.png").is_file()
 
 
@@ -73,19 +88,20 @@ def test_runs_selects_a_training_run_with_all_its_evaluations(schedules_store, t
     cosine_run = json.loads((folder / "cosine" / "model" / "train.json").read_text())["run_id"]
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--runs", cosine_run)
     assert result.exit_code == 0, result.output
-    body = table_rows((tmp_path / "compare.md").read_text())[1:]
-    assert sorted((r[1], r[6]) for r in body) == [("cosine", "30"), ("cosine", "5")]
+    _header, *body = table_rows((tmp_path / "compare.md").read_text())
+    assert sorted(r[0] for r in body) == sorted(f"cosine-T30-{key}" for key in RUN_KEYS)
 
 
 def test_runs_with_an_evaluation_id_brings_its_training_run_for_time_and_loss(schedules_store, tmp_path, monkeypatch):
     _, uri = schedules_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    runs = tracking.search_runs(tracking.find_experiment("ddpmlab"), "params.schedule = 'sigmoid' AND params.sample_steps = '5'")
+    runs = tracking.search_runs(tracking.find_experiment("ddpmlab"), "params.schedule = 'sigmoid' AND params.run_key = 'dpmpp_2m-5'")
     (evaluation_id,) = runs["run_id"]
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--runs", evaluation_id)
     assert result.exit_code == 0, result.output
-    (row,) = table_rows((tmp_path / "compare.md").read_text())[1:]
-    assert (row[1], row[6]) == ("sigmoid", "5") and float(row[14]) > 0  # train time (min), from the training run
+    header, row = table_rows((tmp_path / "compare.md").read_text())
+    assert cells(header, row, "run", "schedule", "sampler", "steps", "NFE") == ("sigmoid-T30-dpmpp_2m-5", "sigmoid", "dpmpp_2m", "5", "5")
+    assert float(row[header.index("train time (min)")]) > 0  # from the training run
     assert (tmp_path / "compare" / "loss.png").is_file()
 
 
@@ -100,12 +116,17 @@ def test_bad_filter_and_empty_selection_fail_with_a_clear_message(schedules_stor
     assert not (tmp_path / "compare.md").exists()
 
 
-def evaluation(run_id: str, train_run: str, steps: int, start: int, fid: float, **params: str) -> dict:
-    base = {"schedule": "linear", "T": "1000", "sampler": "ddpm", "variance": "fixed_large", "eta": "0.0", "train.lr": "0.001"}
+# The options each sampler logs as params (``sampler.<option>``), at their defaults.
+SAMPLER_OPTIONS = {"ddpm": {"sampler.variance": "fixed_large"}, "ddim": {"sampler.eta": "0.0"}}
+
+
+def evaluation(run_id: str, train_run: str, steps: int, start: int, fid: float, sampler: str = "ddpm", nfe: int | None = None, **params: str) -> dict:
+    """An evaluation run's row as evaluation_tracking logs it (its sampler's options included)."""
+    base = {"schedule": "linear", "T": "1000", "sampler": sampler, "spacing": "uniform", **SAMPLER_OPTIONS.get(sampler, {}), "train.lr": "0.001"}
     return {
         "run_id": run_id, "start_time": pd.Timestamp(start, unit="s"), "tags.ddpmlab.stage": "evaluate",
-        "params.train_run_id": train_run, "params.sample_steps": str(steps), "metrics.fid": fid,
-        **{f"params.{k}": v for k, v in {**base, **params}.items()},
+        "params.train_run_id": train_run, "params.sample_steps": str(steps), "params.nfe": str(steps if nfe is None else nfe),
+        "metrics.fid": fid, **{f"params.{k}": v for k, v in {**base, **params}.items()},
     }  # fmt: skip
 
 
@@ -122,7 +143,43 @@ def test_select_keeps_the_newest_evaluation_per_model_sampler_and_steps():
     selection = compare.select(runs)
     assert sorted(selection.evaluations["run_id"]) == ["b", "c", "d"]
     assert selection.evaluations.set_index("run_id")["train_minutes"].to_dict() == pytest.approx({"b": 2.0, "c": 2.0, "d": float("nan")}, nan_ok=True)
-    assert [label for label, _ in selection.curves] == ["cosine, ddpm fixed_large", "linear, ddim eta=0.0", "linear, ddpm fixed_large"]
+    assert [label for label, _ in selection.curves] == ["cosine, ddpm", "linear, ddim", "linear, ddpm"]
+
+
+def test_select_keeps_spacings_and_sampler_options_apart_and_labels_their_lines():
+    runs = pd.DataFrame(
+        [
+            evaluation("a", "t1", 10, start=1, fid=9.0),
+            evaluation("b", "t1", 10, start=2, fid=8.0, spacing="logsnr"),  # another step grid: its own row
+            evaluation("c", "t1", 10, start=3, fid=7.0, **{"sampler.variance": "fixed_small"}),  # another variance: its own row
+            evaluation("d", "t1", 10, start=4, fid=6.0, sampler="ddim", **{"sampler.eta": "1.0"}),
+            evaluation("e", "t1", 10, start=5, fid=5.0, sampler="ddim"),
+        ]
+    )
+    selection = compare.select(runs)
+    assert sorted(selection.evaluations["run_id"]) == ["a", "b", "c", "d", "e"]
+    labels = [label for label, _ in selection.curves]
+    assert len(labels) == 5 and len(set(labels)) == 5, labels  # a line per way of sampling, each told apart in the legend
+    assert any("logsnr" in label for label in labels)
+
+
+def test_the_table_and_the_fid_figure_count_network_evaluations_not_steps(tmp_path):
+    """heun runs 2N - 1 network evaluations for N steps: NFE, not steps, is the cost axis."""
+    runs = pd.DataFrame(
+        [
+            {**evaluation(f"{sampler}-{steps}", "t1", steps, start=steps, fid=10.0 / steps, sampler=sampler, nfe=nfe), "metrics.seconds_per_sample": nfe / 1000}
+            for sampler, steps, nfe in [("heun", 10, 19), ("heun", 5, 9), ("dpmpp_2m", 10, 10), ("dpmpp_2m", 5, 5)]
+        ]
+    )  # fmt: skip
+    selection = compare.select(runs)
+    header, rows = compare.table(selection)
+    assert header[: len(TABLE_START)] == TABLE_START
+    assert sorted((r[header.index("sampler")], r[header.index("steps")], r[header.index("NFE")]) for r in rows) == [
+        ("dpmpp_2m", 5, 5), ("dpmpp_2m", 10, 10), ("heun", 5, 9), ("heun", 10, 19),
+    ]  # fmt: skip
+    assert {label: rows_["nfe"].tolist() for label, rows_ in selection.curves} == {"linear, dpmpp_2m": [5, 10], "linear, heun": [9, 19]}
+    compare.fid_figure(selection, tmp_path / "fid.png")
+    assert (tmp_path / "fid.png").is_file()
 
 
 def test_labels_name_only_the_training_params_that_differ():
@@ -130,7 +187,7 @@ def test_labels_name_only_the_training_params_that_differ():
         [
             evaluation("a", "t1", 10, 1, 5.0),
             evaluation("b", "t2", 10, 2, 5.0, schedule="cosine", **{"train.lr": "0.0002"}),
-            evaluation("c", "t3", 10, 3, 5.0, sampler="ddim"),  # a sampling param: not part of the model's label
+            evaluation("c", "t3", 10, 3, 5.0, sampler="ddim", spacing="karras"),  # sampling params: not part of the model's label
         ]
     )
     labels = compare.training_labels(runs)

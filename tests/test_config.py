@@ -1,5 +1,6 @@
 """params.yaml validation: every problem named by key, value and what is allowed."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,32 @@ def test_config_lists_exactly_the_extractors_metrics_implements():
     from ddpmlab.metrics import EXTRACTORS
 
     assert set(FEATURE_EXTRACTORS) == set(EXTRACTORS)  # config stays free of torch-fidelity, so it keeps its own copy
+
+
+# -- one source of defaults: the dataclasses' defaults are params.yaml's values ---------------
+
+SECTIONS = [f.name for f in dataclasses.fields(Params) if dataclasses.is_dataclass(getattr(Params(), f.name))]  # data, model, train, ...
+
+
+def _differences(default: object, loaded: object, prefix: str = "") -> list[str]:
+    """One ``key: default X vs params.yaml Y`` line per leaf that differs (dataclasses compared field by field)."""
+    if dataclasses.is_dataclass(default):
+        return [line for f in dataclasses.fields(default) for line in _differences(getattr(default, f.name), getattr(loaded, f.name), f"{prefix}{f.name}.")]
+    key = prefix.rstrip(".")
+    return [] if default == loaded and type(default) is type(loaded) else [f"{key}: default {default!r} vs params.yaml {loaded!r}"]
+
+
+@pytest.mark.parametrize("section", ["(top level)", *SECTIONS])
+def test_dataclass_defaults_are_the_repository_params_yaml(section):
+    """A params file that leaves a key out gets params.yaml's value for it, not another one."""
+    default, loaded = Params(), Params.from_dict(default_raw())  # from_dict: lists become tuples, ints floats where declared
+    if section == "(top level)":
+        differences = [line for f in dataclasses.fields(Params) if f.name not in SECTIONS for line in _differences(getattr(default, f.name), getattr(loaded, f.name), f"{f.name}.")]
+    else:
+        differences = _differences(getattr(default, section), getattr(loaded, section), f"{section}.")
+    assert not differences, "dataclass defaults differ from params.yaml:\n" + "\n".join(differences)
+
+
+def test_params_yaml_and_the_dataclasses_have_the_same_keys():
+    in_yaml, in_dataclasses = set(flatten(default_raw())), set(flatten(Params().to_dict()))
+    assert in_yaml == in_dataclasses, f"only in params.yaml: {sorted(in_yaml - in_dataclasses)}; only in the dataclasses: {sorted(in_dataclasses - in_yaml)}"

@@ -24,15 +24,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import ROOT, free_port, invoke, isolate_stores, write_tiny_params
-from ddpmlab.config import TrainConfig
+from conftest import ROOT, free_port, invoke, isolate_stores, train_config, write_tiny_params
 from ddpmlab.diffusion import DiffusionProcess
 from ddpmlab.distributed import Distributed
 from ddpmlab.training import new_train_state, train
 from ddpmlab.unet import UNet, UNetConfig
 
 LOSS_RTOL = 1e-4
-CFG = TrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=3, ema_decay=0.9)
+CFG = train_config(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=3, ema_decay=0.9)
 
 
 def tiny_unet() -> UNet:

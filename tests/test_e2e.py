@@ -23,6 +23,9 @@ from conftest import ROOT, tiny_params
 
 pytestmark = pytest.mark.e2e
 
+# The tiny params' run plan (conftest.TINY_OVERRIDES): samplers [ddpm, dpmpp_2m] x steps [30, 5].
+RUN_KEYS = ["ddpm-30", "ddpm-5", "dpmpp_2m-30", "dpmpp_2m-5"]
+
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
@@ -60,11 +63,13 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     dvc = [sys.executable, "-m", "dvc"]
     run([*dvc, "repro"], clone, env)
     metrics = json.loads((clone / "reports" / "metrics.json").read_text())
-    assert {"fid", "is_mean", "kid_mean", "real_fid", "fid@30", "fid@5"} <= metrics.keys()
-    assert (clone / "reports" / "report.html").is_file()
+    assert {"fid", "is_mean", "kid_mean", "real_fid", *(f"fid@{key}" for key in RUN_KEYS)} <= metrics.keys()
+    assert metrics["run"] == "ddpm-30" and metrics["fid"] == metrics["fid@ddpm-30"]
+    assert (clone / "reports" / "report.html").is_file() and (clone / "reports" / "figures" / "comparison.png").is_file()
+    assert (clone / "reports" / "fid_vs_nfe.csv").read_text().splitlines()[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun"
     assert json.loads(run([*dvc, "status", "--json"], clone, env)) == {}
     plots = json.loads(run([*dvc, "plots", "show", "--json", "-o", str(clone / "dvc_plots")], clone, env))["data"]
-    assert {"training loss", "FID vs sampling steps", "noise schedule alpha-bar", "reports/figures/samples_grid.png"} <= plots.keys()
+    assert {"training loss", "FID vs network evaluations", "noise schedule alpha-bar", "reports/figures/samples_grid.png", "reports/figures/comparison.png"} <= plots.keys()
     assert all(not entry.get("errors") for entries in plots.values() for entry in entries)
 
     # A sampling param re-samples without retraining.
@@ -88,10 +93,13 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     runs = mlflow.search_runs(experiment_names=["ddpmlab"])
     assert (runs["status"] == "FINISHED").all(), runs[["tags.mlflow.runName", "status"]]
     evaluations = runs[runs["tags.ddpmlab.stage"] == "evaluate"]
-    by_model = evaluations.groupby(["params.schedule", "params.T"])["params.sample_steps"].apply(sorted).to_dict()
-    # The baseline ran twice (24 then 12 samples); each queued experiment once; every step count is a run.
-    expected = {("linear", "30"): ["30", "30", "5", "5"]} | {(s, t): ["30", "5"] for s in ("quadratic", "cosine") for t in ("30", "40")}
+    by_model = evaluations.groupby(["params.schedule", "params.T"])["params.run_key"].apply(sorted).to_dict()
+    # The baseline ran twice (24 then 12 samples); each queued experiment once; every (sampler, steps) is a run.
+    expected = {("linear", "30"): sorted(RUN_KEYS * 2)} | {(s, t): sorted(RUN_KEYS) for s in ("quadratic", "cosine") for t in ("30", "40")}
     assert by_model == expected
+    names = evaluations["params.schedule"] + "-T" + evaluations["params.T"] + "-" + evaluations["params.run_key"]
+    assert (evaluations["tags.mlflow.runName"] == names).all()
+    assert (evaluations["params.nfe"] == evaluations["params.sample_steps"]).all()
     assert evaluations["metrics.fid"].notna().all() and evaluations["metrics.nll_bits_per_dim"].notna().all()
     trains = runs[runs["tags.ddpmlab.stage"] == "train"]
     assert sorted(zip(trains["params.schedule"], trains["params.T"])) == sorted(expected)
@@ -113,10 +121,14 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     artifacts = Path(mlflow.get_experiment_by_name("ddpmlab").artifact_location.removeprefix("file://"))
     assert artifacts == clone / "mlruns" and artifacts.is_dir()
 
-    # `ddpmlab compare` on what the queue left: every schedule at every step count, one row each.
+    # `ddpmlab compare` on what the queue left: every schedule at every sampler and step count, one row each.
     run([sys.executable, "-m", "ddpmlab.commands", "compare"], clone, env)
-    rows = [line.split("|")[1:-1] for line in (clone / "reports" / "compare.md").read_text().splitlines() if line.startswith("| ")]
-    assert sorted((r[1].strip(), r[6].strip()) for r in rows[1:]) == sorted((s, n) for s in ("linear", "quadratic", "quadratic", "cosine", "cosine") for n in ("30", "5"))
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in (clone / "reports" / "compare.md").read_text().splitlines() if line.startswith("| ")]
+    header, body = rows[0], rows[1:]
+    columns = [header.index(name) for name in ("schedule", "T", "sampler", "steps")]
+    assert sorted(tuple(r[i] for i in columns) for r in body) == sorted(
+        (s, t, sampler, n) for s, t in expected for sampler in ("ddpm", "dpmpp_2m") for n in ("30", "5")
+    )
 
 
 def wait_for_queue(dvc: list[str], clone: Path, env: dict, timeout_s: float) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpmlab.config import TrainConfig
+from conftest import train_config
+from ddpmlab.denoiser import Denoiser
 from ddpmlab.diffusion import DiffusionProcess
 from ddpmlab.guidance import LabelError, class_labels, guided
 from ddpmlab.samplers import SAMPLERS, SeededNoise, image_seeds, sample_seeded
@@ -54,15 +55,15 @@ def test_guidance_formula_with_a_stub_network():
     assert torch.equal(guided(stub, y, 0.0, null, channels=1)(x, t), stub(x, t, y))  # w = 0: one conditional pass
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_w_zero_is_the_plain_conditional_sampler(sampler):
     net, process = conditional_unet(), DiffusionProcess.from_schedule("linear", 20)
     seeds, labels = image_seeds(0, 0, 6), torch.as_tensor(class_labels(6, NUM_CLASSES))
-    plain = SAMPLERS[sampler](lambda x, t: net(x, t, y=labels), process, SeededNoise(seeds, SHAPE))
-    one_batch = sample_seeded(SAMPLERS[sampler], net, process, seeds, SHAPE, batch_size=6, labels=labels, guidance=0.0)
+    plain = SAMPLERS[sampler].function(Denoiser(lambda x, t: net(x, t, y=labels), process), SeededNoise(seeds, SHAPE))
+    one_batch = sample_seeded(sampler, net, process, seeds, SHAPE, batch_size=6, labels=labels, guidance=0.0)
     assert torch.equal(one_batch, plain)  # same batch, same kernels: w = 0 is exactly one conditional pass
     # Other batch sizes may pick other CPU kernels, so only rounding may differ; labels follow their images.
-    two_batches = sample_seeded(SAMPLERS[sampler], net, process, seeds, SHAPE, batch_size=4, labels=labels, guidance=0.0)
+    two_batches = sample_seeded(sampler, net, process, seeds, SHAPE, batch_size=4, labels=labels, guidance=0.0)
     assert torch.allclose(two_batches, plain, atol=1e-4)
     assert labels.tolist() == [0, 1, 2, 3, 0, 1]
 
@@ -70,9 +71,9 @@ def test_w_zero_is_the_plain_conditional_sampler(sampler):
 def test_the_null_label_everywhere_is_the_unconditional_sampler_for_any_w():
     net, process = conditional_unet(), DiffusionProcess.from_schedule("cosine", 20)
     seeds = image_seeds(1, 0, 5)
-    unconditional = SAMPLERS["ddpm"](net, process, SeededNoise(seeds, SHAPE))
+    unconditional = SAMPLERS["ddpm"].function(Denoiser(net, process), SeededNoise(seeds, SHAPE))
     nulls = torch.full((5,), net.null_label)
-    with_nulls = SAMPLERS["ddpm"](guided(net, nulls, 3.0, net.null_label, channels=1), process, SeededNoise(seeds, SHAPE))
+    with_nulls = SAMPLERS["ddpm"].function(Denoiser(guided(net, nulls, 3.0, net.null_label, channels=1), process), SeededNoise(seeds, SHAPE))
     assert torch.allclose(with_nulls, unconditional, atol=1e-5)  # (1 + w) e - w e = e, up to rounding
 
 
@@ -81,18 +82,18 @@ def test_a_label_outside_the_classes_is_a_clear_error(bad):
     net = conditional_unet()
     labels = torch.tensor([0, bad])
     with pytest.raises(LabelError, match=rf"class label {bad} is outside \[0, {NUM_CLASSES}\)"):
-        sample_seeded(SAMPLERS["ddpm"], net, DiffusionProcess.from_schedule("linear", 5), [0, 1], SHAPE, batch_size=2, labels=labels)
+        sample_seeded("ddpm", net, DiffusionProcess.from_schedule("linear", 5), [0, 1], SHAPE, batch_size=2, labels=labels)
 
 
 def test_labels_for_an_unconditional_model_are_an_error():
     net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=4), 1, 8)
     with pytest.raises(LabelError, match="unconditional"):
-        sample_seeded(SAMPLERS["ddpm"], net, DiffusionProcess.from_schedule("linear", 5), [0], SHAPE, batch_size=1, labels=[0])
+        sample_seeded("ddpm", net, DiffusionProcess.from_schedule("linear", 5), [0], SHAPE, batch_size=1, labels=[0])
 
 
 def train_conditional(p_uncond: float) -> tuple[UNet, torch.Tensor, list[torch.Tensor]]:
     """A few steps of conditional training; returns the model, its initial class embedding and every label batch it saw."""
-    cfg = TrainConfig(steps=5, batch_size=8, lr=1e-2, warmup_steps=1, log_every=5, checkpoint_every=100, ema_decay=0.9, p_uncond=p_uncond)
+    cfg = train_config(steps=5, batch_size=8, lr=1e-2, warmup_steps=1, log_every=5, checkpoint_every=100, ema_decay=0.9, p_uncond=p_uncond)
     state = new_train_state(lambda: conditional_unet(), cfg, seed=0, device=torch.device("cpu"))
     initial = state.model.class_embedding.weight.detach().clone()
     seen: list[torch.Tensor] = []

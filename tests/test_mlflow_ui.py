@@ -86,7 +86,7 @@ def test_the_printed_link_opens_fid_charts_and_a_run_page_with_params_and_sample
             # ... and its artifacts show the sample grid as an image.
             page.get_by_role("tab", name="Artifacts").click()
             page.get_by_text("samples", exact=True).first.click()
-            page.get_by_text("steps_comparison.png", exact=True).first.click()
+            page.get_by_text("comparison.png", exact=True).first.click()
             image = page.locator("img[src^='blob:'], img[src^='data:image/png']").first
             expect(image).to_be_visible(timeout=30_000)
             assert image.evaluate("img => img.complete && img.naturalWidth > 0")

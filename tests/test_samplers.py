@@ -3,9 +3,24 @@
 import pytest
 import torch
 
+from ddpmlab.denoiser import Denoiser
 from ddpmlab.diffusion import DiffusionProcess, spaced_timesteps
-from ddpmlab.samplers import SeededNoise, ddim_sample, ddpm_sample, image_seeds
+from ddpmlab.samplers import SAMPLERS, SeededNoise, image_seeds
+from ddpmlab.step_grids import SPACINGS
 from ddpmlab.unet import UNet, UNetConfig
+
+
+def draw(sampler, network, process, noise, *, objective="eps", clip_x0=True, callback=None, **options):
+    """One batch with a registered sampler: the network wrapped in its denoiser, as sample_seeded does."""
+    return SAMPLERS[sampler].function(Denoiser(network, process, objective, clip_x0), noise, callback=callback, **options)
+
+
+def ddpm_sample(network, process, noise, **kwargs):
+    return draw("ddpm", network, process, noise, **kwargs)
+
+
+def ddim_sample(network, process, noise, **kwargs):
+    return draw("ddim", network, process, noise, **kwargs)
 
 
 def exact_eps_oracle(process: DiffusionProcess, point: torch.Tensor):
@@ -88,7 +103,7 @@ def test_sample_seeded_batches_and_trajectory_recorder():
 
     seeds = [5, 6, 7]
     zero_model = lambda x, t: torch.zeros_like(x)
-    x0 = sample_seeded(ddpm_sample, zero_model, process, seeds, (1, 2, 2), batch_size=2, callback=callback)
+    x0 = sample_seeded("ddpm", zero_model, process, seeds, (1, 2, 2), batch_size=2, callback=callback)
     assert x0.shape == (3, 1, 2, 2)
     assert sorted(set(starts)) == [0, 2] and starts.count(0) == 13  # x_T and 12 steps per batch
     strip = recorder.strip().reshape(2, 4, 1, 2, 2)
@@ -110,12 +125,17 @@ def exact_oracle(process: DiffusionProcess, point: torch.Tensor, objective: str)
 
 
 POINT = torch.linspace(-0.9, 0.9, 16).reshape(1, 1, 4, 4)
-SAMPLER_SETTINGS = [
-    (ddpm_sample, {"variance": "fixed_large"}),
-    (ddpm_sample, {"variance": "fixed_small"}),
-    (ddim_sample, {"eta": 0.0}),
-    (ddim_sample, {"eta": 1.0}),
+# Every registered sampler, with each value of its option that changes the algorithm.
+SAMPLER_SETTINGS = [(name, {}) for name in SAMPLERS if name not in ("ddpm", "ddim")] + [
+    ("ddpm", {"variance": "fixed_large"}),
+    ("ddpm", {"variance": "fixed_small"}),
+    ("ddim", {"eta": 0.0}),
+    ("ddim", {"eta": 1.0}),
 ]
+
+
+def test_the_settings_cover_every_registered_sampler():
+    assert {name for name, _ in SAMPLER_SETTINGS} == set(SAMPLERS)
 
 
 @pytest.mark.parametrize("sampler,options", SAMPLER_SETTINGS)
@@ -124,8 +144,17 @@ SAMPLER_SETTINGS = [
 def test_every_sampler_at_every_step_count_returns_the_single_data_point(sampler, options, steps, objective):
     base = DiffusionProcess.from_schedule("linear", 1000)
     process = base.respaced(spaced_timesteps(1000, steps))
-    x = sampler(exact_oracle(base, POINT, objective), process, SeededNoise(range(3), (1, 4, 4)), objective=objective, **options)
+    x = draw(sampler, exact_oracle(base, POINT, objective), process, SeededNoise(range(3), (1, 4, 4)), objective=objective, **options)
     assert torch.allclose(x, POINT.expand(3, -1, -1, -1), atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("clip", [True, False])
+def test_every_sampler_on_every_grid_returns_the_single_data_point(sampler, spacing, clip):
+    base = DiffusionProcess.from_schedule("linear", 100)  # not cosine: its alpha-bar_T ~ 1e-9 turns float32 rounding into 1e-4
+    x = draw(sampler, exact_oracle(base, POINT, "v"), base.with_steps(7, spacing), SeededNoise(range(2), (1, 4, 4)), objective="v", clip_x0=clip)
+    assert torch.allclose(x, POINT.expand(2, -1, -1, -1), atol=5e-4)  # float32; multistep weights (55/24, ...) amplify rounding
 
 
 def test_objectives_give_identical_samplers_with_an_exact_oracle():

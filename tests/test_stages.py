@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -47,26 +48,31 @@ def test_train_writes_checkpoint_log_and_schedule(pipeline: Path):
     assert [p.name for p in (pipeline / "model" / "snapshots").iterdir()] == ["step-0000002.pt"]  # EMA every checkpoint_every steps
 
 
-def test_sample_writes_images_grid_and_strip_per_step_count(pipeline: Path):
-    for steps in (30, 5):
-        folder = pipeline / "samples" / f"steps-{steps}"
+RUNS = ["ddpm-30", "ddpm-5", "dpmpp_2m-30", "dpmpp_2m-5"]  # tiny params: every sampler x step count, sampler first
+
+
+def test_sample_writes_images_grid_and_strip_per_run(pipeline: Path):
+    for key in RUNS:
+        folder = pipeline / "samples" / key
         with np.load(folder / "samples.npz") as f:
             assert f["images"].shape == (24, 1, 8, 8)
         assert len(list((folder / "images").glob("*.png"))) == 24
         strip = Image.open(folder / "denoise_strip.png")
         assert strip.size[0] > strip.size[1]  # 4 columns (x_T .. x_0) by 2 rows
     sampling = json.loads((pipeline / "samples" / "sampling.json").read_text())
-    assert [(r["steps"], r["network_evals_per_sample"]) for r in sampling["runs"]] == [(30, 30), (5, 5)]
+    assert [(r["key"], r["sampler"], r["steps"], r["nfe"]) for r in sampling["runs"]] == [
+        ("ddpm-30", "ddpm", 30, 30), ("ddpm-5", "ddpm", 5, 5), ("dpmpp_2m-30", "dpmpp_2m", 30, 30), ("dpmpp_2m-5", "dpmpp_2m", 5, 5)]  # fmt: skip
+    assert sampling["runs"][0]["options"] == {"variance": "fixed_large"} and sampling["runs"][2]["options"] == {}
     assert sampling["T"] == 30
-    comparison = Image.open(pipeline / "samples" / "steps_comparison.png")
-    assert comparison.size[0] > 2 * comparison.size[1]  # 12 images wide, one row per step count
+    comparison = Image.open(pipeline / "samples" / "comparison.png")
+    assert comparison.size[0] > comparison.size[1]  # a row per sampler, a column per step count
 
 
 def test_samples_do_not_depend_on_batch_size(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     isolate_stores(monkeypatch, tmp_path)
     other = write_tiny_params(tmp_path / "other.yaml", sample={"batch_size": 5})
     invoke(sample, "--params", other, "--model", pipeline / "model", "--out", tmp_path / "samples5")
-    for folder in ("steps-30", "steps-5"):
+    for folder in RUNS:
         with np.load(pipeline / "samples" / folder / "samples.npz") as a, np.load(tmp_path / "samples5" / folder / "samples.npz") as b:
             assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1  # rounding at the uint8 boundary
 
@@ -77,14 +83,18 @@ def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline:
         assert np.isfinite(metrics[key]) and np.isfinite(metrics["real"][key])
     assert np.isfinite(metrics["real"]["fid_train"]) and np.isfinite(metrics["real"]["recall_train"])
     assert metrics["real"]["fid"] < metrics["fid"] and metrics["real"]["fid_train"] < metrics["fid_train"]  # 4 training steps cannot beat real data
-    assert set(metrics["by_steps"]) == {"30", "5"} and metrics["sample_steps"] == 30
-    for row in metrics["by_steps"].values():
+    assert list(metrics["by_run"]) == RUNS and metrics["headline_run"] == "ddpm-30"
+    for row in metrics["by_run"].values():
         assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1 and 0 <= row["precision_train"] <= 1
         assert row["images_per_s"] == pytest.approx(1 / row["seconds_per_sample"], rel=1e-2)
-    assert metrics["by_steps"]["5"]["network_evals_per_sample"] == 5
-    assert metrics["fid"] == metrics["by_steps"]["30"]["fid"]  # the first listed step count is the headline
+    assert metrics["by_run"]["dpmpp_2m-5"]["nfe"] == 5
+    assert metrics["fid"] == metrics["by_run"]["ddpm-30"]["fid"]  # the first run of the plan is the headline
     steps_rows = (pipeline / "steps.csv").read_text().splitlines()
-    assert steps_rows[0].startswith("steps,fid,fid_train") and [r.split(",")[0] for r in steps_rows[1:]] == ["30", "5"]
+    assert steps_rows[0].startswith("key,sampler,spacing,steps,nfe,guidance,fid,fid_train") and [r.split(",")[0] for r in steps_rows[1:]] == RUNS
+    nfe_rows = (pipeline / "fid_vs_nfe.csv").read_text().splitlines()
+    assert nfe_rows[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun"
+    assert [r.split(",")[0] for r in nfe_rows[1:]] == ["5", "30"]
+    assert float(nfe_rows[1].split(",")[5]) == metrics["by_run"]["dpmpp_2m-5"]["fid"] and nfe_rows[1].split(",")[2] == ""  # ddim not run
 
 
 def test_metrics_json_is_flat_and_short_for_dvc_exp_show(pipeline: Path):
@@ -92,19 +102,21 @@ def test_metrics_json_is_flat_and_short_for_dvc_exp_show(pipeline: Path):
     metrics = json.loads((pipeline / "metrics.json").read_text())
     details = json.loads((pipeline / "evaluation.json").read_text())
     assert list(metrics) == [
-        "fid", "fid_train", "is_mean", "kid_mean", "precision", "recall", "sample_steps", "seconds_per_sample", "nll_bpd", "real_fid", "fid@30", "fid@5",
+        "run", "fid", "fid_train", "is_mean", "kid_mean", "precision", "recall", "seconds_per_sample",
+        "fid@ddpm-30", "fid@ddpm-5", "fid@dpmpp_2m-30", "fid@dpmpp_2m-5", "nll_bpd", "real_fid",
     ]  # fmt: skip
-    assert all(isinstance(v, (int, float)) for v in metrics.values())
-    assert metrics["fid@5"] == details["by_steps"]["5"]["fid"] and metrics["real_fid"] == details["real"]["fid"]
-    assert metrics["nll_bpd"] == details["nll"]["bits_per_dim"] and metrics["fid"] == details["by_steps"]["30"]["fid"]
+    assert metrics["run"] == "ddpm-30" and all(isinstance(v, (int, float)) for k, v in metrics.items() if k != "run")
+    assert metrics["fid@dpmpp_2m-5"] == details["by_run"]["dpmpp_2m-5"]["fid"] and metrics["real_fid"] == details["real"]["fid"]
+    assert metrics["nll_bpd"] == details["nll"]["bits_per_dim"] and metrics["fid"] == details["by_run"]["ddpm-30"]["fid"]
 
 
 def test_evaluate_scores_every_checkpoint_over_training(pipeline: Path):
     rows = [line.split(",") for line in (pipeline / "fid_over_training.csv").read_text().splitlines()]
     assert rows[0] == ["step", "fid", "fid_train", "is_mean", "precision", "recall"]
     assert [row[0] for row in rows[1:]] == ["2", "4"]  # the snapshot, then the final model
-    over = json.loads((pipeline / "evaluation.json").read_text())["over_training"]
-    assert (over["images"], over["sample_steps"]) == (8, 5) and list(over["by_step"]) == ["2", "4"]
+    details = json.loads((pipeline / "evaluation.json").read_text())
+    over, settings = details["over_training"], details["over_training_settings"]
+    assert (settings["images"], settings["sample_steps"]) == (8, 5) and list(over["by_step"]) == ["2", "4"]
     assert all(np.isfinite(point["fid"]) and np.isfinite(point["fid_train"]) for point in over["by_step"].values())
 
 
@@ -123,7 +135,7 @@ def test_a_second_evaluation_reuses_the_cached_reference_features(pipeline: Path
     monkeypatch.setenv("DDPMLAB_CACHE", str(pipeline / "cache"))  # the pipeline fixture's cache
     result = invoke(evaluate, *evaluate_args(pipeline / "params.yaml", pipeline / "data", pipeline / "samples", pipeline / "model", pipeline, tmp_path))
     assert "(2 cached, 0 extracted)" in result.output
-    assert json.loads((tmp_path / "evaluation.json").read_text())["by_steps"] == json.loads((pipeline / "evaluation.json").read_text())["by_steps"]
+    assert json.loads((tmp_path / "evaluation.json").read_text())["by_run"] == json.loads((pipeline / "evaluation.json").read_text())["by_run"]
 
 
 def test_classifier_below_the_accuracy_threshold_fails_its_stage(pipeline: Path, tmp_path: Path):
@@ -165,7 +177,7 @@ def test_evaluate_with_inception_weights_from_a_local_file(pipeline: Path, tmp_p
     metrics = json.loads((tmp_path / "evaluation.json").read_text())
     assert metrics["protocol"]["feature_extractor"] == "inception-v3-compat"
     assert metrics["protocol"]["num_real"] == {"test": 24, "train": 20} and metrics["protocol"]["reference_images"] == {"test": 20, "train": 40}
-    assert all(np.isfinite(metrics["by_steps"]["5"][k]) for k in ("fid", "fid_train", "is_mean", "kid_mean", "precision"))
+    assert all(np.isfinite(metrics["by_run"]["ddpm-5"][k]) for k in ("fid", "fid_train", "is_mean", "kid_mean", "precision"))
 
 
 def test_evaluate_reports_the_nll_bound_and_its_terms(pipeline: Path):
@@ -183,30 +195,33 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
     mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ddpmlab"])
     (train_run,) = [row for _, row in runs.iterrows() if row["tags.ddpmlab.stage"] == "train"]
-    eval_runs = {row["params.sample_steps"]: row for _, row in runs.iterrows() if row["tags.ddpmlab.stage"] == "evaluate"}
+    eval_runs = {row["params.run_key"]: row for _, row in runs.iterrows() if row["tags.ddpmlab.stage"] == "evaluate"}
     assert train_run["params.schedule"] == "linear" and train_run["params.T"] == "30" and train_run["params.train.lr"]
-    assert set(eval_runs) == {"30", "5"}  # one row per step count
-    for steps, eval_run in eval_runs.items():
-        assert eval_run["params.sampler"] == "ddpm" and eval_run["params.variance"] == "fixed_large" and eval_run["params.eta"] == "None"
+    assert set(eval_runs) == set(RUNS)  # one run per (sampler, steps)
+    for key, eval_run in eval_runs.items():
+        sampler, steps = key.rsplit("-", 1)
+        assert (eval_run["params.sampler"], eval_run["params.sample_steps"], eval_run["params.nfe"], eval_run["params.spacing"]) == (sampler, steps, steps, "uniform")
+        variance = eval_run["params.sampler.variance"]  # the sampler's own options only: dpmpp_2m has none
+        assert (variance == "fixed_large" if sampler == "ddpm" else pd.isna(variance)) and float(eval_run["metrics.nfe"]) == int(steps)
         assert eval_run["params.schedule"] == "linear" and np.isfinite(eval_run["metrics.fid"]) and np.isfinite(eval_run["metrics.nll_bits_per_dim"])
         assert eval_run["tags.mlflow.parentRunId"] == train_run["run_id"]
-        assert eval_run["tags.mlflow.runName"] == f"linear-T30-ddpm{steps}"
+        assert eval_run["tags.mlflow.runName"] == f"linear-T30-{key}"
         protocol = ("feature_extractor", "num_generated", "num_real.test", "reference_splits", "checkpoint_step", "weights", "model_mode", "seed")
         assert [eval_run[f"params.{k}"] for k in protocol] == ["classifier", "24", "24", "test,train", "4", "ema", "eval", "0"]
         assert np.isfinite(eval_run["metrics.fid_train"]) and np.isfinite(eval_run["metrics.real_fid_train"])
         assert len(eval_run["params.extractor_weights_sha256"]) == 64 and len(eval_run["params.reference_keys.train"]) == 16
-    assert eval_runs["30"]["metrics.fid"] != eval_runs["5"]["metrics.fid"]
+    assert eval_runs["ddpm-30"]["metrics.fid"] != eval_runs["ddpm-5"]["metrics.fid"] != eval_runs["dpmpp_2m-5"]["metrics.fid"]
     assert np.isfinite(train_run["metrics.nll_bits_per_dim"])
-    eval_run = eval_runs["30"]
+    eval_run = eval_runs["ddpm-30"]
     client = mlflow.tracking.MlflowClient()
     history = client.get_metric_history(train_run["run_id"], "loss")
     assert [m.step for m in history] == [2, 4]
     assert [m.step for m in client.get_metric_history(train_run["run_id"], "snapshot_fid")] == [2, 4]  # FID over training
     assert "checkpoint/model.pt" in {a.path for a in client.list_artifacts(train_run["run_id"], "checkpoint")}
-    assert "samples/steps_comparison.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "samples")}
+    assert "samples/comparison.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "samples")}
     assert {"evaluation/steps.csv", "evaluation/nll_terms.csv"} <= {a.path for a in client.list_artifacts(train_run["run_id"], "evaluation")}
     assert "samples/grid.png" in {a.path for a in client.list_artifacts(eval_run["run_id"], "samples")}
-    assert train_run["metrics.fid"] == eval_runs["30"]["metrics.fid"]  # the headline, so the UI's chart view shows an fid chart per model
+    assert train_run["metrics.fid"] == eval_runs["ddpm-30"]["metrics.fid"]  # the headline, so the UI's chart view shows an fid chart per model
     report_files = {a.path for a in client.list_artifacts(train_run["run_id"], "report")}
     assert {"report/report.html", "report/report.md", "report/figures"} <= report_files
     assert "report/figures/samples_grid.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "report/figures")}
@@ -217,8 +232,8 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
 
 def test_report_has_every_section_and_embeds_images(pipeline: Path):
     md = (pipeline / "reports" / "report.md").read_text()
-    figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "steps.png", "steps_comparison.png", "nll.png", "fid_over_training.png")
-    for text in ("## Metrics", "## Sampling steps", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
+    figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "nfe.png", "comparison.png", "nll.png", "fid_over_training.png")
+    for text in ("## Metrics", "## Sampling", "best run", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
         assert text in md
     for name in figures:
         assert (pipeline / "reports" / "figures" / name).stat().st_size > 0
@@ -303,60 +318,9 @@ def test_other_objectives_losses_and_samplers_run_through_the_stages(pipeline: P
     assert json.loads((tmp_path / "model" / "train.json").read_text())["params"]["objective"] == objective
     invoke(sample, "--params", params, "--model", tmp_path / "model", "--out", tmp_path / "samples")
     sampling = json.loads((tmp_path / "samples" / "sampling.json").read_text())
-    assert sampling["sampler"] == sampler and (sampling["eta"] == 0.0) == (sampler == "ddim")
-    with np.load(tmp_path / "samples" / "steps-10" / "samples.npz") as f:
+    assert [(r["sampler"], r["options"]) for r in sampling["runs"]] == [(sampler, {"ddim": {"eta": 0.0}, "ddpm": {"variance": variance}}[sampler])]
+    with np.load(tmp_path / "samples" / f"{sampler}-10" / "samples.npz") as f:
         assert f["images"].shape == (8, 1, 8, 8)
     invoke(evaluate, *evaluate_args(params, pipeline / "data", tmp_path / "samples", tmp_path / "model", pipeline, tmp_path))
     nll = json.loads((tmp_path / "evaluation.json").read_text())["nll"]
     assert nll["variance"] == variance and np.isfinite(nll["bits_per_dim"])
-
-
-def _ddpmlab_imports(module: str) -> set[str]:
-    """The ddpmlab modules a source file imports (``from ddpmlab import x`` / ``from ddpmlab.x import ...``)."""
-    import ast
-
-    source = Path(__file__).parents[1] / "src" / "ddpmlab" / f"{module}.py"
-    found = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "ddpmlab":
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ddpmlab."):
-            found.add(node.module.split(".")[1])
-    return found
-
-
-def _import_closure(*roots: str) -> set[str]:
-    """The roots and every ddpmlab module they import, directly or not."""
-    closure, todo = set(), list(roots)
-    while todo:
-        module = todo.pop()
-        if module not in closure:
-            closure.add(module)
-            todo += _ddpmlab_imports(module)
-    return closure
-
-
-def _stage_deps(stage: str) -> set[str]:
-    import yaml
-
-    return set(yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"][stage]["deps"])
-
-
-def test_the_networks_code_is_a_train_dependency_and_part_of_the_resume_fingerprint():
-    """Code the U-Net's forward pass runs changes what training computes: DVC must rerun
-    `train` when it changes, and a checkpoint written by older code must not be resumed."""
-    network_code = _import_closure("unet")
-    assert "cpu_kernels" in network_code
-    assert {f"src/ddpmlab/{m}.py" for m in network_code} <= _stage_deps("train")
-    assert network_code <= set(train.TRAINING_CODE)
-
-
-@pytest.mark.parametrize("stage", ["sample", "evaluate"])
-def test_stages_that_run_the_trained_network_depend_on_its_code(stage):
-    """sample (the samples) and evaluate (the NLL) run the saved network and its diffusion process,
-    with cpu_kernels on the bf16 CPU path: a change to that code must rerun them, even when it
-    leaves the trained weights alone."""
-    code = _import_closure("unet", "diffusion") | {"trained", "acceleration"}  # trained: loads and casts the EMA weights
-    assert {"unet", "cpu_kernels", "diffusion", "schedules"} <= code
-    missing = {f"src/ddpmlab/{m}.py" for m in code} - _stage_deps(stage)
-    assert not missing, f"dvc.yaml's {stage} stage does not list {sorted(missing)}"

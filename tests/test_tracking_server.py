@@ -177,15 +177,21 @@ def test_the_server_holds_the_runs_params_and_metrics(served_pipeline: tuple[str
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     (train_run,) = [r for r in runs if r.data.tags["ddpmlab.stage"] == "train"]
-    evaluations = {r.data.params["sample_steps"]: r for r in runs if r.data.tags["ddpmlab.stage"] == "evaluate"}
+    evaluations = {r.data.params["run_key"]: r for r in runs if r.data.tags["ddpmlab.stage"] == "evaluate"}
     assert train_run.data.params["schedule"] == "linear" and train_run.data.params["T"] == "30" and train_run.data.params["train.lr"] == "0.001"
     assert [(m.step, np.isfinite(m.value)) for m in client.get_metric_history(train_run.info.run_id, "loss")] == [(2, True), (4, True)]
-    assert set(evaluations) == {"30", "5"}
-    for steps, run in evaluations.items():
-        assert run.data.tags["mlflow.parentRunId"] == train_run.info.run_id and run.data.tags["mlflow.runName"] == f"linear-T30-ddpm{steps}"
-        assert run.data.params["sampler"] == "ddpm" and run.data.params["num_generated"] == "24"
+    assert set(evaluations) == {"ddpm-30", "ddpm-5", "dpmpp_2m-30", "dpmpp_2m-5"}
+    for key, run in evaluations.items():
+        sampler, steps = key.split("-")
+        assert run.data.tags["mlflow.parentRunId"] == train_run.info.run_id and run.data.tags["mlflow.runName"] == f"linear-T30-{key}"
+        assert run.data.params["sampler"] == sampler and run.data.params["sample_steps"] == steps and run.data.params["spacing"] == "uniform"
+        assert run.data.params["nfe"] == steps and run.data.metrics["nfe"] == int(steps) and run.data.params["num_generated"] == "24"
+        assert "guidance" not in run.data.params  # unconditional
+        assert run.data.params["train_run_id"] == train_run.info.run_id and run.data.params["sampling_device"] == "cpu"
         assert np.isfinite(run.data.metrics["fid"]) and np.isfinite(run.data.metrics["nll_bits_per_dim"])
-    assert train_run.data.metrics["fid"] == evaluations["30"].data.metrics["fid"]
+    assert evaluations["ddpm-30"].data.params["sampler.variance"] == "fixed_large"  # the sampler's options, prefixed
+    assert not [p for p in evaluations["dpmpp_2m-30"].data.params if p.startswith("sampler.")]  # dpmpp_2m has none
+    assert train_run.data.metrics["fid"] == evaluations["ddpm-30"].data.metrics["fid"]  # the headline run's
     assert not (out / "mlflow.db").exists()  # nothing went to a local store
 
 
@@ -194,14 +200,14 @@ def test_artifacts_go_through_the_server_and_come_back(served_pipeline: tuple[st
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("ddpmlab").experiment_id])
     (train_run,) = [r.info.run_id for r in runs if r.data.tags["ddpmlab.stage"] == "train"]
-    eval_run = next(r.info.run_id for r in runs if r.data.params.get("sample_steps") == "30")
+    eval_run = next(r.info.run_id for r in runs if r.data.params.get("run_key") == "ddpm-30")
     assert train_run and eval_run
     listed = {a.path for folder in ("checkpoint", "samples", "evaluation", "report") for a in client.list_artifacts(train_run, folder)}
-    assert {"checkpoint/model.pt", "checkpoint/train.json", "samples/steps_comparison.png", "evaluation/steps.csv", "report/report.html"} <= listed
+    assert {"checkpoint/model.pt", "checkpoint/train.json", "samples/comparison.png", "evaluation/steps.csv", "evaluation/fid_vs_nfe.csv", "report/report.html"} <= listed
     assert client.get_run(train_run).info.artifact_uri.startswith("mlflow-artifacts:")  # proxied, not a client-side path
     model = Path(client.download_artifacts(train_run, "checkpoint/model.pt", str(tmp_path)))
     assert model.read_bytes() == (out / "model" / "model.pt").read_bytes()
     grid = Path(client.download_artifacts(eval_run, "samples/grid.png", str(tmp_path)))
-    assert grid.read_bytes() == (out / "samples" / "steps-30" / "grid.png").read_bytes()
+    assert grid.read_bytes() == (out / "samples" / "ddpm-30" / "grid.png").read_bytes()
     _, _, server_folder = mlflow_server
     assert list((server_folder / "server-artifacts").rglob("model.pt"))  # stored where the server keeps artifacts

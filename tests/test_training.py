@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddpmlab.config import TrainConfig
+from conftest import train_config
 from ddpmlab.diffusion import DiffusionProcess
 from ddpmlab.training import EMA, TrainingDiverged, new_train_state, train
 from ddpmlab.unet import UNet, UNetConfig
@@ -19,7 +19,7 @@ def make_state(cfg, seed=0):
 
 
 def test_initial_weights_depend_on_the_seed_alone():
-    cfg = TrainConfig()
+    cfg = train_config()
     torch.manual_seed(1)
     a = make_state(cfg, seed=3)
     torch.manual_seed(2)  # whatever the global RNG did before must not matter
@@ -51,7 +51,7 @@ def test_ema_update_is_the_exponential_average():
 
 
 def test_loss_decreases_on_a_tiny_problem():
-    cfg = TrainConfig(steps=60, batch_size=16, lr=2e-3, warmup_steps=5, log_every=10, checkpoint_every=1000)
+    cfg = train_config(steps=60, batch_size=16, lr=2e-3, warmup_steps=5, log_every=10, checkpoint_every=1000)
     logs = []
     train(make_state(cfg), DiffusionProcess.from_schedule("linear", 50), tiny_data(), cfg, on_log=logs.append)
     assert [r.step for r in logs] == [10, 20, 30, 40, 50, 60]
@@ -63,7 +63,7 @@ class SimulatedCrash(Exception):
 
 
 def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path):
-    cfg = TrainConfig(steps=8, batch_size=4, lr=1e-3, warmup_steps=3, log_every=2, checkpoint_every=3)
+    cfg = train_config(steps=8, batch_size=4, lr=1e-3, warmup_steps=3, log_every=2, checkpoint_every=3)
     process = DiffusionProcess.from_schedule("cosine", 40)
     straight = train(make_state(cfg), process, tiny_data(), cfg)
 
@@ -83,7 +83,7 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path):
 
 
 def test_non_finite_loss_stops_training_with_the_step():
-    cfg = TrainConfig(steps=10, batch_size=4, lr=1e-3, log_every=2, checkpoint_every=100)
+    cfg = train_config(steps=10, batch_size=4, lr=1e-3, log_every=2, checkpoint_every=100)
     state = make_state(cfg)
     with torch.no_grad():
         state.model.conv_in.weight.fill_(float("nan"))
@@ -100,7 +100,7 @@ def test_hflip_mirrors_about_half_of_each_batch_and_is_off_by_default():
         seen.append(x0.detach().clone())
         return model(x0, t).pow(2).mean()
 
-    cfg = TrainConfig(steps=20, batch_size=16, log_every=10, checkpoint_every=100)
+    cfg = train_config(steps=20, batch_size=16, log_every=10, checkpoint_every=100)
     process = DiffusionProcess.from_schedule("linear", 10)
     for flag in (False, True):
         seen.clear()

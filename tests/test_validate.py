@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from conftest import ROOT
 from ddpmlab.cli import EXIT_CONFIG_ERROR
 from ddpmlab.commands import main
+from ddpmlab.config import Params
 
 DELETE = object()  # a change that removes the key
 
@@ -51,6 +52,9 @@ def problem_lines(output: str) -> list[str]:
 def problem_key(line: str) -> str:
     return line.removeprefix("  - ").split(":")[0]
 
+
+SAMPLER_NAMES = "a non-empty list of distinct names among ddpm, ddim, euler_ancestral, plms, dpmpp_2m, dpmpp_3m, heun"
+SPACING_NAMES = "a non-empty list of distinct names among uniform, trailing, quadratic, logsnr, karras"
 
 # (key changed, its new value, a line of the report naming the key and the value)
 MALFORMED = [
@@ -102,7 +106,12 @@ MALFORMED = [
     ("schedule", "cosin", "schedule: got 'cosin'; allowed: cosine, linear, quadratic, sigmoid"),
     ("objective", "epsilon", "objective: got 'epsilon'; allowed: eps, v, x0"),
     ("device", "tpu", "device: got 'tpu'; allowed: auto, cpu, cuda, mps"),
-    ("sample.sampler", "euler", "sample.sampler: got 'euler'; allowed: ddim, ddpm"),
+    ("sample.sampler", ["euler"], f"sample.sampler: got ['euler']; allowed: {SAMPLER_NAMES}"),
+    ("sample.sampler", "euler", f"sample.sampler: got ['euler']; allowed: {SAMPLER_NAMES}"),  # a bare name is a list of one
+    ("sample.sampler", ["ddim", "ddim"], f"sample.sampler: got ['ddim', 'ddim']; allowed: {SAMPLER_NAMES}"),
+    ("sample.sampler", [], f"sample.sampler: got []; allowed: {SAMPLER_NAMES}"),
+    ("sample.spacing", ["cosine"], f"sample.spacing: got ['cosine']; allowed: {SPACING_NAMES}"),
+    ("sample.spacing", ["uniform", "uniform"], f"sample.spacing: got ['uniform', 'uniform']; allowed: {SPACING_NAMES}"),
     ("sample.variance", "learned", "sample.variance: got 'learned'; allowed: fixed_large, fixed_small, learned_range"),
     ("train.precision", "fp16", "train.precision: got 'fp16'; allowed: auto, bf16, fp32"),
     ("sample.precision", "int8", "sample.precision: got 'int8'; allowed: auto, bf16, fp32"),
@@ -128,6 +137,7 @@ def test_the_malformed_configs_are_distinct():
 def test_every_problem_of_a_config_is_reported_one_per_line(tmp_path: Path):
     raw = changed("train.lr", -1)
     raw["schedule"], raw["T"], raw["train"]["ema_decay"], raw["device"] = "cosin", 10, 1.5, "tpu"
+    raw["sample"]["steps"] = [100, 50, 20, 10]  # steps beyond the new T
     result = validate(write(tmp_path / "params.yaml", raw))
     assert result.exit_code == EXIT_CONFIG_ERROR
     lines = problem_lines(result.output)
@@ -153,10 +163,10 @@ def test_the_repository_params_yaml_is_valid():
 
 def test_the_default_path_is_params_yaml_in_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
-    write(tmp_path / "params.yaml", changed("T", DELETE))  # a missing key takes its default
+    write(tmp_path / "params.yaml", changed("T", DELETE))  # a missing key takes its default, params.yaml's own value
     result = CliRunner().invoke(main, ["validate"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("params.yaml: valid (") and "T=1000" in result.output
+    assert result.output.startswith("params.yaml: valid (") and f"T={Params().T}" in result.output and Params().T == repository_params()["T"]
 
 
 def test_a_missing_file_exits_78_naming_it(tmp_path: Path):
@@ -194,3 +204,13 @@ def test_validate_runs_from_a_shell_with_the_config_exit_code(tmp_path: Path):
     assert runs[bad].returncode == EXIT_CONFIG_ERROR and "train.lr: got -1.0; allowed: a number > 0" in runs[bad].stderr
     assert runs[good].returncode == 0 and f"{good}: valid (" in runs[good].stdout
     assert 'ddpmlab = "ddpmlab.commands:main"' in (ROOT / "pyproject.toml").read_text()  # the console script a shell finds
+
+
+def test_a_sampler_option_is_checked_even_when_its_sampler_is_not_swept(tmp_path: Path):
+    """sample.eta belongs to ddim's options: a bad value never waits in params.yaml for ddim to be added."""
+    raw = changed("sample.eta", -1.0)
+    raw["sample"]["sampler"] = ["ddpm"]
+    result = validate(write(tmp_path / "params.yaml", raw))
+    assert result.exit_code == EXIT_CONFIG_ERROR
+    assert [line.split(";")[0] for line in problem_lines(result.output)] == ["  - sample.eta: got -1.0"]
+    assert "allowed: a number >= 0" in result.output

@@ -73,25 +73,29 @@ def stage_errors(fn: Callable) -> Callable:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ddpmlab.checkpoint import CheckpointError
-        from ddpmlab.classifier import ClassifierTooWeak
-        from ddpmlab.data import DataUnavailable
-        from ddpmlab.inception import InceptionWeightsUnavailable
-        from ddpmlab.training import TrainingDiverged
-
-        expected = (CheckpointError, TrainingDiverged, FileNotFoundError, InceptionWeightsUnavailable, ClassifierTooWeak, DataUnavailable)
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if isinstance(e, (*expected, *_tracking_errors())):
+            if isinstance(e, (FileNotFoundError, *_expected_errors())):
                 raise click.ClickException(str(e)) from e
             raise
 
     return wrapper
 
 
-def _tracking_errors() -> tuple[type[Exception], ...]:
-    """TrackingUnavailable once ddpmlab.tracking is loaded: only a stage that imported it can raise
-    it, and importing it here would load mlflow (~2 s) into stages that never track (prepare)."""
-    tracking = sys.modules.get("ddpmlab.tracking")
-    return (tracking.TrackingUnavailable,) if tracking else ()
+# The library's expected failures, by the module that defines each. A stage can only raise those of
+# modules it has loaded, so they are looked up in sys.modules rather than imported: importing them
+# here would load mlflow (~2 s) into stages that never track (prepare), and would make every stage
+# run (and, in dvc.yaml, depend on) the training code.
+EXPECTED_ERRORS = {
+    "ddpmlab.checkpoint": "CheckpointError",
+    "ddpmlab.classifier": "ClassifierTooWeak",
+    "ddpmlab.data": "DataUnavailable",
+    "ddpmlab.inception": "InceptionWeightsUnavailable",
+    "ddpmlab.tracking": "TrackingUnavailable",
+    "ddpmlab.training": "TrainingDiverged",
+}
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    return tuple(getattr(sys.modules[module], name) for module, name in EXPECTED_ERRORS.items() if module in sys.modules)

@@ -173,7 +173,7 @@ def validate(path: Path) -> None:
     steps = ",".join(str(s) for s in params.sample.steps)
     click.echo(
         f"{path}: valid ({params.data.source} {params.data.image_size}x{params.data.image_size}, {params.schedule} schedule, T={params.T}, "
-        f"{params.objective} objective, {params.train.steps} training steps, {params.sample.sampler} sampling at {steps} steps)"
+        f"{params.objective} objective, {params.train.steps} training steps, {', '.join(params.sample.sampler)} sampling at {steps} steps)"
     )
 
 

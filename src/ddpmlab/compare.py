@@ -20,13 +20,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ddpmlab import images
+from ddpmlab import images, metric_registry
 from ddpmlab.diffusion import DiffusionProcess
 from ddpmlab.report import Document, Emphasis, forward_strip
 
 STAGE_TAG = "tags.ddpmlab.stage"
 # What makes two evaluations different rows: the model, and how it was sampled.
-SAMPLING_KEYS = ["params.train_run_id", "params.sampler", "params.variance", "params.eta", "params.guidance", "params.sample_steps"]
+SAMPLING_KEYS = ["params.train_run_id", "params.sampler", "params.spacing", "params.sampler.variance", "params.sampler.eta", "params.guidance", "params.sample_steps"]
+# A line in the figures: one model sampled one way, over step counts.
+LINE_KEYS = ["label", "params.sampler", "params.spacing", "params.sampler.variance", "params.sampler.eta", "params.guidance"]
 # Training params that never tell two models apart in a plot label.
 NOT_A_DIFFERENCE = {"params.device", "params.device_resolved", "params.num_parameters", "params.tracking.experiment"}
 # The protocol: runs measured under different ones are not comparable.
@@ -44,26 +46,28 @@ class Column:
     optional: bool = False  # left out of the table when no row has a value (e.g. no conditional model selected)
 
 
-COLUMNS = [
+RUN_COLUMNS = [
     Column("run", "tags.mlflow.runName"),
     Column("schedule", "params.schedule"),
     Column("T", "params.T"),
     Column("objective", "params.objective"),
-    Column("variance", "params.variance"),
     Column("sampler", "params.sampler"),
+    Column("spacing", "params.spacing"),
     Column("steps", "steps"),
+    Column("NFE", "nfe"),
     Column("w", "params.guidance", optional=True),  # classifier-free guidance weight (conditional models only)
-    Column("FID", "metrics.fid", "min"),
-    Column("class accuracy", "metrics.cond_accuracy", "max", optional=True),
-    Column("IS", "metrics.is_mean", "max"),
-    Column("KID", "metrics.kid_mean", "min"),
-    Column("precision", "metrics.precision", "max"),
-    Column("recall", "metrics.recall", "max"),
-    Column("NLL (bits/dim)", "metrics.nll_bits_per_dim", "min"),
-    Column("train steps", "params.train.steps"),
-    Column("train time (min)", "train_minutes"),
-    Column("s / sample", "metrics.seconds_per_sample", "min"),
 ]
+# Every score the registry puts in a table, against the test split, with its direction; then the model's cost.
+COLUMNS = (
+    RUN_COLUMNS
+    + [Column(m.label, f"metrics.{m.name}", m.better, optional=m.conditional) for m in metric_registry.METRICS if m.in_table and m.name != "seconds_per_sample"]
+    + [
+        Column("NLL (bits/dim)", "metrics.nll_bits_per_dim", "min"),
+        Column("train steps", "params.train.steps"),
+        Column("train time (min)", "train_minutes"),
+        Column("s / sample", "metrics.seconds_per_sample", "min"),
+    ]
+)
 
 
 class NothingToCompare(ValueError):
@@ -87,18 +91,21 @@ class Selection:
 
     @property
     def curves(self) -> list[tuple[str, pd.DataFrame]]:
-        """(line label, its rows sorted by steps) per (training run, sampler, variance, eta)."""
-        samplers_vary = self.evaluations[["params.sampler", "params.variance", "params.eta"]].drop_duplicates().shape[0] > 1
+        """(line label, its rows sorted by NFE) per model and way of sampling (sampler, spacing, options, w)."""
+        ways = self.evaluations[LINE_KEYS[1:]].astype(str).drop_duplicates().shape[0]
+        spacings = self.evaluations["params.spacing"].nunique()
+        options = [k for k in self.evaluations if k.startswith("params.sampler.") and self.evaluations[k].astype(str).nunique() > 1]
         out = []
-        for _, rows in self.evaluations.groupby(["label", "params.sampler", "params.variance", "params.eta", "params.guidance"], sort=True, dropna=False):
+        for _, rows in self.evaluations.groupby(LINE_KEYS, sort=True, dropna=False):
             first = rows.iloc[0]
             label = first["label"]
-            if samplers_vary:
-                sampler = first["params.sampler"] + (f" eta={first['params.eta']}" if first["params.sampler"] == "ddim" else f" {first['params.variance']}")
-                label = f"{label}, {sampler}"
+            if ways > 1:
+                label = f"{label}, {first['params.sampler']}" + (f" ({first['params.spacing']})" if spacings > 1 else "")
+                # the sampler's own options where they differ between runs: "ddim eta=1.0", "ddpm variance=fixed_small"
+                label += "".join(f" {k.removeprefix('params.sampler.')}={first[k]}" for k in options if isinstance(first[k], str))
             if first["params.guidance"]:
                 label = f"{label}, w={first['params.guidance']}"
-            out.append((label, rows.sort_values("steps")))
+            out.append((label, rows.sort_values("nfe")))
         return out
 
 
@@ -114,13 +121,15 @@ def select(runs: pd.DataFrame) -> Selection:
             evaluations[key] = None
     evaluations["params.guidance"] = evaluations["params.guidance"].fillna("")  # "" = unconditional
     evaluations["steps"] = pd.to_numeric(evaluations["params.sample_steps"]).astype(int)
+    evaluations["nfe"] = pd.to_numeric(evaluations["params.nfe"]).astype(int) if "params.nfe" in evaluations else evaluations["steps"]
+    evaluations["params.spacing"] = evaluations["params.spacing"].fillna("uniform")  # runs from before step grids existed
     evaluations = evaluations.sort_values("start_time").drop_duplicates(SAMPLING_KEYS, keep="last")
     trainings = runs[(runs[STAGE_TAG] == "train") & runs["run_id"].isin(evaluations["params.train_run_id"])].copy()
     minutes = trainings.set_index("run_id").get("metrics.train_seconds", pd.Series(dtype=float)) / 60
     evaluations["train_minutes"] = evaluations["params.train_run_id"].map(minutes)
     evaluations["label"] = evaluations["params.train_run_id"].map(training_labels(evaluations))
-    order = ["label", "params.sampler", "params.variance", "params.eta", "steps"]
-    return Selection(evaluations.sort_values(order, ascending=[True, True, True, True, False]).reset_index(drop=True), trainings)
+    order = ["label", "params.sampler", "params.spacing", "steps"]
+    return Selection(evaluations.sort_values(order, ascending=[True, True, True, False]).reset_index(drop=True), trainings)
 
 
 def training_labels(evaluations: pd.DataFrame) -> dict[str, str]:
@@ -193,25 +202,25 @@ def _colors(n: int) -> list:
 
 
 def fid_figure(selection: Selection, path: Path) -> None:
-    """FID against sampling steps (log x) and against sampling seconds per image (log x), a line per model and sampler."""
+    """FID against network evaluations per image (log x) and against sampling seconds per image (log x), a line per model and sampler."""
     fig, (ax_steps, ax_cost) = plt.subplots(1, 2, figsize=(13, 4.4))
     curves = selection.curves
     for (label, rows), color in zip(curves, _colors(len(curves))):
-        ax_steps.plot(rows["steps"], rows["metrics.fid"], marker="o", color=color, label=label)
+        ax_steps.plot(rows["nfe"], rows["metrics.fid"], marker="o", color=color, label=label)
         ax_cost.plot(rows["metrics.seconds_per_sample"] * 1000, rows["metrics.fid"], marker="o", color=color, label=label)
         for _, row in rows.iterrows():
-            ax_cost.annotate(str(row["steps"]), (row["metrics.seconds_per_sample"] * 1000, row["metrics.fid"]), fontsize=7,
+            ax_cost.annotate(str(row["nfe"]), (row["metrics.seconds_per_sample"] * 1000, row["metrics.fid"]), fontsize=7,
                              xytext=(3, 3), textcoords="offset points", color=color)  # fmt: skip
-    steps = sorted(selection.evaluations["steps"].unique())
+    steps = sorted(selection.evaluations["nfe"].unique())
     ax_steps.set_xscale("log")
     ax_steps.set_xticks(steps, [str(s) for s in steps])
     ax_steps.minorticks_off()
-    ax_steps.set(xlabel="sampling steps (log scale)", ylabel="FID vs test split (lower is better)", title="FID vs sampling steps")
+    ax_steps.set(xlabel="network evaluations per image, NFE (log scale)", ylabel="FID vs test split (lower is better)", title="FID vs NFE")
     ax_cost.set_xscale("log")
     ax_cost.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax_cost.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 20, not 2x10^1
     ax_cost.xaxis.set_minor_formatter(NullFormatter())
-    ax_cost.set(xlabel="sampling time per image, ms (log scale; labels: steps)", ylabel="FID vs test split (lower is better)",
+    ax_cost.set(xlabel="sampling time per image, ms (log scale; labels: NFE)", ylabel="FID vs test split (lower is better)",
                 title="FID vs sampling cost")  # fmt: skip
     for ax in (ax_steps, ax_cost):
         ax.grid(True, which="both", alpha=0.3)
@@ -328,7 +337,7 @@ def document(selection: Selection, figures: dict[str, str], source: str, plotted
     header, rows = table(selection)
     doc.table(header, rows)
     captions = {
-        "fid": "FID against sampling steps and against sampling time per image (each point labelled with its step count).",
+        "fid": "FID against network evaluations per image (NFE) and against sampling time per image (each point labelled with its NFE).",
         "loss": "Training loss of each model.",
         "schedules": "alpha-bar and SNR of each schedule against the fraction of the process t / T.",
         "forward": "The same image and noise under each schedule's forward process.",

@@ -1,5 +1,8 @@
 """Typed, validated view of params.yaml: frozen dataclasses, no I/O, no globals.
 
+Every default equals the repository's params.yaml (``tests/test_config.py`` holds them equal),
+so a key left out of a params file means the same as in the project's own.
+
 ``Params.from_dict`` checks every key and value before any stage does work. Problems are
 collected and raised together as one :class:`ConfigError` whose lines each name the key,
 the value and what is allowed (with a "did you mean" for misspelt keys).
@@ -16,10 +19,11 @@ from typing import Any
 
 from ddpmlab.acceleration import PRECISIONS
 from ddpmlab.data import SOURCES
-from ddpmlab.diffusion import OBJECTIVES, VARIANCES
+from ddpmlab.diffusion import OBJECTIVES
 from ddpmlab.losses import WEIGHTINGS, TrainingLoss
 from ddpmlab.samplers import SAMPLERS
 from ddpmlab.schedules import SCHEDULES
+from ddpmlab.step_grids import SPACINGS
 from ddpmlab.unet import UNetConfig
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -47,22 +51,22 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 1800
     batch_size: int = 128
     lr: float = 1e-3
     warmup_steps: int = 100
     grad_clip: float = 1.0
     weight_decay: float = 0.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
     log_every: int = 25
-    checkpoint_every: int = 500
+    checkpoint_every: int = 300
     keep_checkpoints: int = 2
     weighting: str = "mse"
     min_snr_gamma: float = 5.0
     learn_variance: bool = False
     vlb_weight: float = 0.001
-    precision: str = "fp32"
-    channels_last: bool = True
+    precision: str = "auto"
+    channels_last: bool = False
     compile: bool = False
     grad_accum: int = 1
     tf32: bool = True
@@ -72,8 +76,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "ddpm"
-    steps: tuple[int, ...] = (100, 50, 20, 10)
+    sampler: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
+    steps: tuple[int, ...] = (50, 20, 10, 5)
+    spacing: tuple[str, ...] = ("uniform",)
     variance: str = "fixed_large"
     eta: float = 0.0
     clip_x0: bool = True
@@ -116,7 +121,7 @@ class TrackingConfig:
 class Params:
     seed: int = 0
     schedule: str = "linear"
-    T: int = 1000
+    T: int = 100
     objective: str = "eps"
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
@@ -235,8 +240,13 @@ def _check_values(p: Params) -> list[str]:
     one_of("data.source", p.data.source, SOURCES)
     require(p.data.channels in (None, 1, 3), "data.channels", p.data.channels, "null (the source's own), 1 (grayscale) or 3 (RGB)")
     require(bool(p.data.root.strip()), "data.root", p.data.root, "a directory path (dataset files, or the images of data.source=folder)")
-    one_of("sample.sampler", p.sample.sampler, SAMPLERS)
-    one_of("sample.variance", p.sample.variance, VARIANCES)
+    for key, values, allowed in (("sample.sampler", p.sample.sampler, SAMPLERS), ("sample.spacing", p.sample.spacing, SPACINGS)):
+        require(
+            len(values) > 0 and all(v in allowed for v in values) and len(set(values)) == len(values),
+            key, list(values), f"a non-empty list of distinct names among {', '.join(allowed)}",
+        )  # fmt: skip
+    for spec in SAMPLERS.values():  # every sampler's options, swept or not: a bad value never waits in params.yaml
+        problems.extend(problem for problem in spec.options_from(p.sample).problems() if problem not in problems)
     one_of("train.weighting", p.train.weighting, WEIGHTINGS)
     one_of("evaluate.feature_extractor", p.evaluate.feature_extractor, FEATURE_EXTRACTORS)
     one_of("train.precision", p.train.precision, PRECISIONS)
@@ -288,7 +298,6 @@ def _check_values(p: Params) -> list[str]:
     require(p.evaluate.snapshot_samples >= 0, "evaluate.snapshot_samples", p.evaluate.snapshot_samples, "an integer >= 0 (0 skips the curve)")
     require(1 <= p.evaluate.snapshot_steps <= p.T, "evaluate.snapshot_steps", p.evaluate.snapshot_steps, f"an integer in [1, T = {p.T}]")
     require(p.evaluate.nll_images >= 0, "evaluate.nll_images", p.evaluate.nll_images, "an integer >= 0 (0 skips the NLL)")
-    require(p.sample.eta >= 0, "sample.eta", p.sample.eta, "a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
     require(0 < p.data.test_fraction < 1, "data.test_fraction", p.data.test_fraction, "a fraction in (0, 1)")
     for key, value in [
         ("train.steps", p.train.steps),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ddpmlab.schedules import make_betas
+from ddpmlab.step_grids import step_grid, uniform
 
 VARIANCES = ("fixed_large", "fixed_small", "learned_range")
 OBJECTIVES = ("eps", "x0", "v")
@@ -72,9 +73,11 @@ class DiffusionProcess:
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
         return DiffusionProcess(1 - abar / abar_prev, model_timesteps=self.model_timesteps[k])
 
-    def with_steps(self, steps: int) -> DiffusionProcess:
-        """The process itself at steps = T, else its respacing to ``steps`` evenly spaced timesteps."""
-        return self if steps == self.T else self.respaced(spaced_timesteps(self.T, steps))
+    def with_steps(self, steps: int, spacing: str = "uniform") -> DiffusionProcess:
+        """The process on the ``steps``-point grid of ``spacing`` (``ddpmlab.step_grids``); itself when
+        that grid is every timestep."""
+        kept = step_grid(spacing, self.alpha_bars, steps)
+        return self if kept == list(range(self.T)) else self.respaced(kept)
 
     # -- forward process -------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -139,6 +142,15 @@ class DiffusionProcess:
         v = (raw + 1) / 2
         return v * gather(self.betas.log(), t, raw) + (1 - v) * gather(self.posterior_log_variance_clipped, t, raw)
 
+    def reverse_log_variance(self, variance: str, t: torch.Tensor, like: torch.Tensor, variance_output: torch.Tensor | None = None) -> torch.Tensor:
+        """log sigma_t^2 of p_theta(x_{t-1} | x_t), broadcastable to ``like`` (B, C, H, W): a fixed
+        variance (``reverse_variance``) or, for ``learned_range``, from the network's variance channels."""
+        if variance == "learned_range":
+            if variance_output is None:
+                raise ValueError("variance 'learned_range' needs a network trained with train.learn_variance: true")
+            return self.learned_log_variance(variance_output, t)
+        return gather(self.reverse_variance(variance).log(), t, like)
+
     def p_mean_log_variance(
         self, output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, objective: str, variance: str, clip_x0: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,12 +165,7 @@ class DiffusionProcess:
         x0, _ = self.x0_eps_from_output(objective, mean_output, xt, t)
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-        if variance == "learned_range":
-            if variance_output is None:
-                raise ValueError("variance 'learned_range' needs a network trained with train.learn_variance: true")
-            log_variance = self.learned_log_variance(variance_output, t)
-        else:
-            log_variance = gather(self.reverse_variance(variance).log(), t, xt)
+        log_variance = self.reverse_log_variance(variance, t, xt, variance_output)
         return self.q_posterior_mean(x0, xt, t), log_variance, x0
 
 
@@ -172,13 +179,10 @@ def split_output(output: torch.Tensor, channels: int) -> tuple[torch.Tensor, tor
 
 
 def spaced_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` evenly spaced 0-based indices from 0 to T - 1, both ends included."""
+    """``steps`` evenly spaced 0-based indices from 0 to T - 1, both ends included (``step_grids.uniform``)."""
     if not 1 <= steps <= T:
         raise ValueError(f"sampling steps must be in [1, T = {T}], got {steps}")
-    if steps == 1:
-        return [T - 1]
-    # floor(x + 0.5) rather than round(): banker's rounding could merge neighbours one step apart
-    return [int(i * (T - 1) / (steps - 1) + 0.5) for i in range(steps)]
+    return uniform(torch.empty(T), steps)
 
 
 def sample_timesteps(batch_size: int, T: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:

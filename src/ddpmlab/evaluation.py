@@ -74,3 +74,28 @@ def per_class_fid(generated: FeatureSet, labels: np.ndarray, reference: FeatureS
         str(c): frechet_distance(generated.subset(np.flatnonzero(labels == c)).features, reference.subset(np.flatnonzero(reference_labels == c)).features)
         for c in classes
     }
+
+
+def protocol_record(params, weights_sha256: str, num_generated: int, num_real: dict, reference_images: dict, reference_keys: dict, sampling: dict) -> dict:
+    """Everything a score depends on besides the images: what makes two evaluations comparable."""
+    from ddpmlab.metrics import KID_SUBSETS, PRC_NEIGHBORHOOD
+
+    cfg = params.evaluate
+    return {
+        "feature_extractor": cfg.feature_extractor,
+        "extractor_weights_sha256": weights_sha256,
+        "num_generated": num_generated,
+        "num_real": num_real,
+        "reference_images": reference_images,
+        "reference_keys": {split: key[:16] for split, key in reference_keys.items()},
+        "reference_augmented": False,
+        "seed": params.seed,
+        "sample_seed": params.sample.seed,
+        "kid_subset_size": min(cfg.kid_subset_size, num_generated, *num_real.values()),
+        "kid_subsets": KID_SUBSETS,
+        "isc_splits": cfg.isc_splits,
+        "prc_neighborhood": PRC_NEIGHBORHOOD,
+        "checkpoint_step": sampling["checkpoint_step"],
+        "weights": sampling["weights"],
+        "model_mode": sampling["model_mode"],
+    }

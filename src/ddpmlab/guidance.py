@@ -42,23 +42,9 @@ def check_labels(labels: torch.Tensor | np.ndarray, num_classes: int) -> None:
         raise LabelError(f"class label {int(bad[0])} is outside [0, {num_classes}): the model was trained on {num_classes} classes")
 
 
-def sweep(steps: tuple[int, ...], guidance: tuple[float, ...], conditional: bool) -> list[tuple[int, float | None]]:
-    """The (steps, w) pairs to sample: every step count at the first w, then every other w at the
-    first step count (one axis at a time, so a sweep costs len(steps) + len(guidance) - 1 runs).
-    Unconditional models: every step count, w = None."""
-    if not conditional:
-        return [(s, None) for s in steps]
-    return [(s, guidance[0]) for s in steps] + [(steps[0], w) for w in guidance[1:]]
-
-
 def network_passes(w: float | None) -> int:
     """Network evaluations per image per sampling step: a guided step (w != 0) also runs the null class."""
     return 2 if w else 1
-
-
-def run_key(steps: int, w: float | None) -> str:
-    """How a (steps, w) run is named in folders, metrics.json (fid@<key>) and MLflow: "50" or "50w1.5"."""
-    return str(steps) if w is None else f"{steps}w{w:g}"
 
 
 def guided(network: Network, y: torch.Tensor, w: float, null_label: int, channels: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -83,30 +83,38 @@ def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
     _save(fig, path)
 
 
-def steps_figure(steps: pd.DataFrame, real: dict, path: Path) -> None:
-    """FID (against the test and the training split), IS and time per sample against the number of sampling steps (log x)."""
-    fig, (ax_fid, ax_is, ax_time) = plt.subplots(1, 3, figsize=(14, 3.8))
-    ordered = steps.sort_values("steps")
-    curves = [
-        (ax_fid, "fid", "generated vs test", "tab:red"),
-        (ax_fid, "fid_train", "generated vs train", "tab:orange"),
-        (ax_is, "is_mean", "generated", "tab:red"),
-    ]
-    for ax, key, label, color in curves:
-        ax.plot(ordered["steps"], ordered[key], marker="o", color=color, label=label)
-        ax.axhline(real[key], color=color, linestyle="--", alpha=0.6, label=f"real-data floor ({label.split(' ', 1)[1]})" if " vs " in label else "real-data floor")
-    ax_fid.set(ylabel="FID (lower is better)", title="FID vs sampling steps")
-    ax_is.set(ylabel="IS (higher is better)", title="IS vs sampling steps")
-    ax_time.plot(ordered["steps"], 1000 * ordered["seconds_per_sample"], marker="o", color="tab:blue")
+def line_label(sampler: str, spacing: str, spacings: int) -> str:
+    """A sampler's line in the figures; the spacing is named only when several are compared."""
+    return sampler if spacings == 1 else f"{sampler} ({spacing})"
+
+
+def nfe_figure(runs: pd.DataFrame, real: dict, path: Path) -> None:
+    """FID and IS against network evaluations per image (log x), one line per (sampler, spacing),
+    with the real-data floor; and sampling time per image against NFE. runs: steps.csv's rows."""
+    fig, (ax_fid, ax_is, ax_time) = plt.subplots(1, 3, figsize=(15, 4.2))
+    spacings = runs["spacing"].nunique()
+    groups = list(runs.groupby(["sampler", "spacing"], sort=False))
+    colors = [plt.get_cmap("tab10")(i % 10) for i in range(len(groups))]
+    for ((sampler, spacing), rows), color in zip(groups, colors):
+        rows = rows.sort_values("nfe")
+        label = line_label(sampler, spacing, spacings)
+        ax_fid.plot(rows["nfe"], rows["fid"], marker="o", color=color, label=label)
+        ax_is.plot(rows["nfe"], rows["is_mean"], marker="o", color=color, label=label)
+        ax_time.plot(rows["nfe"], 1000 * rows["seconds_per_sample"], marker="o", color=color, label=label)
+    ax_fid.axhline(real["fid"], color="black", linestyle="--", alpha=0.6, label="real-data floor")
+    ax_is.axhline(real["is_mean"], color="black", linestyle="--", alpha=0.6, label="real-data floor")
+    ax_fid.set_yscale("log")
+    ax_fid.set(ylabel="FID vs test split (log scale; lower is better)", title="FID vs network evaluations")
+    ax_is.set(ylabel="IS (higher is better)", title="IS vs network evaluations")
     ax_time.set(ylabel="ms per image", title="Sampling time per image")
+    ticks = sorted(runs["nfe"].unique())
     for ax in (ax_fid, ax_is, ax_time):
         ax.set_xscale("log")
-        ax.set_xlabel("sampling steps (log scale)")
-        ax.set_xticks(ordered["steps"].tolist(), [str(v) for v in ordered["steps"]])
+        ax.set_xlabel("network evaluations per image, NFE (log scale)")
+        ax.set_xticks(ticks, [str(v) for v in ticks])
         ax.minorticks_off()
-        ax.grid(True, alpha=0.3)
+        ax.grid(True, which="both", alpha=0.3)
     ax_fid.legend(fontsize=8)
-    ax_is.legend(fontsize=8)
     _save(fig, path)
 
 

@@ -29,7 +29,7 @@ class UNetConfig:
 
     channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
+    num_res_blocks: int = 1
     attention_levels: tuple[int, ...] = (1,)
     dropout: float = 0.1
     norm_groups: int = 8
