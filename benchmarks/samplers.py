@@ -53,6 +53,7 @@ import click
 import numpy as np
 import torch
 import yaml
+from speed import cpu_name  # benchmarks/ is on sys.path when a script here runs
 from torch import nn
 
 from ddpmlab.config import Params
@@ -66,14 +67,6 @@ from ddpmlab.unet import UNet
 IMAGE_SHAPE = (1, 16, 16)
 DATA_STD = 0.3  # s of the gaussian model; mu is a fixed pattern in [-0.5, 0.5]
 UNET_WEIGHT = 0.1  # the unet model is gaussian + this x sqrt(abar_t) x a random U-Net
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 # -- models ------------------------------------------------------------------------------------------
