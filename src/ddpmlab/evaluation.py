@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpmlab.metrics import FeatureSet, compare, frechet_distance, inception_score
+from ddpmlab.metrics import KID_SUBSETS, PRC_NEIGHBORHOOD, FeatureSet, compare, frechet_distance, inception_score
 
 SPLITS = ("test", "train")  # the first is the headline reference
 
@@ -78,8 +78,6 @@ def per_class_fid(generated: FeatureSet, labels: np.ndarray, reference: FeatureS
 
 def protocol_record(params, weights_sha256: str, num_generated: int, num_real: dict, reference_images: dict, reference_keys: dict, sampling: dict) -> dict:
     """Everything a score depends on besides the images: what makes two evaluations comparable."""
-    from ddpmlab.metrics import KID_SUBSETS, PRC_NEIGHBORHOOD
-
     cfg = params.evaluate
     return {
         "feature_extractor": cfg.feature_extractor,
