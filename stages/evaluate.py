@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmlab import scorecard, tracking
+from ddpmlab import memorisation, scorecard, tracking
 from ddpmlab.classifier import check_accuracy, load_classifier, predict
 from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.config import Params
@@ -106,34 +106,42 @@ def main(params_path, data_dir, samples_dir, model_dir, classifier_path, classif
     references, keys = {}, {}
     for split in SPLITS:
         references[split], keys[split] = cache.features(data[split].images, extractor.identity, extractor)
-    protocol = Protocol(references, kid_subset_size=cfg.kid_subset_size, isc_splits=cfg.isc_splits, seed=params.seed)
+    protocol = Protocol(references, kid_subset_size=cfg.kid_subset_size, isc_splits=cfg.isc_splits, seed=params.seed,
+                        reference_keys=keys, store=cache, device=device)  # fmt: skip
+    copies = memorisation.build(
+        references["train"].features, data["train"].images, references["test"].features, data["test"].images, cache, keys, device
+    )
     n = sampling["num_samples"]
     floor, num_real = protocol.real_floor(n)
-    floor = scorecard.rounded(floor)
+    floor = scorecard.rounded({**floor, **copies.floor()})
     click.echo(f"{cfg.feature_extractor} features; references: test {len(data['test'])} / train {len(data['train'])} images "
                f"({cache.hits} cached, {cache.misses} extracted); {n} generated images per run")  # fmt: skip
 
     classifier = load_classifier(classifier_path, device) if sampling.get("num_classes") else None
     runs = [Run.from_dict(entry) for entry in sampling["runs"]]
-    rows, per_class = [], {}
+    rows, per_class, copied = [], {}, None
     for run, entry in tqdm(list(zip(runs, sampling["runs"])), desc="evaluate", unit="run"):
         with np.load(samples_dir / run.folder / "samples.npz") as f:
             samples, labels = f["images"], f.get("labels")
         generated = extractor(samples)
-        row = scorecard.score_row(run, entry, protocol.score(generated), floor)
+        nearest = copies.nearest({"features": generated.features, "pixels": memorisation.pixel_vectors(samples)})
+        row = scorecard.score_row(run, entry, {**protocol.score(generated), **copies.score(nearest)}, floor)
+        copied = copied or {"run": run.key, **copies.summary(nearest)}  # the headline run's closest pairs
         if classifier is not None and labels is not None:
             predicted = predict(classifier, samples, device)
             per_class[run.key] = scorecard.add_class_scores(row, predicted, labels, generated, references["train"], data["train"].labels)
         rows.append(row)
         accuracy_note = f"  accuracy {row['cond_accuracy']:.3f}" if "cond_accuracy" in row else ""
         tqdm.write(f"  {run.key:>22} ({run.nfe:>4} NFE): FID {row['fid']:.3f} (x{row['fid_ratio']}; vs train {row['fid_train']:.3f})  "
-                   f"IS {row['is_mean']:.3f}  precision {row['precision']:.3f}  recall {row['recall']:.3f}{accuracy_note}")  # fmt: skip
+                   f"IS {row['is_mean']:.3f}  precision {row['precision']:.3f}  recall {row['recall']:.3f}  "
+                   f"copy rate {row['copy_rate']:.3f}{accuracy_note}")  # fmt: skip
     curve = fid_over_training(params, model_dir, protocol, extractor, device)
     nll, terms = estimate_nll(params, model_dir, data["test"], device)
 
     record = protocol_record(params, extractor.identity["weights_sha256"], n, num_real, {s: len(data[s]) for s in SPLITS}, keys, sampling)
     extras = {"classifier_accuracy": accuracy, "min_images_per_class": MIN_PER_CLASS,
-              "over_training_settings": {"images": cfg.snapshot_samples, "sample_steps": cfg.snapshot_steps}}  # fmt: skip
+              "over_training_settings": {"images": cfg.snapshot_samples, "sample_steps": cfg.snapshot_steps},
+              "memorisation": {"quantile": memorisation.COPY_QUANTILE, **copied}}  # fmt: skip
     evaluation = scorecard.details(rows, floor, nll, curve, {k: v for k, v in per_class.items() if v}, record, extras)
     scorecard.write_tables(rows, runs, curve, bool(sampling.get("num_classes")), steps_csv, guidance_csv, nfe_csv, training_curve)
     scorecard.write_nll_terms(terms, nll_terms)

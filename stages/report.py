@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
 import torch
 
@@ -15,6 +16,7 @@ from ddpmlab import images, metric_registry, tracking
 from ddpmlab.cli import read_json, stage_errors
 from ddpmlab.config import flatten
 from ddpmlab.data import ImageSet
+from ddpmlab.memorisation_report import memorisation_section
 from ddpmlab.plan import Run, step_sweep
 from ddpmlab.report import Document, forward_strip, loss_figure, nll_figure, schedule_figure, training_curve_figure
 from ddpmlab.report_sections import data_section, guidance_section, loss_setting, plan_text, protocol_text, sampling_section
@@ -71,7 +73,19 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
     metrics_table(doc, metrics, head)
     sampling_section(doc, tables["steps"], step_sweep(runs), sampling, metrics["real"], figures)
     if len(tables["guidance"]):
-        guidance_section(doc, tables["guidance"], metrics, sampling, runs, samples_dir, figures)
+        class_names = card.get("classes") or [str(c) for c in range(sampling["num_classes"])]
+        guidance_section(doc, tables["guidance"], metrics, sampling, runs, samples_dir, class_names, figures)
+    with np.load(samples_dir / head.folder / "samples.npz") as f:
+        generated = f["images"]
+    memorisation_section(
+        doc,
+        tables["steps"],
+        metrics["memorisation"],
+        metrics["real"],
+        generated,
+        ImageSet.load(data_dir / "train.npz").images,
+        figures,
+    )
 
     nll = metrics.get("nll")
     doc.heading("Likelihood")

@@ -48,7 +48,7 @@ def test_samples_every_sampler_and_step_count_at_the_first_w_and_every_w_at_the_
 def test_every_run_is_scored_with_its_conditional_accuracy(conditional: Path):
     metrics = json.loads((conditional / "metrics.json").read_text())
     assert metrics["run"] == "ddpm-30-w0"
-    assert sorted(k for k in metrics if "@" in k) == sorted(f"{m}@{key}" for m in ("fid", "acc") for key in RUN_KEYS)
+    assert sorted(k for k in metrics if "@" in k) == sorted(f"{m}@{key}" for m in ("fid", "acc", "copy") for key in RUN_KEYS)
     for key in RUN_KEYS:
         assert np.isfinite(metrics[f"fid@{key}"]) and 0.0 <= metrics[f"acc@{key}"] <= 1.0
     assert metrics["cond_accuracy"] == metrics["acc@ddpm-30-w0"] and metrics["fid"] == metrics["fid@ddpm-30-w0"]
@@ -127,7 +127,7 @@ def test_compare_lists_every_run_and_w_with_its_class_accuracy(conditional: Path
     assert result.exit_code == 0, result.output
     assert f"compared {len(RUN_KEYS)} evaluations of 1 models" in result.output
     header, *rows = table_rows((tmp_path / "compare.md").read_text())
-    assert header == TABLE_START + ["w"] + METRIC_HEADERS[:6] + ["class accuracy"] + METRIC_HEADERS[6:]
+    assert header == TABLE_START + ["w"] + METRIC_HEADERS[:7] + ["class accuracy"] + METRIC_HEADERS[7:]
     sampler, steps, nfe, w, accuracy = (header.index(h) for h in ("sampler", "steps", "NFE", "w", "class accuracy"))
     assert sorted((r[sampler], r[steps], r[nfe], r[w]) for r in rows) == sorted(
         [("ddpm", "30", "30", "0.0"), ("ddpm", "5", "5", "0.0"), ("dpmpp_2m", "30", "30", "0.0"), ("dpmpp_2m", "5", "5", "0.0"), ("ddpm", "30", "60", "1.0"), ("ddpm", "30", "60", "3.0")]

@@ -13,7 +13,17 @@ from ddpmlab import checkpoint
 from ddpmlab.classifier import CHECKPOINT_KIND, train_classifier
 from ddpmlab.data import load_digits, split
 from ddpmlab.evaluation import Protocol
-from ddpmlab.metrics import CLASSIFIER_REGISTRY_NAME, Extractor, FeatureSet, UInt8RGB, compare, inception_score
+from ddpmlab.feature_cache import FeatureCache
+from ddpmlab.metrics import (
+    CLASSIFIER_REGISTRY_NAME,
+    Extractor,
+    FeatureSet,
+    Manifold,
+    UInt8RGB,
+    compare,
+    inception_score,
+    precision_recall,
+)
 
 CPU = torch.device("cpu")
 
@@ -35,7 +45,8 @@ def test_fid_of_a_set_against_itself_is_zero(digits_and_classifier):
     features = extractor(test.images)
     result = compare(features, features, kid_subset_size=100, seed=0)
     assert abs(result["fid"]) < 1e-3
-    assert result["precision"] == result["recall"] == 1.0  # every point lies in its own k-NN ball
+    manifold = Manifold.of(features.features)
+    assert precision_recall(manifold, manifold) == {"precision": 1.0, "recall": 1.0}  # every point lies in its own k-NN ball
     # KID is an unbiased MMD estimate over random subsets: zero in expectation, not exactly.
     assert abs(result["kid_mean"]) < 2 * result["kid_std"]
 
@@ -77,7 +88,9 @@ def test_inception_score_matches_closed_forms():
 def test_metrics_equal_torch_fidelitys_one_call_pipeline(digits_and_classifier):
     train, test, extractor, path = digits_and_classifier
     candidate = train.images[:300]
-    ours = {**compare(extractor(candidate), extractor(test.images), kid_subset_size=100, seed=3), **inception_score(extractor(candidate), splits=10, seed=3)}
+    generated, reference = extractor(candidate), extractor(test.images)
+    ours = {**compare(generated, reference, kid_subset_size=100, seed=3), **inception_score(generated, splits=10, seed=3),
+            **precision_recall(Manifold.of(generated.features), Manifold.of(reference.features))}  # fmt: skip
     theirs = torch_fidelity.calculate_metrics(
         input1=UInt8RGB(candidate), input2=UInt8RGB(test.images), cuda=False, isc=True, fid=True, kid=True, prc=True,
         feature_extractor=CLASSIFIER_REGISTRY_NAME, feature_extractor_weights_path=str(path), kid_subset_size=100,
@@ -86,7 +99,8 @@ def test_metrics_equal_torch_fidelitys_one_call_pipeline(digits_and_classifier):
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-9)
     assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
     assert ours["is_mean"] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
-    assert (ours["precision"], ours["recall"]) == (theirs["precision"], theirs["recall"])
+    assert ours["precision"] == pytest.approx(theirs["precision"], abs=1e-6)
+    assert ours["recall"] == pytest.approx(theirs["recall"], abs=1e-6)
 
 
 def test_protocol_scores_against_both_splits_and_floors_never_compare_a_set_with_itself(digits_and_classifier):
@@ -109,3 +123,22 @@ def test_extractor_identity_names_the_weights(digits_and_classifier, tmp_path: P
     assert Extractor("classifier", copy, CPU, batch_size=8).identity == extractor.identity
     with pytest.raises(ValueError, match="unknown feature extractor 'vgg'; allowed: classifier, inception-v3-compat"):
         Extractor("vgg", path, CPU, batch_size=8)
+
+
+def test_precision_recall_compare_equally_many_points_with_radii_computed_once(digits_and_classifier, tmp_path: Path):
+    train, test, extractor, _ = digits_and_classifier
+    references = {"test": extractor(test.images), "train": extractor(train.images)}
+    keys = {"test": "t" * 64, "train": "r" * 64}
+    protocol = Protocol(references, kid_subset_size=100, isc_splits=10, seed=0, reference_keys=keys, store=FeatureCache(tmp_path))
+    generated = references["train"].subset(np.arange(200))
+    scored = protocol.score(generated)
+    subset = protocol.prc_subset("train", 200)
+    assert len(subset) == len(set(subset)) == 200 and set(protocol.prc_subset("train", 100)) <= set(subset)  # nested
+    expected = precision_recall(Manifold.of(generated.features), Manifold.of(references["train"].features[subset]))
+    assert (scored["precision_train"], scored["recall_train"]) == (expected["precision"], expected["recall"])
+    # against the 359 test images too: 200 on each side
+    assert protocol.manifold("test", 200).features.shape[0] == 200
+    again = Protocol(references, kid_subset_size=100, isc_splits=10, seed=0, reference_keys=keys, store=FeatureCache(tmp_path))
+    again.score(generated)
+    assert again.store.derived_hits == 2 and again.store.derived_misses == 0  # both splits' radii came from the disk cache
+    torch.testing.assert_close(again.manifold("train", 200).radii, protocol.manifold("train", 200).radii, rtol=0, atol=0)

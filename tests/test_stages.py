@@ -79,8 +79,27 @@ def test_samples_do_not_depend_on_batch_size(pipeline: Path, tmp_path: Path, mon
 
 def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline: Path):
     metrics = json.loads((pipeline / "evaluation.json").read_text())
-    for key in ("fid", "fid_train", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"):
+    for key in (
+        "fid",
+        "fid_train",
+        "is_mean",
+        "is_std",
+        "kid_mean",
+        "kid_std",
+        "precision",
+        "recall",
+        "copy_rate",
+        "nn_ratio",
+        "copy_rate_pixels",
+    ):
         assert np.isfinite(metrics[key]) and np.isfinite(metrics["real"][key])
+    assert metrics["real"]["nn_ratio"] == metrics["real"]["nn_ratio_pixels"] == 1.0  # the held-out baseline against itself
+    memorised = metrics["memorisation"]
+    assert (
+        memorised["run"] == "ddpm-30"
+        and len(memorised["closest"]) == 12
+        and set(memorised["histograms"]) == {"features", "pixels"}
+    )
     assert np.isfinite(metrics["real"]["fid_train"]) and np.isfinite(metrics["real"]["recall_train"])
     assert metrics["real"]["fid"] < metrics["fid"] and metrics["real"]["fid_train"] < metrics["fid_train"]  # 4 training steps cannot beat real data
     assert list(metrics["by_run"]) == RUNS and metrics["headline_run"] == "ddpm-30"
@@ -102,12 +121,14 @@ def test_metrics_json_is_flat_and_short_for_dvc_exp_show(pipeline: Path):
     metrics = json.loads((pipeline / "metrics.json").read_text())
     details = json.loads((pipeline / "evaluation.json").read_text())
     assert list(metrics) == [
-        "run", "fid", "fid_train", "is_mean", "kid_mean", "precision", "recall", "seconds_per_sample",
-        "fid@ddpm-30", "fid@ddpm-5", "fid@dpmpp_2m-30", "fid@dpmpp_2m-5", "nll_bpd", "real_fid",
+        "run", "fid", "fid_train", "is_mean", "kid_mean", "precision", "recall", "copy_rate", "copy_rate_pixels", "seconds_per_sample",
+        "fid@ddpm-30", "fid@ddpm-5", "fid@dpmpp_2m-30", "fid@dpmpp_2m-5",
+        "copy@ddpm-30", "copy@ddpm-5", "copy@dpmpp_2m-30", "copy@dpmpp_2m-5", "nll_bpd", "real_fid",
     ]  # fmt: skip
     assert metrics["run"] == "ddpm-30" and all(isinstance(v, (int, float)) for k, v in metrics.items() if k != "run")
     assert metrics["fid@dpmpp_2m-5"] == details["by_run"]["dpmpp_2m-5"]["fid"] and metrics["real_fid"] == details["real"]["fid"]
     assert metrics["nll_bpd"] == details["nll"]["bits_per_dim"] and metrics["fid"] == details["by_run"]["ddpm-30"]["fid"]
+    assert metrics["copy@ddpm-5"] == details["by_run"]["ddpm-5"]["copy_rate"]
 
 
 def test_evaluate_scores_every_checkpoint_over_training(pipeline: Path):
@@ -125,6 +146,7 @@ def test_evaluate_records_the_protocol(pipeline: Path):
     card = json.loads((pipeline / "data" / "card.json").read_text())
     assert protocol["feature_extractor"] == "classifier" and len(protocol["extractor_weights_sha256"]) == 64
     assert protocol["num_generated"] == 24 and protocol["num_real"] == {"test": 24, "train": 24}  # the floor uses the same N
+    assert protocol["prc_images"] == {"test": 24, "train": 24}  # precision / recall: equally many on both sides
     assert protocol["reference_images"] == {"test": card["test"]["count"], "train": card["train"]["count"]}
     assert (protocol["checkpoint_step"], protocol["weights"], protocol["model_mode"]) == (4, "ema", "eval")
     assert (protocol["seed"], protocol["kid_subset_size"], protocol["isc_splits"], protocol["reference_augmented"]) == (0, 8, 4, False)
@@ -232,8 +254,9 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
 
 def test_report_has_every_section_and_embeds_images(pipeline: Path):
     md = (pipeline / "reports" / "report.md").read_text()
-    figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "nfe.png", "comparison.png", "nll.png", "fid_over_training.png")
-    for text in ("## Metrics", "## Sampling", "best run", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
+    figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "nfe.png", "comparison.png",
+               "memorisation_panel.png", "memorisation_distances.png", "nll.png", "fid_over_training.png")  # fmt: skip
+    for text in ("## Metrics", "## Sampling", "best run", "## Memorisation", "held-out test images", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
         assert text in md
     for name in figures:
         assert (pipeline / "reports" / "figures" / name).stat().st_size > 0

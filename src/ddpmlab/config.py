@@ -78,7 +78,7 @@ class TrainConfig:
 class SampleConfig:
     sampler: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
     steps: tuple[int, ...] = (50, 20, 10, 5)
-    spacing: tuple[str, ...] = ("uniform",)
+    spacing: tuple[str, ...] = ("uniform", "quadratic")
     variance: str = "fixed_large"
     eta: float = 0.0
     clip_x0: bool = True

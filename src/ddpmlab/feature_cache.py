@@ -4,7 +4,9 @@ The key is a SHA-256 of the images' bytes, shape and dtype together with the ext
 identity (name, layers, weights hash, torch-fidelity version). Changed data, a retrained
 classifier or other weights give another key, so stale statistics can never be reused;
 unchanged data is extracted once and shared by every experiment (the cache lives outside
-the repository, like torch.hub's). Entries are written to a temporary file and renamed,
+the repository, like torch.hub's). Quantities derived from reference features (k-NN radii,
+nearest-training distances) are cached the same way by :meth:`FeatureCache.derived`, keyed by
+the reference keys they were computed from and the settings that shaped them. Entries are written to a temporary file and renamed,
 so a crash never leaves a half-written entry behind.
 """
 
@@ -45,7 +47,8 @@ def content_key(images: np.ndarray, identity: dict) -> str:
 class FeatureCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.hits = self.misses = 0
+        self.hits = self.misses = 0  # feature sets
+        self.derived_hits = self.derived_misses = 0
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
@@ -61,8 +64,27 @@ class FeatureCache:
                 return FeatureSet(entry["features"], entry["logits"]), key
         self.misses += 1
         result = extract(images)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel workers may race
-        torch.save({"key": key, "identity": identity, "features": result.features, "logits": result.logits}, tmp)
-        os.replace(tmp, path)
+        self._store(path, {"key": key, "identity": identity, "features": result.features, "logits": result.logits})
         return result, key
+
+    def derived(self, recipe: dict, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Tensors computed from cached inputs: ``recipe`` (JSON) names the inputs' keys and every
+        setting the result depends on; equal recipes share one entry."""
+        key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+        path = self.root / "derived" / f"{key}.pt"
+        if path.is_file():
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry["recipe"] == json.loads(json.dumps(recipe)):
+                self.derived_hits += 1
+                return entry["tensors"]
+        self.derived_misses += 1
+        tensors = compute()
+        self._store(path, {"recipe": recipe, "tensors": tensors})
+        return tensors
+
+    @staticmethod
+    def _store(path: Path, entry: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: parallel workers may race
+        torch.save(entry, tmp)
+        os.replace(tmp, path)

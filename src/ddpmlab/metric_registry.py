@@ -17,6 +17,7 @@ class Metric:
     name: str
     label: str  # for tables
     better: str | None = None  # "min" | "max": which way is better (the best value is marked); None: not a score
+    # (nn_ratio: ~1 is held-out-like, lower is copying, higher is off the data; neither end is "better")
     per_split: bool = False  # also <name>_train
     headline: tuple[str, ...] = ()  # split suffixes in metrics.json (the headline run's values) and on the MLflow training run
     swept_as: str | None = None  # metrics.json also holds <swept_as>@<run key> for every run
@@ -42,6 +43,10 @@ METRICS = (
     Metric("kid_std", "KID std over subsets", per_split=True, in_table=False),
     Metric("precision", "precision", "max", per_split=True, headline=("",)),
     Metric("recall", "recall", "max", per_split=True, headline=("",)),
+    Metric("copy_rate", "copy rate (features)", "min", headline=("",), swept_as="copy"),
+    Metric("nn_ratio", "nearest-training distance / test's (features)", in_table=False),
+    Metric("copy_rate_pixels", "copy rate (pixels)", "min", headline=("",), in_table=False),
+    Metric("nn_ratio_pixels", "nearest-training distance / test's (pixels)", in_table=False),
     Metric("cond_accuracy", "class accuracy", "max", headline=("",), swept_as="acc", conditional=True),
     Metric("per_class_fid", "per-class FID", "min", conditional=True, in_table=False),
     Metric("seconds_per_sample", "s / sample", "min", headline=("",)),
@@ -51,7 +56,19 @@ METRICS = (
 # What identifies a run in a row (``plan.Run``), ahead of its scores.
 RUN_FIELDS = ("key", "sampler", "spacing", "steps", "nfe", "guidance")
 # Real-data floors are reported for the metrics a real image set has (evaluation.Protocol.real_floor).
-FLOOR_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
+FLOOR_METRICS = (
+    "fid",
+    "is_mean",
+    "is_std",
+    "kid_mean",
+    "kid_std",
+    "precision",
+    "recall",
+    "copy_rate",
+    "nn_ratio",
+    "copy_rate_pixels",
+    "nn_ratio_pixels",
+)
 
 
 def row_fields(conditional: bool) -> tuple[str, ...]:

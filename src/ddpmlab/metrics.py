@@ -1,9 +1,12 @@
-"""FID, KID, IS and precision / recall through torch-fidelity, on features extracted once per image set.
+"""FID, KID and IS through torch-fidelity, and precision / recall, on features extracted once per image set.
 
 Images are uint8 (N, C, H, W). Each set goes through the feature extractor once
 (:class:`Extractor`); the metrics are torch-fidelity's own functions applied to those
 features, so a generated set's features serve both references (test and train split) and
 a reference set's features come from a content-keyed cache (:mod:`ddpmlab.feature_cache`).
+Precision / recall use ddpmlab's chunked k-NN (:mod:`ddpmlab.neighbours`) instead of
+torch-fidelity's all-pairs matrices, with the same definition (tested equal), so the reference
+balls can be computed once and reused by every run.
 Extractors, by ``evaluate.feature_extractor``:
 
 - ``inception-v3-compat``: torch-fidelity's TF-Inception port (pool3 2048-d features,
@@ -25,12 +28,12 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
-from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from ddpmlab.classifier import load_classifier
 from ddpmlab.data import to_model_range
+from ddpmlab.neighbours import inside_any_ball, kth_neighbour_radii
 
 CLASSIFIER_REGISTRY_NAME = "ddpmlab-classifier"
 # evaluate.feature_extractor -> (torch-fidelity registry name, (FID/KID/PRC layer, IS layer))
@@ -147,7 +150,7 @@ def frechet_distance(generated: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def compare(generated: FeatureSet, reference: FeatureSet, *, kid_subset_size: int, seed: int) -> dict[str, float]:
-    """FID, KID (mean, std over 100 subsets) and precision / recall of ``generated`` against ``reference``.
+    """FID and KID (mean, std over 100 subsets) of ``generated`` against ``reference``.
 
     KID subsets have min(kid_subset_size, len(generated), len(reference)) images.
     """
@@ -159,15 +162,33 @@ def compare(generated: FeatureSet, reference: FeatureSet, *, kid_subset_size: in
         rng_seed=seed,
         verbose=False,
     )
-    prc = prc_features_to_metric(
-        generated.features, reference.features, prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True, verbose=False
-    )
     return {
         "fid": frechet_distance(generated.features, reference.features),
         "kid_mean": float(kid["kernel_inception_distance_mean"]),
         "kid_std": float(kid["kernel_inception_distance_std"]),
-        "precision": float(prc["precision"]),
-        "recall": float(prc["recall"]),
+    }
+
+
+@dataclass(frozen=True)
+class Manifold:
+    """A set's features (n, D) and the radii (n,) of their k-NN balls, k = PRC_NEIGHBORHOOD: the
+    support estimate of Kynkaanniemi et al. 2019 (the union of the balls)."""
+
+    features: torch.Tensor
+    radii: torch.Tensor
+
+    @classmethod
+    def of(cls, features: torch.Tensor, device: torch.device | None = None) -> Manifold:
+        return cls(features, kth_neighbour_radii(features, PRC_NEIGHBORHOOD, device=device))
+
+
+def precision_recall(generated: Manifold, real: Manifold, device: torch.device | None = None) -> dict[str, float]:
+    """Precision: the fraction of generated points inside the real manifold; recall: the fraction
+    of real points inside the generated one (Kynkaanniemi et al. 2019, eq. 1-2). The paper uses
+    equally many points on both sides; :class:`ddpmlab.evaluation.Protocol` sees to that."""
+    return {
+        "precision": float(inside_any_ball(generated.features, real.features, real.radii, device=device).double().mean()),
+        "recall": float(inside_any_ball(real.features, generated.features, generated.radii, device=device).double().mean()),
     }
 
 

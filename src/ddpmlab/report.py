@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ddpmlab import images
 from ddpmlab.data import to_model_range, to_uint8
 from ddpmlab.diffusion import DiffusionProcess
 from ddpmlab.schedules import SCHEDULES, make_betas
@@ -38,7 +39,7 @@ def loss_figure(log: pd.DataFrame, path: Path) -> None:
     lines = ax.get_lines() + lr_ax.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
     ax.set_title("Training loss")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def training_curve_figure(curve: pd.DataFrame, real: dict, path: Path) -> None:
@@ -51,7 +52,7 @@ def training_curve_figure(curve: pd.DataFrame, real: dict, path: Path) -> None:
     ax.set(xlabel="training step", ylabel="FID (log scale)", title="FID over training")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
@@ -80,7 +81,7 @@ def schedule_figure(schedule: pd.DataFrame, chosen: str, path: Path) -> None:
     for ax in (ax_beta, ax_abar, ax_snr):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def line_label(sampler: str, spacing: str, spacings: int) -> str:
@@ -115,7 +116,7 @@ def nfe_figure(runs: pd.DataFrame, real: dict, path: Path) -> None:
         ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
     ax_fid.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def guidance_figure(sweep: pd.DataFrame, real: dict, path: Path) -> None:
@@ -136,7 +137,25 @@ def guidance_figure(sweep: pd.DataFrame, real: dict, path: Path) -> None:
     ax_trade.set(xlabel="conditional accuracy (%)", ylabel="FID vs test (lower is better)", title="Trade-off across w (Ho & Salimans 2022)")
     for ax in (ax_w, ax_trade):
         ax.grid(True, alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+def class_grid_figure(
+    samples: np.ndarray, labels: np.ndarray, class_names: list[str], title: str, path: Path, per_class: int = 10
+) -> None:
+    """One row per class, named on the left, holding the first ``per_class`` images asked to be that class.
+    samples: uint8 (N, C, H, W); labels: (N,) class indices into ``class_names``."""
+    fig, axes = plt.subplots(len(class_names), 1, figsize=(0.55 * per_class + 1.6, 0.55 * len(class_names) + 0.5), squeeze=False)
+    for c, (ax, name) in enumerate(zip(axes[:, 0], class_names)):
+        chosen = samples[labels == c][:per_class]
+        if len(chosen):
+            strip = images.grid(chosen, columns=per_class, padding=1).transpose(1, 2, 0)
+            ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
 
 
 def nll_figure(terms: pd.DataFrame, path: Path) -> None:
@@ -156,7 +175,7 @@ def nll_figure(terms: pd.DataFrame, path: Path) -> None:
     share.set_ylabel("cumulative share")
     lines = ax.get_lines() + ax.collections + share.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def forward_strip(images: np.ndarray, betas: torch.Tensor, columns: int, seed: int) -> tuple[np.ndarray, list[int]]:
@@ -179,7 +198,7 @@ def forward_strip(images: np.ndarray, betas: torch.Tensor, columns: int, seed: i
     return to_uint8(stacked).numpy(), ts
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

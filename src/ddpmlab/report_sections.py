@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ddpmlab.plan import Run, guidance_sweep, step_sweep
-from ddpmlab.report import Document, guidance_figure, nfe_figure
+from ddpmlab.report import Document, class_grid_figure, guidance_figure, nfe_figure
 
 
 def loss_setting(train: dict) -> str:
@@ -41,9 +41,15 @@ def protocol_text(protocol: dict, classifier: dict) -> str:
         f"upward at small N, so compare FIDs only at equal N and against the real-data floor, real images scored the same "
         f"way ({real['test']} training images against the test split, {real['train']} test images against the training split). "
         f"KID: {protocol['kid_subsets']} subsets of {protocol['kid_subset_size']}; IS: {protocol['isc_splits']} splits; "
-        f"precision / recall: k = {protocol['prc_neighborhood']} neighbourhoods; seed {protocol['seed']}. "
+        f"precision / recall (Kynkaanniemi et al. 2019): k = {protocol['prc_neighborhood']} neighbourhoods, equally many images on both "
+        f"sides ({_prc_sizes(protocol)}; the reference side a subset drawn with seed [{protocol['seed']}, split index]); seed {protocol['seed']}. "
         "The reported checkpoint is always the last one: no checkpoint is selected on the reported splits."
     )
+
+
+def _prc_sizes(protocol: dict) -> str:
+    sizes = protocol.get("prc_images") or {}
+    return ", ".join(f"{n} vs {split}" for split, n in sizes.items()) or "all reference images"
 
 
 def plan_text(runs: list[Run]) -> str:
@@ -103,8 +109,8 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
     doc.image("figures/comparison.png", "The first images of every run: one row per sampler, one column per step count (same seeds everywhere)")
 
 
-def guidance_section(doc: Document, sweep: pd.DataFrame, metrics: dict, sampling: dict, runs: list[Run], samples_dir: Path, figures: Path) -> None:
-    """Conditional models: the guidance sweep's table, trade-off figure and a class x samples grid per w."""
+def guidance_section(doc: Document, sweep: pd.DataFrame, metrics: dict, sampling: dict, runs: list[Run], samples_dir: Path, class_names: list[str], figures: Path) -> None:
+    """Conditional models: the guidance sweep's table, trade-off figure and a class x samples grid per w (rows named by ``class_names``)."""
     head = runs[0]
     doc.heading("Classifier-free guidance")
     per_class = metrics.get("per_class_fid") or {}
@@ -120,10 +126,12 @@ def guidance_section(doc: Document, sweep: pd.DataFrame, metrics: dict, sampling
     guidance_figure(sweep, metrics["real"], figures / "guidance.png")
     doc.image("figures/guidance.png", "FID and conditional accuracy against the guidance weight w, and FID against accuracy (each point one w)")
     for run in guidance_sweep(runs):
-        if (samples_dir / run.folder / "class_grid.png").is_file():
+        with np.load(samples_dir / run.folder / "samples.npz") as f:
+            if "labels" not in f:
+                continue
             name = f"class_grid_w{run.guidance:g}.png"
-            shutil.copyfile(samples_dir / run.folder / "class_grid.png", figures / name)
-            doc.image(f"figures/{name}", f"w = {run.guidance:g}: one row per class (0 at the top), the first 10 images asked to be that class")
+            class_grid_figure(f["images"], f["labels"], class_names, f"w = {run.guidance:g} ({run.label(with_guidance=False)})", figures / name)
+        doc.image(f"figures/{name}", f"w = {run.guidance:g}: one row per class, the first 10 images asked to be that class")
 
 
 def data_section(doc: Document, card: dict) -> None:
