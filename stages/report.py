@@ -77,15 +77,8 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
         guidance_section(doc, tables["guidance"], metrics, sampling, runs, samples_dir, class_names, figures)
     with np.load(samples_dir / head.folder / "samples.npz") as f:
         generated = f["images"]
-    memorisation_section(
-        doc,
-        tables["steps"],
-        metrics["memorisation"],
-        metrics["real"],
-        generated,
-        ImageSet.load(data_dir / "train.npz").images,
-        figures,
-    )
+    train_images = ImageSet.load(data_dir / "train.npz").images
+    memorisation_section(doc, tables["steps"], metrics["memorisation"], metrics["real"], generated, train_images, figures)
 
     nll = metrics.get("nll")
     doc.heading("Likelihood")

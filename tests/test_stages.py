@@ -227,6 +227,7 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
         assert (variance == "fixed_large" if sampler == "ddpm" else pd.isna(variance)) and float(eval_run["metrics.nfe"]) == int(steps)
         assert eval_run["params.schedule"] == "linear" and np.isfinite(eval_run["metrics.fid"]) and np.isfinite(eval_run["metrics.nll_bits_per_dim"])
         assert eval_run["tags.mlflow.parentRunId"] == train_run["run_id"]
+        assert 0 <= eval_run["metrics.copy_rate"] <= 1 and 0 <= eval_run["metrics.copy_rate_pixels"] <= 1 and eval_run["metrics.nn_ratio"] > 0
         assert eval_run["tags.mlflow.runName"] == f"linear-T30-{key}"
         protocol = ("feature_extractor", "num_generated", "num_real.test", "reference_splits", "checkpoint_step", "weights", "model_mode", "seed")
         assert [eval_run[f"params.{k}"] for k in protocol] == ["classifier", "24", "24", "test,train", "4", "ema", "eval", "0"]
@@ -246,7 +247,8 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
     assert train_run["metrics.fid"] == eval_runs["ddpm-30"]["metrics.fid"]  # the headline, so the UI's chart view shows an fid chart per model
     report_files = {a.path for a in client.list_artifacts(train_run["run_id"], "report")}
     assert {"report/report.html", "report/report.md", "report/figures"} <= report_files
-    assert "report/figures/samples_grid.png" in {a.path for a in client.list_artifacts(train_run["run_id"], "report/figures")}
+    report_figures = {a.path for a in client.list_artifacts(train_run["run_id"], "report/figures")}
+    assert {"report/figures/samples_grid.png", "report/figures/memorisation_panel.png", "report/figures/memorisation_distances.png"} <= report_figures
     experiment = mlflow.get_experiment_by_name("ddpmlab")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens in the UI's model-training view
     assert experiment.artifact_location == (pipeline / "mlruns").as_uri()  # beside the store, not in the working directory

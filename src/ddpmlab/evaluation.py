@@ -97,12 +97,8 @@ class Protocol:
         for split in SPLITS:
             generated, reference = candidates[split], self.references[split]
             against = compare(generated, reference, kid_subset_size=self.kid_subset_size, seed=self.seed)
-            n = min(
-                len(generated), len(reference)
-            )  # equal sizes; generated images are seed-indexed, so the first n are a fair subset
-            against.update(
-                precision_recall(Manifold.of(generated.features[:n], self.device), self.manifold(split, n), self.device)
-            )
+            n = min(len(generated), len(reference))  # equal sizes; generated images are seed-indexed, so the first n are a fair subset
+            against.update(precision_recall(Manifold.of(generated.features[:n], self.device), self.manifold(split, n), self.device))
             out.update({f"{name}{suffix(split)}": value for name, value in against.items()})
         return out
 
@@ -141,9 +137,7 @@ def protocol_record(params, weights_sha256: str, num_generated: int, num_real: d
         "kid_subsets": KID_SUBSETS,
         "isc_splits": cfg.isc_splits,
         "prc_neighborhood": PRC_NEIGHBORHOOD,
-        "prc_images": {
-            split: min(num_generated, reference_images[split]) for split in SPLITS
-        },  # per side; subset seed = [seed, split index]
+        "prc_images": {split: min(num_generated, reference_images[split]) for split in SPLITS},  # per side; subset seed [seed, split index]
         "checkpoint_step": sampling["checkpoint_step"],
         "weights": sampling["weights"],
         "model_mode": sampling["model_mode"],

@@ -6,8 +6,8 @@ classifier or other weights give another key, so stale statistics can never be r
 unchanged data is extracted once and shared by every experiment (the cache lives outside
 the repository, like torch.hub's). Quantities derived from reference features (k-NN radii,
 nearest-training distances) are cached the same way by :meth:`FeatureCache.derived`, keyed by
-the reference keys they were computed from and the settings that shaped them. Entries are written to a temporary file and renamed,
-so a crash never leaves a half-written entry behind.
+the reference keys they were computed from and the settings that shaped them. Entries are
+written to a temporary file and renamed, so a crash never leaves a half-written entry behind.
 """
 
 from __future__ import annotations

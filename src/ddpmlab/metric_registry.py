@@ -56,19 +56,7 @@ METRICS = (
 # What identifies a run in a row (``plan.Run``), ahead of its scores.
 RUN_FIELDS = ("key", "sampler", "spacing", "steps", "nfe", "guidance")
 # Real-data floors are reported for the metrics a real image set has (evaluation.Protocol.real_floor).
-FLOOR_METRICS = (
-    "fid",
-    "is_mean",
-    "is_std",
-    "kid_mean",
-    "kid_std",
-    "precision",
-    "recall",
-    "copy_rate",
-    "nn_ratio",
-    "copy_rate_pixels",
-    "nn_ratio_pixels",
-)
+FLOOR_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "copy_rate", "nn_ratio", "copy_rate_pixels", "nn_ratio_pixels")
 
 
 def row_fields(conditional: bool) -> tuple[str, ...]:
