@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ddpmlab import images, metric_registry
 from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.report import Document, Emphasis, forward_strip
+from ddpmlab.report import Document, Emphasis, forward_strip, save_figure
 
 STAGE_TAG = "tags.ddpmlab.stage"
 # What makes two evaluations different rows: the model, and how it was sampled.
@@ -225,7 +225,7 @@ def fid_figure(selection: Selection, path: Path) -> None:
     for ax in (ax_steps, ax_cost):
         ax.grid(True, which="both", alpha=0.3)
     ax_steps.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def loss_figure(histories: dict[str, pd.DataFrame], path: Path) -> None:
@@ -237,7 +237,7 @@ def loss_figure(histories: dict[str, pd.DataFrame], path: Path) -> None:
     ax.set(xlabel="training step", ylabel="training loss (log scale)", title="Training loss")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def schedules_figure(processes: dict[str, DiffusionProcess], path: Path) -> None:
@@ -253,7 +253,7 @@ def schedules_figure(processes: dict[str, DiffusionProcess], path: Path) -> None
     for ax in (ax_abar, ax_snr):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def forward_figure(image: np.ndarray, processes: dict[str, DiffusionProcess], path: Path, columns: int = 9, seed: int = 0) -> None:
@@ -269,7 +269,7 @@ def forward_figure(image: np.ndarray, processes: dict[str, DiffusionProcess], pa
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle("Forward process q(x_t | x_0): one image, one noise draw, each schedule", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def grids_figure(grids: dict[tuple[str, int], Path], path: Path) -> None:
@@ -294,14 +294,7 @@ def grids_figure(grids: dict[tuple[str, int], Path], path: Path) -> None:
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
     fig.suptitle("Samples from the same seeds at matched step counts", fontsize=10)
-    _save(fig, path)
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def schedule_processes(selection: Selection) -> dict[str, DiffusionProcess]:
