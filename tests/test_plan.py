@@ -22,7 +22,7 @@ def test_unconditional_plan_is_every_sampler_spacing_and_step_count_headline_fir
 
 
 def test_conditional_plan_sweeps_w_at_the_first_run_only():
-    sample = SampleConfig(sampler=("ddim", "dpmpp_2m"), steps=(20, 10), guidance=(0.0, 1.5, 3.0), eta=0.25)
+    sample = SampleConfig(sampler=("ddim", "dpmpp_2m"), spacing=("uniform",), steps=(20, 10), guidance=(0.0, 1.5, 3.0), eta=0.25)
     runs = build_plan(sample, conditional=True)
     assert [r.key for r in runs] == ["ddim-20-w0", "ddim-10-w0", "dpmpp_2m-20-w0", "dpmpp_2m-10-w0", "ddim-20-w1.5", "ddim-20-w3"]
     assert [r.nfe for r in runs] == [20, 10, 20, 10, 40, 40]  # w = 0 is one conditional pass, w > 0 two
@@ -60,8 +60,15 @@ def test_steps_csv_columns_come_from_the_registry():
 
 
 def test_headline_holds_the_first_run_and_every_run_by_key():
-    rows = [{"key": "ddpm-10", "fid": 2.0, "fid_train": 1.5, "is_mean": 8.0, "kid_mean": 0.1, "precision": 0.8, "recall": 0.9, "seconds_per_sample": 0.01},
-            {"key": "ddim-10", "fid": 1.0, "fid_train": 0.7, "is_mean": 8.5, "kid_mean": 0.05, "precision": 0.85, "recall": 0.9, "seconds_per_sample": 0.01}]  # fmt: skip
+    rows = [{"key": "ddpm-10", "fid": 2.0, "fid_train": 1.5, "is_mean": 8.0, "kid_mean": 0.1, "precision": 0.8, "recall": 0.9, "copy_rate": 0.01, "copy_rate_pixels": 0.0, "seconds_per_sample": 0.01},
+            {"key": "ddim-10", "fid": 1.0, "fid_train": 0.7, "is_mean": 8.5, "kid_mean": 0.05, "precision": 0.85, "recall": 0.9, "copy_rate": 0.02, "copy_rate_pixels": 0.0, "seconds_per_sample": 0.01}]  # fmt: skip
     out = metric_registry.headline(rows[0], rows)
     assert out == {"fid": 2.0, "fid_train": 1.5, "is_mean": 8.0, "kid_mean": 0.1, "precision": 0.8, "recall": 0.9,
-                   "seconds_per_sample": 0.01, "fid@ddpm-10": 2.0, "fid@ddim-10": 1.0}  # fmt: skip
+                   "copy_rate": 0.01, "copy_rate_pixels": 0.0, "seconds_per_sample": 0.01,
+                   "fid@ddpm-10": 2.0, "fid@ddim-10": 1.0, "copy@ddpm-10": 0.01, "copy@ddim-10": 0.02}  # fmt: skip
+
+
+def test_headline_leaves_out_swept_metrics_no_run_has():
+    rows = [{"key": "ddpm-10", "fid": 2.0}, {"key": "ddim-10", "fid": 1.0}]
+    out = metric_registry.headline(rows[0], rows)
+    assert out["fid@ddim-10"] == 1.0 and not any(k.startswith("copy@") for k in out)
