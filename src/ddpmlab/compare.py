@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ddpmlab import images, metric_registry
 from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.report import Document, Emphasis, forward_strip, save_figure
+from ddpmlab.report import Document, Emphasis, forward_strip, save_figure, show_image
 
 STAGE_TAG = "tags.ddpmlab.stage"
 # What makes two evaluations different rows: the model, and how it was sampled.
@@ -263,9 +263,9 @@ def forward_figure(image: np.ndarray, processes: dict[str, DiffusionProcess], pa
     fig, axes = plt.subplots(len(labels), 1, figsize=(1.1 * columns, 1.35 * len(labels) + 0.3), squeeze=False)
     for ax, label in zip(axes[:, 0], labels):
         frames, ts = forward_strip(image[None], processes[label].betas, columns, seed)
-        strip = images.grid(frames, columns=columns, padding=1).transpose(1, 2, 0)  # (H, W, C) for imshow
-        ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_xticks([(i + 0.5) * strip.shape[1] / columns for i in range(columns)], [f"t={t}" for t in ts], fontsize=7)
+        strip = images.grid(frames, columns=columns, padding=1)
+        show_image(ax, strip)
+        ax.set_xticks([(i + 0.5) * strip.shape[2] / columns for i in range(columns)], [f"t={t}" for t in ts], fontsize=7)
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle("Forward process q(x_t | x_0): one image, one noise draw, each schedule", fontsize=10)

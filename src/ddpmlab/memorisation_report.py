@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ddpmlab.memorisation import SPACES, space_suffix
-from ddpmlab.report import Document, plt, save_figure
+from ddpmlab.report import Document, plt, save_figure, show_image
 
 
 def panel_figure(generated: np.ndarray, train: np.ndarray, pairs: list[dict], path: Path) -> None:
@@ -23,12 +23,7 @@ def panel_figure(generated: np.ndarray, train: np.ndarray, pairs: list[dict], pa
         notes = [f"#{pair['generated']}", *(f"d={pair[f'distance{space_suffix(s)}']:.3g}" for s in SPACES)]
         for row, (image, note) in enumerate(zip(shown, notes)):
             ax = axes[row, col]
-            ax.imshow(
-                image.transpose(1, 2, 0).squeeze(-1) if image.shape[0] == 1 else image.transpose(1, 2, 0),
-                cmap="gray",
-                vmin=0,
-                vmax=255,
-            )
+            show_image(ax, image)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(note, fontsize=7)

@@ -149,8 +149,7 @@ def class_grid_figure(
     for c, (ax, name) in enumerate(zip(axes[:, 0], class_names)):
         chosen = samples[labels == c][:per_class]
         if len(chosen):
-            strip = images.grid(chosen, columns=per_class, padding=1).transpose(1, 2, 0)
-            ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            show_image(ax, images.grid(chosen, columns=per_class, padding=1))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
@@ -196,6 +195,12 @@ def forward_strip(images: np.ndarray, betas: torch.Tensor, columns: int, seed: i
             frames.append(process.q_sample(x0, index, noise))
     stacked = torch.stack(frames, dim=1).flatten(0, 1)
     return to_uint8(stacked).numpy(), ts
+
+
+def show_image(ax: plt.Axes, image: np.ndarray) -> None:
+    """Draw a uint8 (C, H, W) image, C in {1, 3}, pixel for pixel (grey levels absolute, not stretched)."""
+    hwc = image.transpose(1, 2, 0)
+    ax.imshow(hwc[..., 0] if hwc.shape[-1] == 1 else hwc, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
