@@ -19,7 +19,7 @@ import torch
 from gpu_train import Trainer, set_tf32, sync
 from torch.profiler import ProfilerActivity, profile
 
-from ddpmlab.diffusion import DiffusionProcess
+from ddpmlab.core.diffusion import DiffusionProcess
 
 CLASSES = [  # first match wins; patterns are searched in lower-cased kernel names
     ("attention", r"fmha|flash|attention|softmax"),

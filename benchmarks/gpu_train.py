@@ -3,10 +3,10 @@
 What it measures, on one device, both networks built to the same size (35.7M parameters):
 
 * training images/s at a fixed batch (default 128): one full DDPM training step per iteration,
-  as ``ddpmlab.training.train`` does it -- draw a batch of uint8 images from a device-resident set,
+  as ``ddpmlab.training.loop.train`` does it -- draw a batch of uint8 images from a device-resident set,
   scale to [-1, 1], random horizontal flip, sample t and noise, q_sample, forward, eps-prediction
-  L_simple (``ddpmlab.losses.TrainingLoss``), backward, grad-norm clip 1.0, AdamW step (fused),
-  EMA update (``ddpmlab.training.EMA``). Precision configurations:
+  L_simple (``ddpmlab.core.losses.TrainingLoss``), backward, grad-norm clip 1.0, AdamW step (fused),
+  EMA update (``ddpmlab.training.loop.EMA``). Precision configurations:
       fp32            TF32 off for matmuls and convolutions, NCHW
       tf32            TF32 on, NCHW
       bf16-nchw       bf16 autocast (fp32 master weights), TF32 on, NCHW
@@ -38,11 +38,12 @@ import torch
 from torch import nn
 
 from ddpmlab.config import TrainConfig
-from ddpmlab.data import to_model_range
-from ddpmlab.diffusion import DiffusionProcess, sample_timesteps
-from ddpmlab.losses import TrainingLoss
-from ddpmlab.training import EMA, new_train_state, train
-from ddpmlab.unet import UNet, UNetConfig, count_parameters
+from ddpmlab.core.diffusion import DiffusionProcess, sample_timesteps
+from ddpmlab.core.losses import TrainingLoss
+from ddpmlab.data.image_set import to_model_range
+from ddpmlab.nn.unet import UNet, count_parameters
+from ddpmlab.nn.unet_config import UNetConfig
+from ddpmlab.training.loop import EMA, new_train_state, train
 
 CONFIGS = ("fp32", "tf32", "bf16-nchw", "bf16", "bf16-compile")
 STEPS_800K = 800_000
@@ -66,7 +67,7 @@ def sync(device: torch.device) -> None:
 
 
 class Trainer:
-    """One model's full training step (the body of ``ddpmlab.training.train``), in a given precision."""
+    """One model's full training step (the body of ``ddpmlab.training.loop.train``), in a given precision."""
 
     def __init__(self, name, small, device, batch, bf16, channels_last, compile_, images, process):
         torch.manual_seed(0)
@@ -188,7 +189,7 @@ def library_sanity(device: torch.device, steps: int, small: bool, cifar_steps: i
 @click.option("--configs", default=",".join(CONFIGS), show_default=True)
 @click.option("--models", default="ours,diffusers", show_default=True)
 @click.option("--small", is_flag=True, help="width 32 nets (smoke test)")
-@click.option("--sanity/--no-sanity", default=True, help="also run ddpmlab.training.train")
+@click.option("--sanity/--no-sanity", default=True, help="also run ddpmlab.training.loop.train")
 @click.option("--sanity-steps", default=50, show_default=True)
 @click.option("--library-cifar-steps", default=60, show_default=True, help="library train loop on the CIFAR net")
 def main(device, batch, iters, warmup, rounds, sample_batch, sample_iters, configs, models, small, sanity, sanity_steps, library_cifar_steps):

@@ -1,4 +1,4 @@
-"""ddpmlab.cpu_kernels against the PyTorch ops they replace, side by side in one process.
+"""ddpmlab.nn.cpu_kernels against the PyTorch ops they replace, side by side in one process.
 
 Attention (forward + backward, and forward alone) against ``F.scaled_dot_product_attention``,
 and dropout (forward) against ``F.dropout``, at the shapes of the default network (8x8 and 4x4
@@ -18,7 +18,7 @@ import click
 import torch
 import torch.nn.functional as F
 
-from ddpmlab import cpu_kernels
+from ddpmlab.nn import cpu_kernels
 
 ATTENTION_SHAPES = {"default 4x4": (128, 16, 64), "default 8x8": (128, 64, 64), "cifar 16x16": (128, 256, 256)}
 DROPOUT_SHAPES = {"default 16x16": (128, 64, 16, 16), "cifar 32x32": (128, 128, 32, 32)}

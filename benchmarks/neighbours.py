@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch_fidelity.metric_prc import prc_features_to_metric
 
-from ddpmlab import memorisation
-from ddpmlab.metrics import Manifold, precision_recall
+from ddpmlab.evaluation import memorisation
+from ddpmlab.evaluation.metrics import Manifold, precision_recall
 
 
 def ours(features: torch.Tensor, pixels: np.ndarray, reference: Manifold, check: memorisation.Memorisation) -> None:

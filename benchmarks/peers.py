@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddpmlab.unet import UNet, UNetConfig, count_parameters
+from ddpmlab.nn.unet import UNet, count_parameters
+from ddpmlab.nn.unet_config import UNetConfig
 
 
 class PeerAdapter(nn.Module):

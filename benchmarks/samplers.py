@@ -57,12 +57,12 @@ from speed import cpu_name  # benchmarks/ is on sys.path when a script here runs
 from torch import nn
 
 from ddpmlab.config import Params
-from ddpmlab.denoiser import Denoiser
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.samplers import SAMPLERS, sample_seeded
-from ddpmlab.step_grids import step_grid
-from ddpmlab.trajectory import SeededNoise, StepInfo
-from ddpmlab.unet import UNet
+from ddpmlab.core.denoiser import Denoiser
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.core.step_grids import step_grid
+from ddpmlab.nn.unet import UNet
+from ddpmlab.sampling.registry import SAMPLERS, sample_seeded
+from ddpmlab.sampling.trajectory import SeededNoise, StepInfo
 
 IMAGE_SHAPE = (1, 16, 16)
 DATA_STD = 0.3  # s of the gaussian model; mu is a fixed pattern in [-0.5, 0.5]

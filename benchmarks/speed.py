@@ -5,7 +5,7 @@ Sizes (both always reported):
            train.batch_size)
   cifar    the DDPM CIFAR-10 network (Ho et al. 2020, appendix B: 35.7M parameters), 32x32 RGB, batch 128
 
-Every network, ours and the peers, trains through the same loop, ``ddpmlab.training.train``
+Every network, ours and the peers, trains through the same loop, ``ddpmlab.training.loop.train``
 (device-resident uint8 data, t and noise, eps-prediction L_simple, clip, fused AdamW, EMA),
 in each speed configuration below; a peer's figure is its best configuration, so no peer is
 handicapped by a setting that is slow for it. Sampling is one network evaluation per image
@@ -36,11 +36,12 @@ import yaml
 from peers import PEERS, ours
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpmlab.acceleration import InferenceNetwork, cpu_features, native_bf16, resolve_precision
 from ddpmlab.config import Params, TrainConfig
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.training import new_train_state, train
-from ddpmlab.unet import UNetConfig, count_parameters
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.nn.acceleration import InferenceNetwork, cpu_features, native_bf16, resolve_precision
+from ddpmlab.nn.unet import count_parameters
+from ddpmlab.nn.unet_config import UNetConfig
+from ddpmlab.training.loop import new_train_state, train
 
 CIFAR = UNetConfig(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), dropout=0.1, norm_groups=32)
 # name -> (precision, channels_last, compile)
@@ -115,7 +116,7 @@ def sampling_flops_per_image(size: Size, device: torch.device) -> float:
 
 
 class TrainRunner:
-    """One network training through ddpmlab.training.train in one speed configuration."""
+    """One network training through ddpmlab.training.loop.train in one speed configuration."""
 
     def __init__(self, build, size: Size, config: str, device: torch.device, images: torch.Tensor, process: DiffusionProcess):
         precision, channels_last, compile_ = SPEED_CONFIGS[config]

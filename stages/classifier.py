@@ -10,12 +10,12 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ddpmlab import checkpoint
-from ddpmlab.classifier import CHECKPOINT_KIND as CLASSIFIER_KIND
-from ddpmlab.classifier import check_accuracy, train_classifier
-from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
-from ddpmlab.data import ImageSet
-from ddpmlab.devices import resolve_device
+from ddpmlab.data.image_set import ImageSet
+from ddpmlab.evaluation.classifier import CHECKPOINT_KIND as CLASSIFIER_KIND
+from ddpmlab.evaluation.classifier import check_accuracy, train_classifier
+from ddpmlab.nn.devices import resolve_device
+from ddpmlab.pipeline.stage_io import params_option, read_json, read_params, stage_errors, write_json
+from ddpmlab.training import checkpoint
 
 
 @click.command(help=__doc__)

@@ -22,21 +22,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddpmlab import memorisation, scorecard, tracking
-from ddpmlab.classifier import check_accuracy, load_classifier, predict
-from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.config import Params
-from ddpmlab.data import ImageSet, to_model_range
-from ddpmlab.devices import resolve_device
-from ddpmlab.evaluation import MIN_PER_CLASS, SPLITS, Protocol, protocol_record
-from ddpmlab.evaluation_tracking import log_evaluation
-from ddpmlab.feature_cache import CACHE_ENV, FeatureCache, default_cache_dir
-from ddpmlab.inception import resolve_weights
-from ddpmlab.likelihood import summarize, vlb_terms
-from ddpmlab.metrics import Extractor
-from ddpmlab.plan import Run
-from ddpmlab.snapshots import checkpoints_over_training, sample_checkpoint
-from ddpmlab.trained import TrainedDiffusion
+from ddpmlab.core.likelihood import summarize, vlb_terms
+from ddpmlab.data.image_set import ImageSet, to_model_range
+from ddpmlab.evaluation import memorisation, scorecard
+from ddpmlab.evaluation.classifier import check_accuracy, load_classifier, predict
+from ddpmlab.evaluation.feature_cache import CACHE_ENV, FeatureCache, default_cache_dir
+from ddpmlab.evaluation.inception import resolve_weights
+from ddpmlab.evaluation.metrics import Extractor
+from ddpmlab.evaluation.protocol import MIN_PER_CLASS, SPLITS, Protocol, protocol_record
+from ddpmlab.evaluation.snapshots import checkpoints_over_training, sample_checkpoint
+from ddpmlab.nn.devices import resolve_device
+from ddpmlab.pipeline import tracking
+from ddpmlab.pipeline.evaluation_runs import log_evaluation
+from ddpmlab.pipeline.stage_io import params_option, read_json, read_params, stage_errors, write_json
+from ddpmlab.sampling.plan import Run
+from ddpmlab.training.trained import TrainedDiffusion
 
 PATH = click.Path(dir_okay=False, path_type=Path)
 FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)

@@ -1,7 +1,7 @@
 """DVC stage `prepare`: dataset source -> uint8 train/test arrays, a dataset card and a grid of real images.
 
 data.source picks digits (bundled), mnist, fashion_mnist, cifar10 (local files first, then a
-download) or folder (data.root, any directory of images); see README "Datasets".
+download) or folder (data.root, any directory of images); see docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ddpmlab import images
-from ddpmlab.cli import params_option, read_params, stage_errors, write_json
-from ddpmlab.data import ImageSet, SourceData, load_source, pixel_stats, split
+from ddpmlab.data import images
+from ddpmlab.data.image_set import ImageSet, SourceData
+from ddpmlab.data.sources import load_source, pixel_stats, split
+from ddpmlab.pipeline.stage_io import params_option, read_params, stage_errors, write_json
 
 
 def content_sha256(train: ImageSet, test: ImageSet) -> str:

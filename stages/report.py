@@ -12,14 +12,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ddpmlab import images, metric_registry, tracking
-from ddpmlab.cli import read_json, stage_errors
 from ddpmlab.config import flatten
-from ddpmlab.data import ImageSet
-from ddpmlab.memorisation_report import memorisation_section
-from ddpmlab.plan import Run, step_sweep
-from ddpmlab.report import Document, forward_strip, loss_figure, nll_figure, schedule_figure, training_curve_figure
-from ddpmlab.report_sections import data_section, guidance_section, loss_setting, plan_text, protocol_text, sampling_section
+from ddpmlab.data import images
+from ddpmlab.data.image_set import ImageSet
+from ddpmlab.evaluation import metric_registry
+from ddpmlab.pipeline import tracking
+from ddpmlab.pipeline.stage_io import read_json, stage_errors
+from ddpmlab.reporting.document import Document
+from ddpmlab.reporting.figures import forward_strip, loss_figure, nll_figure, schedule_figure, training_curve_figure
+from ddpmlab.reporting.memorisation import memorisation_section
+from ddpmlab.reporting.sections import data_section, guidance_section, loss_setting, plan_text, protocol_text, sampling_section
+from ddpmlab.sampling.plan import Run, step_sweep
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)

@@ -1,5 +1,5 @@
 """DVC stage `sample`: draw images from the trained model's EMA weights for every run of the plan
-(``ddpmlab.plan``): every sampler x spacing x step count in sample.*, and for conditional
+(``ddpmlab.sampling.plan``): every sampler x spacing x step count in sample.*, and for conditional
 models every other guidance weight at the first of those.
 
 Image i is drawn from its own seed (sample.seed, i), so it is the same image whatever
@@ -17,16 +17,18 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ddpmlab import images, tracking
-from ddpmlab.cli import params_option, read_json, read_params, stage_errors, write_json
-from ddpmlab.data import to_uint8
-from ddpmlab.devices import resolve_device
-from ddpmlab.guidance import class_labels
-from ddpmlab.inception import resolve_weights
-from ddpmlab.plan import build_plan
-from ddpmlab.samplers import StepInfo, TrajectoryRecorder, image_seeds, sample_seeded
-from ddpmlab.sampling_outputs import COMPARISON_IMAGES, comparison_figure, save_run
-from ddpmlab.trained import TrainedDiffusion, learns_variance
+from ddpmlab.data import images
+from ddpmlab.data.image_set import to_uint8
+from ddpmlab.evaluation.inception import resolve_weights
+from ddpmlab.nn.devices import resolve_device
+from ddpmlab.pipeline import tracking
+from ddpmlab.pipeline.sampling_outputs import COMPARISON_IMAGES, comparison_figure, save_run
+from ddpmlab.pipeline.stage_io import params_option, read_json, read_params, stage_errors, write_json
+from ddpmlab.sampling.guidance import class_labels
+from ddpmlab.sampling.plan import build_plan
+from ddpmlab.sampling.registry import sample_seeded
+from ddpmlab.sampling.trajectory import StepInfo, TrajectoryRecorder, image_seeds
+from ddpmlab.training.trained import TrainedDiffusion, learns_variance
 
 
 @click.command(help=__doc__)

@@ -22,7 +22,7 @@ TINY_OVERRIDES = {
     "data": {"image_size": 8},
     "model": {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1], "norm_groups": 4},
     "train": {"steps": 4, "batch_size": 8, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 2},
-    "sample": {"sampler": ["ddpm", "dpmpp_2m"], "steps": [30, 5], "spacing": ["uniform"], "num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
+    "sample": {"sampler": ["ddpm", "dpmpp_2m"], "steps": [30, 5], "spacing": ["uniform"], "precision": "fp32", "num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
     "classifier": {"steps": 3, "min_accuracy": 0.0},  # three batches cannot reach a real threshold
     "evaluate": {"batch_size": 64, "kid_subset_size": 8, "isc_splits": 4, "nll_images": 12, "snapshot_samples": 8, "snapshot_steps": 5},
 }
@@ -87,7 +87,7 @@ def random_inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An empty $TORCH_HOME and an Inception download that fails at once (a refused local port,
     so the test never downloads even where the network is up). Returns the hub checkpoints folder."""
-    from ddpmlab import inception
+    from ddpmlab.evaluation import inception
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(inception, "WEIGHTS_URL", "http://127.0.0.1:9/weights-inception-2015-12-05-6726825d.pth")

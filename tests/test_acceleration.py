@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from conftest import train_config
-from ddpmlab.acceleration import InferenceNetwork, adamw, resolve_precision
 from ddpmlab.config import ConfigError, Params, TrainConfig
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.training import new_train_state, train
-from ddpmlab.unet import UNet, UNetConfig
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.nn.acceleration import InferenceNetwork, adamw, resolve_precision
+from ddpmlab.nn.unet import UNet
+from ddpmlab.nn.unet_config import UNetConfig
+from ddpmlab.training.loop import new_train_state, train
 
 CPU = torch.device("cpu")
 NO_DROPOUT = UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=4, dropout=0.0)

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import COMPARED_SCHEDULES
-from ddpmlab import compare, tracking
-from ddpmlab.commands import main, runs_link
+from ddpmlab.cli import main, runs_link
+from ddpmlab.pipeline import tracking
+from ddpmlab.reporting import compare
 
 
 def run_compare(monkeypatch: pytest.MonkeyPatch, uri: str, *args: object):

@@ -104,8 +104,8 @@ def test_training_dict_excludes_sampling_and_evaluation():
 
 
 def test_config_lists_exactly_the_extractors_metrics_implements():
-    from ddpmlab.config import FEATURE_EXTRACTORS
-    from ddpmlab.metrics import EXTRACTORS
+    from ddpmlab.evaluation.choices import FEATURE_EXTRACTORS
+    from ddpmlab.evaluation.metrics import EXTRACTORS
 
     assert set(FEATURE_EXTRACTORS) == set(EXTRACTORS)  # config stays free of torch-fidelity, so it keeps its own copy
 

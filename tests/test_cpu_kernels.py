@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpmlab import cpu_kernels
-from ddpmlab.unet import UNet, UNetConfig
+from ddpmlab.nn import cpu_kernels
+from ddpmlab.nn.unet import UNet
+from ddpmlab.nn.unet_config import UNetConfig
 
 
 def reference_attention(q, k, v):

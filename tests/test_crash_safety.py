@@ -22,9 +22,9 @@ from stages import prepare
 from stages import train as train_stage
 
 from conftest import ROOT, invoke, isolate_stores, write_tiny_params
-from ddpmlab import checkpoint
-from ddpmlab.losses import TrainingLoss
-from ddpmlab.trained import KIND, TrainedDiffusion
+from ddpmlab.core.losses import TrainingLoss
+from ddpmlab.training import checkpoint, resume
+from ddpmlab.training.trained import KIND, TrainedDiffusion
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_divergence_stops_at_its_step_and_keeps_the_last_checkpoint(prepared: Pa
     assert not (tmp_path / "model" / "model.pt").exists()
 
 
-def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path):
     folder = tmp_path / "run"
     checkpoint.save({"step": 4}, folder / "step-0000004.pt", KIND)
     whole = (folder / "step-0000004.pt").read_bytes()
@@ -134,15 +134,16 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path: 
     (folder / "step-0000007.pt").write_bytes(b"")  # an empty file
     (folder / "step-0000008.pt").write_bytes(b"abc")  # garbage
     (folder / ".step-0000009.pt.tmp").write_bytes(b"interrupted write")  # never picked: not renamed into place
-    payload, path = train_stage.latest_checkpoint(folder)
+    warnings: list[str] = []
+    payload, path = resume.latest_checkpoint(folder, warnings.append)
     assert path == folder / "step-0000004.pt" and payload["step"] == 4
-    assert capsys.readouterr().err.count("skipping unreadable checkpoint") == 3
+    assert len(warnings) == 3 and all("skipping unreadable checkpoint" in w for w in warnings)
 
 
 def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path: Path):
     for step in (9_999_999, 10_000_000, 10_000_001):
         checkpoint.save({"step": step}, tmp_path / f"step-{step:07d}.pt", KIND)
-    train_stage.prune_checkpoints(tmp_path, keep=2)
+    resume.prune_checkpoints(tmp_path, keep=2)
     assert sorted(int(p.stem.removeprefix("step-")) for p in tmp_path.glob("step-*.pt")) == [10_000_000, 10_000_001]
 
 

@@ -24,10 +24,11 @@ from PIL import Image
 from stages import prepare
 
 from conftest import write_tiny_params
-from ddpmlab import standard_datasets
 from ddpmlab.config import DataConfig
-from ddpmlab.data import DataUnavailable, ImageSet, convert_channels, fit_images, load_source, pixel_stats
-from ddpmlab.image_folder import load_folder
+from ddpmlab.data import standard_datasets
+from ddpmlab.data.image_folder import load_folder
+from ddpmlab.data.image_set import DataUnavailable, ImageSet
+from ddpmlab.data.sources import convert_channels, fit_images, load_source, pixel_stats
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -277,12 +278,12 @@ def test_channel_conversion_uses_luma_weights_and_repetition():
 
 
 def test_fit_images_resizes_in_chunks_and_keeps_native_data_uncopied(monkeypatch):
-    import ddpmlab.data as data_module
+    from ddpmlab.data import image_set
 
     images = np.random.default_rng(5).integers(0, 256, (10, 3, 8, 8), dtype=np.uint8)
     assert fit_images(images, 8, None) is images
     whole = fit_images(images, 4, None)
-    monkeypatch.setattr(data_module, "CHUNK", 3)  # chunk boundaries inside the batch change nothing
+    monkeypatch.setattr(image_set, "CHUNK", 3)  # chunk boundaries inside the batch change nothing
     np.testing.assert_array_equal(fit_images(images, 4, None), whole)
     # a symmetric resampling filter keeps a linear ramp linear: away from the borders, output pixel i
     # (centred at input coordinate 2i + 0.5) of a ramp 20 * x takes the value 20 * (2i + 0.5)
@@ -307,7 +308,7 @@ MEMORY_DRIVER = """
 import hashlib, json, resource, sys
 import torchvision.datasets as tvd
 from stages import prepare
-import ddpmlab.standard_datasets, sklearn.datasets  # every import before the baseline
+import ddpmlab.data.standard_datasets, sklearn.datasets  # every import before the baseline
 sums = json.loads(sys.argv[1])
 tvd.CIFAR10.train_list = [[name, sums[name]] for name in sorted(sums) if name.startswith("data_batch")]
 tvd.CIFAR10.test_list = [["test_batch", sums["test_batch"]]]
@@ -348,7 +349,7 @@ def test_preparing_cifar10_sized_data_needs_less_than_1gb_above_the_arrays(tmp_p
 def test_download_socket_timeout_is_set_inside_and_restored_after_errors():
     import socket
 
-    from ddpmlab.downloads import DOWNLOAD_TIMEOUT_S, socket_timeout
+    from ddpmlab.data.downloads import DOWNLOAD_TIMEOUT_S, socket_timeout
 
     before = socket.getdefaulttimeout()
     with pytest.raises(RuntimeError), socket_timeout():

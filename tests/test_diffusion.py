@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.diffusion import DiffusionProcess, spaced_timesteps
-from ddpmlab.losses import simple_loss
+from ddpmlab.core.diffusion import DiffusionProcess, spaced_timesteps
+from ddpmlab.core.losses import simple_loss
 
 
 @pytest.fixture(scope="module")

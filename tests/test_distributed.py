@@ -25,10 +25,11 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import ROOT, free_port, invoke, isolate_stores, train_config, write_tiny_params
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.distributed import Distributed
-from ddpmlab.training import new_train_state, train
-from ddpmlab.unet import UNet, UNetConfig
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.nn.unet import UNet
+from ddpmlab.nn.unet_config import UNetConfig
+from ddpmlab.training.distributed import Distributed
+from ddpmlab.training.loop import new_train_state, train
 
 LOSS_RTOL = 1e-4
 CFG = train_config(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=3, ema_decay=0.9)
@@ -88,7 +89,7 @@ def test_train_stage_with_two_processes_matches_one_and_loads_in_one(tmp_path: P
     from stages import prepare
     from stages import train as train_stage
 
-    from ddpmlab.trained import TrainedDiffusion
+    from ddpmlab.training.trained import TrainedDiffusion
 
     isolate_stores(monkeypatch, tmp_path)
     single_params = write_tiny_params(tmp_path / "single.yaml", model={"dropout": 0.0}, train={"steps": 6, "log_every": 1, "checkpoint_every": 3, "precision": "fp32"})

@@ -122,7 +122,7 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     assert artifacts == clone / "mlruns" and artifacts.is_dir()
 
     # `ddpmlab compare` on what the queue left: every schedule at every sampler and step count, one row each.
-    run([sys.executable, "-m", "ddpmlab.commands", "compare"], clone, env)
+    run([sys.executable, "-m", "ddpmlab.cli", "compare"], clone, env)
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in (clone / "reports" / "compare.md").read_text().splitlines() if line.startswith("| ")]
     header, body = rows[0], rows[1:]
     columns = [header.index(name) for name in ("schedule", "T", "sampler", "steps")]

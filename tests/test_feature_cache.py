@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.feature_cache import CACHE_ENV, FeatureCache, content_key, default_cache_dir
-from ddpmlab.metrics import FeatureSet
+from ddpmlab.evaluation.feature_cache import CACHE_ENV, FeatureCache, content_key, default_cache_dir
+from ddpmlab.evaluation.metrics import FeatureSet
 
 IDENTITY = {"extractor": "classifier", "layers": ["features", "logits"], "weights_sha256": "ab" * 32, "torch_fidelity": "0.4.0"}
 

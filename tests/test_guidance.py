@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from conftest import train_config
-from ddpmlab.denoiser import Denoiser
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.guidance import LabelError, class_labels, guided
-from ddpmlab.samplers import SAMPLERS, SeededNoise, image_seeds, sample_seeded
-from ddpmlab.training import new_train_state, train
-from ddpmlab.unet import UNet, UNetConfig, count_parameters
+from ddpmlab.core.denoiser import Denoiser
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.nn.unet import UNet, count_parameters
+from ddpmlab.nn.unet_config import UNetConfig
+from ddpmlab.sampling.guidance import LabelError, class_labels, guided
+from ddpmlab.sampling.registry import SAMPLERS, sample_seeded
+from ddpmlab.sampling.trajectory import SeededNoise, image_seeds
+from ddpmlab.training.loop import new_train_state, train
 
 NUM_CLASSES = 4
 SHAPE = (1, 8, 8)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 
-from ddpmlab import inception
-from ddpmlab.evaluation import Protocol
-from ddpmlab.inception import WEIGHTS_FILENAME, InceptionWeightsUnavailable, resolve_weights
-from ddpmlab.metrics import Extractor
+from ddpmlab.evaluation import inception
+from ddpmlab.evaluation.inception import WEIGHTS_FILENAME, InceptionWeightsUnavailable, resolve_weights
+from ddpmlab.evaluation.metrics import Extractor
+from ddpmlab.evaluation.protocol import Protocol
 
 
 def test_url_and_file_name_are_torch_fidelitys():

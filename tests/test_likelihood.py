@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.likelihood import discretized_gaussian_log_likelihood, normal_kl, vlb_terms
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.core.likelihood import discretized_gaussian_log_likelihood, normal_kl, vlb_terms
 
 CENTRES = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # uint8 0..255 in model range
 EDGES = [-math.inf] + [(k + 0.5) / 127.5 - 1 for k in range(255)] + [math.inf]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.losses import TrainingLoss, snr_weight
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.core.losses import TrainingLoss, snr_weight
 
 PROCESS = DiffusionProcess.from_schedule("cosine", 200)
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab import memorisation
-from ddpmlab.data import load_digits, split
-from ddpmlab.feature_cache import FeatureCache
+from ddpmlab.data.sources import load_digits, split
+from ddpmlab.evaluation import memorisation
+from ddpmlab.evaluation.feature_cache import FeatureCache
 
 PROJECTION = torch.randn(64, 24, generator=torch.Generator().manual_seed(0))  # a fixed linear "extractor" of 8x8 digits
 

@@ -9,12 +9,10 @@ import pytest
 import torch
 import torch_fidelity
 
-from ddpmlab import checkpoint
-from ddpmlab.classifier import CHECKPOINT_KIND, train_classifier
-from ddpmlab.data import load_digits, split
-from ddpmlab.evaluation import Protocol
-from ddpmlab.feature_cache import FeatureCache
-from ddpmlab.metrics import (
+from ddpmlab.data.sources import load_digits, split
+from ddpmlab.evaluation.classifier import CHECKPOINT_KIND, train_classifier
+from ddpmlab.evaluation.feature_cache import FeatureCache
+from ddpmlab.evaluation.metrics import (
     CLASSIFIER_REGISTRY_NAME,
     Extractor,
     FeatureSet,
@@ -24,6 +22,8 @@ from ddpmlab.metrics import (
     inception_score,
     precision_recall,
 )
+from ddpmlab.evaluation.protocol import Protocol
+from ddpmlab.training import checkpoint
 
 CPU = torch.device("cpu")
 

@@ -30,7 +30,7 @@ def ui_link(schedules_store, tmp_path):
     _, uri = schedules_store
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    command = [sys.executable, "-m", "ddpmlab.commands", "ui", "--port", str(port), "--params", str(tmp_path / "none.yaml")]
+    command = [sys.executable, "-m", "ddpmlab.cli", "ui", "--port", str(port), "--params", str(tmp_path / "none.yaml")]
     server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         link = None

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch_fidelity.metric_prc import prc_features_to_metric
 
-from ddpmlab import neighbours
-from ddpmlab.metrics import Manifold, precision_recall
-from ddpmlab.neighbours import inside_any_ball, knn, kth_neighbour_radii
+from ddpmlab.evaluation import neighbours
+from ddpmlab.evaluation.metrics import Manifold, precision_recall
+from ddpmlab.evaluation.neighbours import inside_any_ball, knn, kth_neighbour_radii
 
 
 def features(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:

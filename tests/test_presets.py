@@ -5,10 +5,10 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from ddpmlab import presets
-from ddpmlab.commands import main
-from ddpmlab.trained import build_unet
-from ddpmlab.unet import count_parameters
+from ddpmlab.cli import main
+from ddpmlab.nn.unet import count_parameters
+from ddpmlab.pipeline import presets
+from ddpmlab.training.trained import build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / "configs" / "cifar10.yaml"

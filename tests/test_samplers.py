@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from ddpmlab.denoiser import Denoiser
-from ddpmlab.diffusion import DiffusionProcess, spaced_timesteps
-from ddpmlab.samplers import SAMPLERS, SeededNoise, image_seeds
-from ddpmlab.step_grids import SPACINGS
-from ddpmlab.unet import UNet, UNetConfig
+from ddpmlab.core.choices import SPACINGS
+from ddpmlab.core.denoiser import Denoiser
+from ddpmlab.core.diffusion import DiffusionProcess, spaced_timesteps
+from ddpmlab.nn.unet import UNet
+from ddpmlab.nn.unet_config import UNetConfig
+from ddpmlab.sampling.registry import SAMPLERS
+from ddpmlab.sampling.trajectory import SeededNoise, image_seeds
 
 
 def draw(sampler, network, process, noise, *, objective="eps", clip_x0=True, callback=None, **options):
@@ -91,7 +93,8 @@ def test_fixed_large_final_sample_spread_matches_data_for_gaussian_data():
 
 
 def test_sample_seeded_batches_and_trajectory_recorder():
-    from ddpmlab.samplers import TrajectoryRecorder, sample_seeded
+    from ddpmlab.sampling.registry import sample_seeded
+    from ddpmlab.sampling.trajectory import TrajectoryRecorder
 
     process = DiffusionProcess.from_schedule("cosine", 12)
     recorder = TrajectoryRecorder(count=2, columns=4, total_steps=12)  # steps 0, 4, 8, 12

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.schedules import SCHEDULES, cosine_betas, linear_betas, make_betas, quadratic_betas, sigmoid_betas
+from ddpmlab.core.choices import SCHEDULES
+from ddpmlab.core.schedules import cosine_betas, linear_betas, make_betas, quadratic_betas, sigmoid_betas
 
 
 def test_linear_matches_ddpm_endpoints_at_T1000():

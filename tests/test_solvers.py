@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.denoiser import Denoiser
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.plan import Run
-from ddpmlab.samplers import SAMPLERS, SeededNoise, image_seeds, sample_seeded
+from ddpmlab.core.denoiser import Denoiser
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.sampling.plan import Run
+from ddpmlab.sampling.registry import SAMPLERS, sample_seeded
+from ddpmlab.sampling.trajectory import SeededNoise, image_seeds
 
 MU, S = 0.3, 0.5
 

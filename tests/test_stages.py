@@ -14,7 +14,8 @@ from PIL import Image
 from stages import classifier, evaluate, prepare, sample, train
 
 from conftest import evaluate_args, invoke, isolate_stores, run_pipeline, write_tiny_params
-from ddpmlab.cli import EXIT_CONFIG_ERROR
+from ddpmlab.pipeline import training_run
+from ddpmlab.pipeline.stage_io import EXIT_CONFIG_ERROR
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +294,7 @@ def test_interrupted_train_stage_resumes_to_identical_weights(pipeline: Path, tm
 
     invoke(train, *train_args("straight"))
 
-    real_train = train.train
+    real_train = training_run.train  # the loop the stage's library half calls
 
     def crash_after_step_4(state, *args, on_checkpoint=None, **kwargs):
         def checkpoint_then_crash(s):
@@ -303,11 +304,11 @@ def test_interrupted_train_stage_resumes_to_identical_weights(pipeline: Path, tm
 
         return real_train(state, *args, on_checkpoint=checkpoint_then_crash, **kwargs)
 
-    monkeypatch.setattr(train, "train", crash_after_step_4)
+    monkeypatch.setattr(training_run, "train", crash_after_step_4)
     with pytest.raises(SimulatedCrash):
         CliRunner().invoke(train.main, [str(a) for a in train_args("resumed")], catch_exceptions=False)
     assert len(list((tmp_path / "resumed_resume").glob("*/step-*.pt"))) == 2  # train.keep_checkpoints
-    monkeypatch.setattr(train, "train", real_train)
+    monkeypatch.setattr(training_run, "train", real_train)
     result = invoke(train, *train_args("resumed"))
     assert "resuming training from step 4" in result.output
 

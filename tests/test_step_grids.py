@@ -5,8 +5,9 @@ documented push-apart of merged neighbours)."""
 import pytest
 import torch
 
-from ddpmlab.diffusion import DiffusionProcess
-from ddpmlab.step_grids import SPACINGS, step_grid
+from ddpmlab.core.choices import SPACINGS
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.core.step_grids import step_grid
 
 GOLDEN = {
     ("uniform", 1000, 10): [0, 111, 222, 333, 444, 555, 666, 777, 888, 999],

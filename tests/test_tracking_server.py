@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 from stages import evaluate, sample
 
 from conftest import evaluate_args, free_port, isolate_stores, prepare_inputs, run_pipeline, stop_process_group, write_tiny_params
-from ddpmlab import tracking
-from ddpmlab.commands import main as ddpmlab_command
-from ddpmlab.tracking import TrackingUnavailable
+from ddpmlab.cli import main as ddpmlab_command
+from ddpmlab.pipeline import tracking
+from ddpmlab.pipeline.tracking import TrackingUnavailable
 
 SERVER_START_S = 60  # `mlflow server` answers after ~20 s on 2 busy CPU cores
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ddpmlab.unet import UNet, UNetConfig, count_parameters, timestep_embedding
+from ddpmlab.nn.unet import UNet, count_parameters, timestep_embedding
+from ddpmlab.nn.unet_config import UNetConfig
 
 DDPM_CIFAR10 = UNetConfig(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), dropout=0.1, norm_groups=32)
 

@@ -11,9 +11,9 @@ import yaml
 from click.testing import CliRunner, Result
 
 from conftest import ROOT
-from ddpmlab.cli import EXIT_CONFIG_ERROR
-from ddpmlab.commands import main
+from ddpmlab.cli import main
 from ddpmlab.config import Params
+from ddpmlab.pipeline.stage_io import EXIT_CONFIG_ERROR
 
 DELETE = object()  # a change that removes the key
 
@@ -197,13 +197,13 @@ def test_the_group_help_lists_validate():
 
 
 def test_validate_runs_from_a_shell_with_the_config_exit_code(tmp_path: Path):
-    """The console script `ddpmlab` is ddpmlab.commands:main; run the module the same way."""
+    """The console script `ddpmlab` is ddpmlab.cli:main; run the module the same way."""
     bad = write(tmp_path / "bad.yaml", changed("train.lr", -1))
     good = ROOT / "params.yaml"
-    runs = {path: subprocess.run([sys.executable, "-m", "ddpmlab.commands", "validate", str(path)], check=False, capture_output=True, text=True) for path in (bad, good)}
+    runs = {path: subprocess.run([sys.executable, "-m", "ddpmlab.cli", "validate", str(path)], check=False, capture_output=True, text=True) for path in (bad, good)}
     assert runs[bad].returncode == EXIT_CONFIG_ERROR and "train.lr: got -1.0; allowed: a number > 0" in runs[bad].stderr
     assert runs[good].returncode == 0 and f"{good}: valid (" in runs[good].stdout
-    assert 'ddpmlab = "ddpmlab.commands:main"' in (ROOT / "pyproject.toml").read_text()  # the console script a shell finds
+    assert 'ddpmlab = "ddpmlab.cli:main"' in (ROOT / "pyproject.toml").read_text()  # the console script a shell finds
 
 
 def test_a_sampler_option_is_checked_even_when_its_sampler_is_not_swept(tmp_path: Path):

@@ -1,101 +1,210 @@
-"""Helpers shared by the stage scripts: reading params, writing small files, failing clearly."""
+"""The `ddpmlab` console script: commands that work on the MLflow store, outside the DVC DAG."""
 
 from __future__ import annotations
 
-import json
 import os
+import subprocess
 import sys
-from collections.abc import Callable
-from functools import wraps
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 import yaml
 
-from ddpmlab.config import ConfigError, Params
-
-# Exit status of every ddpmlab command when params.yaml is invalid (sysexits' EX_CONFIG).
-EXIT_CONFIG_ERROR = 78
+DEFAULT_EXPERIMENT = "ddpmlab"
 
 
-def read_params(path: str | Path) -> Params:
-    """Parse and validate params.yaml; exit with EXIT_CONFIG_ERROR listing every problem.
+def experiment_name(params_path: Path, given: str | None) -> str:
+    """--experiment, else params.yaml's tracking.experiment, else the default."""
+    if given:
+        return given
+    if params_path.is_file():
+        raw = yaml.safe_load(params_path.read_text()) or {}
+        return str((raw.get("tracking") or {}).get("experiment") or DEFAULT_EXPERIMENT)
+    return DEFAULT_EXPERIMENT
 
-    The one implementation behind every stage and `ddpmlab validate`: an unreadable file or
-    invalid YAML is a configuration error too, so a caller never sees a traceback for one."""
+
+def runs_link(host: str, port: int, experiment_id: str) -> str:
+    """The experiment's runs in MLflow 3's model-training view, metrics as charts.
+
+    Without workflowType the UI may open the GenAI traces overview, and the runs table starts
+    with no params or metrics columns; chart mode shows one chart per logged metric."""
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+
+
+experiment_option = click.option("--experiment", default=None, help="MLflow experiment [default: tracking.experiment of --params, else ddpmlab].")
+params_option = click.option(
+    "--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Read only for tracking.experiment; need not exist.",
+)  # fmt: skip
+
+
+@click.group(
+    help="""Compare ddpmlab experiments, browse them in MLflow and check params files (no DVC needed).
+
+\b
+  ddpmlab compare   one report comparing every evaluated run: schedules, samplers, step counts
+  ddpmlab ui        the MLflow UI on 127.0.0.1, opened at the runs' metric charts
+  ddpmlab preset    the `dvc exp run -S ...` command of a preset (configs/cifar10.yaml)
+  ddpmlab validate  check a params file (default params.yaml) as the stages do, and run nothing
+
+The store is the project's (mlflow.db in the current directory) unless MLFLOW_TRACKING_URI is set."""
+)
+def main() -> None:
+    pass
+
+
+@main.command()
+@experiment_option
+@params_option
+@click.option("--filter", "filter_string", default="", help="MLflow search filter, e.g. \"params.T = '1000'\" or \"params.sampler = 'ddim'\".")
+@click.option("--runs", "run_ids", multiple=True, help="Only these run ids (repeat or comma-separate); a training run brings all its evaluations.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True, help="Writes compare.md, compare.html, compare/*.png here.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default="data/prepared", show_default=True,
+              help="Prepared data whose first test image shows the forward process (else a bundled digit).")  # fmt: skip
+def compare(experiment: str | None, params_path: Path, filter_string: str, run_ids: tuple[str, ...], out: Path, data_dir: Path) -> None:
+    """Compare every evaluated run of the experiment: a table (best values marked), FID against
+    sampling steps and sampling cost, training losses, schedules, forward-process strips and
+    sample grids at matched steps. Reads all runs with one MLflow search."""
+    from ddpmlab.pipeline import tracking
+    from ddpmlab.pipeline.stage_io import write_text_atomic
+    from ddpmlab.reporting import compare as cmp
+
+    name = experiment_name(params_path, experiment)
+    with tracking_errors():
+        experiment_id = tracking.find_experiment(name)
+    if experiment_id is None:
+        raise click.ClickException(f"no MLflow experiment {name!r} in {tracking.tracking_uri()}: run the pipeline first (dvc repro)")
+    wanted = [r.strip() for value in run_ids for r in value.split(",") if r.strip()]
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-        return Params.from_dict(raw if raw is not None else {})
-    except OSError as e:
-        click.echo(f"error: cannot read params file {path}: {e.strerror or e}", err=True)
-    except yaml.YAMLError as e:
-        click.echo(f"error: {path} is not valid YAML: {e}", err=True)
-    except ConfigError as e:
-        click.echo(f"error: {path}: {e}", err=True)
-    raise SystemExit(EXIT_CONFIG_ERROR)
+        selection = cmp.select(selected_runs(experiment_id, filter_string, wanted))
+    except tracking.BadSearch as e:
+        raise click.ClickException(f"--filter {filter_string!r}: {e}") from e
+    except cmp.NothingToCompare as e:
+        raise click.ClickException(str(e)) from e
+
+    figures_dir = out / "compare"
+    figures = {}
+
+    def figure(name: str, draw) -> None:
+        draw(figures_dir / f"{name}.png")
+        figures[name] = f"compare/{name}.png"
+
+    shown = selection.best_models()  # figures stay readable with hundreds of runs; the table has them all
+    figure("fid", lambda p: cmp.fid_figure(shown, p))
+    histories = cmp.loss_histories(shown, tracking.metric_histories)
+    if histories:
+        figure("loss", lambda p: cmp.loss_figure(histories, p))
+    processes = cmp.schedule_processes(shown)
+    figure("schedules", lambda p: cmp.schedules_figure(processes, p))
+    figure("forward", lambda p: cmp.forward_figure(cmp.first_image(data_dir), processes, p))
+    choices = cmp.grid_choices(shown)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = tracking.download_artifacts([(run_id, "samples/grid.png") for _, _, run_id in choices], Path(tmp))
+        grids = {(label, steps): path for (label, steps, _), path in zip(choices, paths) if path is not None}
+        if grids:
+            figure("grids", lambda p: cmp.grids_figure(grids, p))
+    doc = cmp.document(selection, figures, f"MLflow experiment {name!r} ({tracking.tracking_uri()})", shown.evaluations["label"].nunique())
+    write_text_atomic(out / "compare.md", doc.to_markdown())
+    write_text_atomic(out / "compare.html", doc.to_html(out))
+    models = selection.evaluations["label"].nunique()
+    click.echo(f"compared {len(selection.evaluations)} evaluations of {models} models: wrote {out / 'compare.md'} and {out / 'compare.html'}")
 
 
-def params_option(fn: Callable) -> Callable:
-    return click.option(
-        "--params",
-        "params_path",
-        default="params.yaml",
-        show_default=True,
-        type=click.Path(exists=True, dir_okay=False),
-        help="Params file (validated before any work starts).",
-    )(fn)
+@main.command()
+@experiment_option
+@params_option
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
+def ui(experiment: str | None, params_path: Path, port: int) -> None:
+    """Start `mlflow ui` on 127.0.0.1 against the project's store and print the link to the
+    experiment's runs in the model-training view (metric charts). Stop it with Ctrl-C."""
+    from ddpmlab.pipeline import tracking
+
+    name = experiment_name(params_path, experiment)
+    uri = tracking.tracking_uri()
+    with tracking_errors():
+        experiment_id = tracking.use_experiment(name)  # creates it (tagged for the training view) if no run has yet
+    click.echo(f"MLflow UI for experiment {name!r} ({uri}):\n  {runs_link('127.0.0.1', port, experiment_id)}")
+    sys.stdout.flush()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    try:
+        raise SystemExit(subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri}))
+    except KeyboardInterrupt:
+        raise SystemExit(0) from None
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a file atomically (temporary file + rename) so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+@main.command()
+@click.argument("preset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The params file the preset overrides (validated together before anything runs).")  # fmt: skip
+@click.option("--run", is_flag=True, help="Run the command instead of printing it; arguments after -- go to `dvc exp run` (e.g. -- --queue).")
+@click.argument("dvc_args", nargs=-1, type=click.UNPROCESSED)
+def preset(preset: Path, params_path: Path, run: bool, dvc_args: tuple[str, ...]) -> None:
+    """Turn a preset (a YAML file of params.yaml overrides, e.g. configs/cifar10.yaml) into the
+    `dvc exp run -S key=value ...` command that applies it, after checking that the merged params
+    are valid. Prints the command, or runs it with --run."""
+    from ddpmlab.config import ConfigError
+    from ddpmlab.pipeline import presets
+
+    try:
+        overrides, _ = presets.load(preset, params_path)
+    except (ConfigError, ValueError) as e:
+        raise click.ClickException(f"{preset} on {params_path}: {e}") from e
+    args = [*presets.set_arguments(overrides), *dvc_args]
+    if not run:
+        click.echo(presets.command_line(args))
+        return
+    raise SystemExit(subprocess.call(["dvc", "exp", "run", *args]))
 
 
-def write_json(path: str | Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+@main.command()
+@click.argument("path", default="params.yaml", type=click.Path(dir_okay=False, path_type=Path))
+def validate(path: Path) -> None:
+    """Check a params file exactly as every stage does before it works (YAML, keys, types,
+    ranges, the U-Net's shape) and run nothing. Prints every problem, one per line, and exits
+    with status 78 (EX_CONFIG) when there is any, a missing file and invalid YAML included."""
+    from ddpmlab.pipeline.stage_io import read_params
+
+    params = read_params(path)  # exits with EXIT_CONFIG_ERROR after listing the problems
+    steps = ",".join(str(s) for s in params.sample.steps)
+    click.echo(
+        f"{path}: valid ({params.data.source} {params.data.image_size}x{params.data.image_size}, {params.schedule} schedule, T={params.T}, "
+        f"{params.objective} objective, {params.train.steps} training steps, {', '.join(params.sample.sampler)} sampling at {steps} steps)"
+    )
 
 
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise click.ClickException(f"missing {path}: run the stage that produces it first (dvc repro)")
-    return json.loads(path.read_text())
+@contextmanager
+def tracking_errors() -> Iterator[None]:
+    """An unreachable tracking server as a one-line error, not a traceback."""
+    from ddpmlab.pipeline.tracking import TrackingUnavailable
+
+    try:
+        yield
+    except TrackingUnavailable as e:
+        raise click.ClickException(str(e)) from e
 
 
-def stage_errors(fn: Callable) -> Callable:
-    """Turn the library's expected failures into one-line errors instead of tracebacks."""
+def selected_runs(experiment_id: str, filter_string: str, wanted: list[str]):
+    """The runs matching --filter and --runs (a training run id brings its evaluations), plus the
+    training runs of every selected evaluation that the selection left out (their train time and
+    loss curve): two searches at most."""
+    import pandas as pd
 
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            if isinstance(e, (FileNotFoundError, *_expected_errors())):
-                raise click.ClickException(str(e)) from e
-            raise
+    from ddpmlab.pipeline import tracking
 
-    return wrapper
-
-
-# The library's expected failures, by the module that defines each. A stage can only raise those of
-# modules it has loaded, so they are looked up in sys.modules rather than imported: importing them
-# here would load mlflow (~2 s) into stages that never track (prepare), and would make every stage
-# run (and, in dvc.yaml, depend on) the training code.
-EXPECTED_ERRORS = {
-    "ddpmlab.checkpoint": "CheckpointError",
-    "ddpmlab.classifier": "ClassifierTooWeak",
-    "ddpmlab.data": "DataUnavailable",
-    "ddpmlab.inception": "InceptionWeightsUnavailable",
-    "ddpmlab.tracking": "TrackingUnavailable",
-    "ddpmlab.training": "TrainingDiverged",
-}
+    runs = tracking.search_runs(experiment_id, filter_string)
+    if runs.empty:
+        return runs
+    if wanted:
+        runs = runs[runs["run_id"].isin(wanted) | runs.get("params.train_run_id", runs["run_id"]).isin(wanted)]
+    if "params.train_run_id" in runs:
+        missing = sorted(set(runs["params.train_run_id"].dropna()) - set(runs["run_id"]))
+        if missing:
+            runs = pd.concat([runs, tracking.search_runs(experiment_id, run_ids=missing)], ignore_index=True)
+    return runs
 
 
-def _expected_errors() -> tuple[type[Exception], ...]:
-    return tuple(getattr(sys.modules[module], name) for module, name in EXPECTED_ERRORS.items() if module in sys.modules)
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,9 @@
 """Typed, validated view of params.yaml: frozen dataclasses, no I/O, no globals.
 
+Imports no domain code: the allowed names and the samplers' options come from leaf modules
+(``core.choices``, ``data.choices``, ``nn.choices``, ``nn.unet_config``, ``evaluation.choices``,
+``sampling.options``), so every stage can read params without depending on what other stages run.
+
 Every default equals the repository's params.yaml (``tests/test_config.py`` holds them equal),
 so a key left out of a params file means the same as in the project's own.
 
@@ -17,17 +21,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddpmlab.acceleration import PRECISIONS
-from ddpmlab.data import SOURCES
-from ddpmlab.diffusion import OBJECTIVES
-from ddpmlab.losses import WEIGHTINGS, TrainingLoss
-from ddpmlab.samplers import SAMPLERS
-from ddpmlab.schedules import SCHEDULES
-from ddpmlab.step_grids import SPACINGS
-from ddpmlab.unet import UNetConfig
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-FEATURE_EXTRACTORS = ("classifier", "inception-v3-compat")  # ddpmlab.metrics.EXTRACTORS (kept free of torch-fidelity)
+from ddpmlab.core.choices import OBJECTIVES, SCHEDULES, SPACINGS, WEIGHTINGS
+from ddpmlab.data.choices import SOURCES
+from ddpmlab.evaluation.choices import FEATURE_EXTRACTORS
+from ddpmlab.nn.choices import DEVICES, PRECISIONS
+from ddpmlab.nn.unet_config import UNetConfig
+from ddpmlab.sampling.options import SAMPLER_OPTIONS, options_from
 
 
 class ConfigError(ValueError):
@@ -51,7 +50,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1800
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -77,7 +76,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     sampler: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
-    steps: tuple[int, ...] = (50, 20, 10, 5)
+    steps: tuple[int, ...] = (50, 10, 5)
     spacing: tuple[str, ...] = ("uniform", "quadratic")
     variance: str = "fixed_large"
     eta: float = 0.0
@@ -87,7 +86,7 @@ class SampleConfig:
     seed: int = 1
     strip_images: int = 8
     strip_columns: int = 8
-    precision: str = "fp32"
+    precision: str = "auto"
     compile: bool = False
     guidance: tuple[float, ...] = (0.0, 1.0, 3.0)
 
@@ -144,10 +143,6 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def training_loss(self) -> TrainingLoss:
-        t = self.train
-        return TrainingLoss(self.objective, t.weighting, t.min_snr_gamma, t.learn_variance, t.vlb_weight)
 
     def training_dict(self) -> dict[str, Any]:
         """The params a trained model depends on (stored in its checkpoint, logged with its run)."""
@@ -240,13 +235,13 @@ def _check_values(p: Params) -> list[str]:
     one_of("data.source", p.data.source, SOURCES)
     require(p.data.channels in (None, 1, 3), "data.channels", p.data.channels, "null (the source's own), 1 (grayscale) or 3 (RGB)")
     require(bool(p.data.root.strip()), "data.root", p.data.root, "a directory path (dataset files, or the images of data.source=folder)")
-    for key, values, allowed in (("sample.sampler", p.sample.sampler, SAMPLERS), ("sample.spacing", p.sample.spacing, SPACINGS)):
+    for key, values, allowed in (("sample.sampler", p.sample.sampler, SAMPLER_OPTIONS), ("sample.spacing", p.sample.spacing, SPACINGS)):
         require(
             len(values) > 0 and all(v in allowed for v in values) and len(set(values)) == len(values),
             key, list(values), f"a non-empty list of distinct names among {', '.join(allowed)}",
         )  # fmt: skip
-    for spec in SAMPLERS.values():  # every sampler's options, swept or not: a bad value never waits in params.yaml
-        problems.extend(problem for problem in spec.options_from(p.sample).problems() if problem not in problems)
+    for options in SAMPLER_OPTIONS.values():  # every sampler's options, swept or not: a bad value never waits in params.yaml
+        problems.extend(problem for problem in options_from(options, p.sample).problems() if problem not in problems)
     one_of("train.weighting", p.train.weighting, WEIGHTINGS)
     one_of("evaluate.feature_extractor", p.evaluate.feature_extractor, FEATURE_EXTRACTORS)
     one_of("train.precision", p.train.precision, PRECISIONS)

@@ -1,0 +1,74 @@
+"""Every score a run gets, named once: the CSVs, metrics.json, MLflow, the report's tables and
+``ddpmlab compare``'s columns are all built from :data:`METRICS`.
+
+A metric with ``per_split`` is measured against both references (``evaluation.protocol.SPLITS``): the
+bare name against the test split, ``<name>_train`` against the training split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SPLIT_SUFFIXES = ("", "_train")  # evaluation.protocol.SPLITS = ("test", "train")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str  # for tables
+    better: str | None = None  # "min" | "max": which way is better (the best value is marked); None: not a score
+    # (nn_ratio: ~1 is held-out-like, lower is copying, higher is off the data; neither end is "better")
+    per_split: bool = False  # also <name>_train
+    headline: tuple[str, ...] = ()  # split suffixes in metrics.json (the headline run's values) and on the MLflow training run
+    swept_as: str | None = None  # metrics.json also holds <swept_as>@<run key> for every run
+    conditional: bool = False  # only for class-conditional models
+    in_table: bool = True  # a column of `ddpmlab compare`
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.name + s for s in SPLIT_SUFFIXES] if self.per_split else [self.name]
+
+    @property
+    def headline_columns(self) -> list[str]:
+        return [self.name + s for s in self.headline]
+
+
+METRICS = (
+    Metric("fid", "FID", "min", per_split=True, headline=("", "_train"), swept_as="fid"),
+    Metric("fid_ratio", "FID / real floor", "min"),
+    Metric("is_mean", "IS", "max", headline=("",)),
+    Metric("is_std", "IS std over splits", in_table=False),
+    Metric("is_ratio", "IS / real floor", "max", in_table=False),
+    Metric("kid_mean", "KID", "min", per_split=True, headline=("",)),
+    Metric("kid_std", "KID std over subsets", per_split=True, in_table=False),
+    Metric("precision", "precision", "max", per_split=True, headline=("",)),
+    Metric("recall", "recall", "max", per_split=True, headline=("",)),
+    Metric("copy_rate", "copy rate (features)", "min", headline=("",), swept_as="copy"),
+    Metric("nn_ratio", "nearest-training distance / test's (features)", in_table=False),
+    Metric("copy_rate_pixels", "copy rate (pixels)", "min", headline=("",), in_table=False),
+    Metric("nn_ratio_pixels", "nearest-training distance / test's (pixels)", in_table=False),
+    Metric("cond_accuracy", "class accuracy", "max", headline=("",), swept_as="acc", conditional=True),
+    Metric("per_class_fid", "per-class FID", "min", conditional=True, in_table=False),
+    Metric("seconds_per_sample", "s / sample", "min", headline=("",)),
+    Metric("images_per_s", "images / s", "max", in_table=False),
+)
+
+# What identifies a run in a row (``sampling.plan.Run``), ahead of its scores.
+RUN_FIELDS = ("key", "sampler", "spacing", "steps", "nfe", "guidance")
+# Real-data floors are reported for the metrics a real image set has (evaluation.Protocol.real_floor).
+FLOOR_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "copy_rate", "nn_ratio", "copy_rate_pixels", "nn_ratio_pixels")
+
+
+def row_fields(conditional: bool) -> tuple[str, ...]:
+    """Columns of reports/steps.csv: the run, then every metric (both splits) it has."""
+    return RUN_FIELDS + tuple(c for m in METRICS if conditional or not m.conditional for c in m.columns)
+
+
+def headline(row: dict, rows: list[dict]) -> dict:
+    """metrics.json: the headline run's headline metrics, then ``<swept_as>@<key>`` for every run."""
+    out = {c: row.get(c) for m in METRICS for c in m.headline_columns if not m.conditional or row.get(c) is not None}
+    for m in METRICS:
+        if m.swept_as and any(r.get(m.name) is not None for r in rows):
+            out.update({f"{m.swept_as}@{r['key']}": r.get(m.name) for r in rows})
+    return out
+

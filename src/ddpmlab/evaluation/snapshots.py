@@ -1,0 +1,45 @@
+"""FID over training: the EMA snapshots the train stage kept, sampled like the final model.
+
+The curve is for watching training, not for choosing a checkpoint: the reported numbers
+always come from the final model, so no checkpoint is ever selected on a reported split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpmlab.config import Params
+from ddpmlab.data.image_set import to_uint8
+from ddpmlab.sampling.guidance import class_labels
+from ddpmlab.sampling.plan import build_plan
+from ddpmlab.sampling.registry import sample_seeded
+from ddpmlab.sampling.trajectory import image_seeds
+from ddpmlab.training.trained import TrainedDiffusion
+
+
+def checkpoints_over_training(model_dir: Path) -> list[Path]:
+    """The snapshots (step order) followed by the final model.pt."""
+    return [*sorted((model_dir / "snapshots").glob("step-*.pt")), model_dir / "model.pt"]
+
+
+@torch.no_grad()
+def sample_checkpoint(path: Path, params: Params, device: torch.device) -> tuple[int, np.ndarray]:
+    """(training step, uint8 images (evaluate.snapshot_samples, C, H, W)) of one checkpoint, drawn like
+    the plan's headline run (sampler, spacing, options, guidance w) but at evaluate.snapshot_steps steps,
+    from the first seeds of the main samples (a conditional model: their classes too)."""
+    trained = TrainedDiffusion.load(path, device)
+    cfg, count = params.sample, params.evaluate.snapshot_samples
+    num_classes = trained.model.num_classes
+    run = dataclasses.replace(build_plan(cfg, conditional=bool(num_classes))[0], steps=params.evaluate.snapshot_steps)
+    conditioning = {"labels": class_labels(count, num_classes), "guidance": run.guidance} if num_classes else {}
+    shape = (trained.model.in_channels, trained.model.image_size, trained.model.image_size)
+    x0 = sample_seeded(
+        run.sampler, trained.sampling_network(cfg.precision, cfg.compile), run.process(trained.process), image_seeds(cfg.seed, 0, count),
+        shape, batch_size=cfg.batch_size, device=device, clip_x0=cfg.clip_x0, objective=trained.params["objective"],
+        **run.option_values, **conditioning,
+    )  # fmt: skip
+    return trained.step, to_uint8(x0).cpu().numpy()

@@ -1,0 +1,65 @@
+"""MLflow records of an evaluation: one run per plan run, nested under the training run, and
+the headline scores, tables and FID-over-training curve on the training run itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ddpmlab.config import Params, flatten
+from ddpmlab.evaluation import metric_registry
+from ddpmlab.evaluation.protocol import SPLITS
+from ddpmlab.evaluation.scorecard import CURVE_FIELDS
+from ddpmlab.pipeline import tracking
+from ddpmlab.sampling.plan import Run
+
+
+def run_name(training_params: dict, run: Run) -> str:
+    """"linear-T100-dpmpp_2m-10": the model, then the run key."""
+    return f"{training_params['schedule']}-T{training_params['T']}-{run.key}"
+
+
+def protocol_params(protocol: dict) -> dict:
+    """The protocol as flat MLflow params (a run is only comparable with runs of the same protocol)."""
+    return {**flatten(protocol), "reference_splits": ",".join(SPLITS)}
+
+
+def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[Run], rows: list[dict], evaluation: dict,
+                   samples_dir: Path, metric_files: tuple[Path, ...], tables: tuple[Path, ...], curve: list[dict]) -> None:  # fmt: skip
+    training_params = train_info["params"]
+    nll = evaluation["nll"]
+    nll_metrics = {f"nll_{k}": v for k, v in nll.items() if isinstance(v, float)} if nll else {}
+    real = {f"real_{k}": v for k, v in evaluation["real"].items()}
+    accuracy = {"classifier_accuracy": evaluation["classifier_accuracy"]} if evaluation.get("classifier_accuracy") is not None else {}
+    sample_params = flatten({"sample": params.to_dict()["sample"], "evaluate": params.to_dict()["evaluate"]})
+    for run, row in zip(runs, rows):
+        with tracking.start_run(params.tracking.experiment, run_name(training_params, run), "evaluate", parent_run_id=train_info["run_id"]):
+            tracking.log_params(flatten(training_params))
+            tracking.log_params(sample_params)
+            tracking.log_params(protocol_params(evaluation["protocol"]))
+            tracking.log_params(
+                {
+                    "run_key": run.key, "sampler": run.sampler, "spacing": run.spacing, "sample_steps": run.steps, "nfe": run.nfe,
+                    **({} if run.guidance is None else {"guidance": run.guidance}),
+                    **{f"sampler.{k}": v for k, v in run.option_values.items()},
+                    "train_run_id": train_info["run_id"], "sampling_device": sampling["device"],
+                }
+            )  # fmt: skip
+            scores = {c: row[c] for m in metric_registry.METRICS for c in m.columns if row.get(c) is not None}
+            tracking.log_metrics({**scores, "nfe": run.nfe, **real, **accuracy, **nll_metrics})
+            for name in ("grid.png", "denoise_strip.png", "class_grid.png"):
+                if (samples_dir / run.folder / name).is_file():
+                    tracking.log_artifact(samples_dir / run.folder / name, "samples")
+            for path in metric_files:
+                tracking.log_artifact(path)
+    train_run = train_info["run_id"]
+    if tracking.run_exists(train_run):
+        # The headline scores on the training run too: the UI's chart view lists parent runs, so
+        # an `fid` chart there compares models (the latest evaluation of each).
+        headline = metric_registry.headline(rows[0], rows[:1])
+        tracking.log_metrics({k: v for k, v in headline.items() if "@" not in k and k != "seconds_per_sample"}, run_id=train_run)
+        for table in tables:
+            tracking.log_artifact(table, "evaluation", run_id=train_run)
+        if nll:
+            tracking.log_metrics(nll_metrics, run_id=train_run)
+        for row in curve:
+            tracking.log_metrics({f"snapshot_{k}": row[k] for k in CURVE_FIELDS[1:]}, step=row["step"], run_id=train_run)

@@ -1,0 +1,362 @@
+"""Cross-experiment comparison: which schedule, which sampler, how many sampling steps.
+
+Works on one DataFrame of runs in the layout of ``mlflow.search_runs`` (``params.*``,
+``metrics.*``, ``tags.*`` columns), so a single search call feeds everything here and this
+module never talks to MLflow itself. Evaluation runs (one per sampling step count, tagged
+``ddpmlab.stage=evaluate``) carry the training params they were sampled from and the id of
+their training run (``params.train_run_id``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.data import images
+from ddpmlab.evaluation import metric_registry
+from ddpmlab.reporting.document import Document, Emphasis
+from ddpmlab.reporting.figures import forward_strip, save_figure, show_image
+
+STAGE_TAG = "tags.ddpmlab.stage"
+# What makes two evaluations different rows: the model, and how it was sampled.
+SAMPLING_KEYS = ["params.train_run_id", "params.sampler", "params.spacing", "params.sampler.variance", "params.sampler.eta", "params.guidance", "params.sample_steps"]
+# A line in the figures: one model sampled one way, over step counts.
+LINE_KEYS = ["label", "params.sampler", "params.spacing", "params.sampler.variance", "params.sampler.eta", "params.guidance"]
+# Training params that never tell two models apart in a plot label.
+NOT_A_DIFFERENCE = {"params.device", "params.device_resolved", "params.num_parameters", "params.tracking.experiment"}
+# The protocol: runs measured under different ones are not comparable.
+PROTOCOL_KEYS = {"params.evaluate.feature_extractor": "feature extractor", "params.num_generated": "generated images"}
+# Figures draw at most this many models (lowest FID first): more lines or grid rows are unreadable.
+# The table always lists every row.
+MAX_PLOTTED_MODELS = 10
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    source: str  # a column of the evaluation rows
+    better: str | None = None  # "min" | "max": the best value is marked
+    optional: bool = False  # left out of the table when no row has a value (e.g. no conditional model selected)
+
+
+RUN_COLUMNS = [
+    Column("run", "tags.mlflow.runName"),
+    Column("schedule", "params.schedule"),
+    Column("T", "params.T"),
+    Column("objective", "params.objective"),
+    Column("sampler", "params.sampler"),
+    Column("spacing", "params.spacing"),
+    Column("steps", "steps"),
+    Column("NFE", "nfe"),
+    Column("w", "params.guidance", optional=True),  # classifier-free guidance weight (conditional models only)
+]
+# Every score the registry puts in a table, against the test split, with its direction; then the model's cost.
+COLUMNS = (
+    RUN_COLUMNS
+    + [Column(m.label, f"metrics.{m.name}", m.better, optional=m.conditional) for m in metric_registry.METRICS if m.in_table and m.name != "seconds_per_sample"]
+    + [
+        Column("NLL (bits/dim)", "metrics.nll_bits_per_dim", "min"),
+        Column("train steps", "params.train.steps"),
+        Column("train time (min)", "train_minutes"),
+        Column("s / sample", "metrics.seconds_per_sample", "min"),
+    ]
+)
+
+
+class NothingToCompare(ValueError):
+    """The selection holds no evaluation runs."""
+
+
+@dataclass
+class Selection:
+    """evaluations: one row per (training run, sampler, variance, eta, steps), the newest if
+    evaluated more than once, with ``steps`` (int), ``label`` (what tells its training run
+    apart from the others) and ``train_minutes``. trainings: the training runs they came from."""
+
+    evaluations: pd.DataFrame
+    trainings: pd.DataFrame
+
+    def best_models(self, limit: int = MAX_PLOTTED_MODELS) -> Selection:
+        """The same selection restricted to the ``limit`` models with the lowest FID (all if fewer)."""
+        best = self.evaluations.groupby("label")["metrics.fid"].min().sort_values(kind="stable").index[:limit]
+        evaluations = self.evaluations[self.evaluations["label"].isin(best)].reset_index(drop=True)
+        return Selection(evaluations, self.trainings[self.trainings["run_id"].isin(evaluations["params.train_run_id"])])
+
+    @property
+    def curves(self) -> list[tuple[str, pd.DataFrame]]:
+        """(line label, its rows sorted by NFE) per model and way of sampling (sampler, spacing, options, w)."""
+        ways = self.evaluations[LINE_KEYS[1:]].astype(str).drop_duplicates().shape[0]
+        spacings = self.evaluations["params.spacing"].nunique()
+        options = [k for k in self.evaluations if k.startswith("params.sampler.") and self.evaluations[k].astype(str).nunique() > 1]
+        out = []
+        for _, rows in self.evaluations.groupby(LINE_KEYS, sort=True, dropna=False):
+            first = rows.iloc[0]
+            label = first["label"]
+            if ways > 1:
+                label = f"{label}, {first['params.sampler']}" + (f" ({first['params.spacing']})" if spacings > 1 else "")
+                # the sampler's own options where they differ between runs: "ddim eta=1.0", "ddpm variance=fixed_small"
+                label += "".join(f" {k.removeprefix('params.sampler.')}={first[k]}" for k in options if isinstance(first[k], str))
+            if first["params.guidance"]:
+                label = f"{label}, w={first['params.guidance']}"
+            out.append((label, rows.sort_values("nfe")))
+        return out
+
+
+def select(runs: pd.DataFrame) -> Selection:
+    """Split a search result into evaluations and trainings, keep the newest evaluation per row key."""
+    if runs.empty or STAGE_TAG not in runs:
+        raise NothingToCompare("no ddpmlab runs in the selection")
+    evaluations = runs[runs[STAGE_TAG] == "evaluate"].copy()
+    if evaluations.empty:
+        raise NothingToCompare("no evaluation runs in the selection: run the pipeline (dvc repro) or widen --filter / --runs")
+    for key in SAMPLING_KEYS:
+        if key not in evaluations:
+            evaluations[key] = None
+    evaluations["params.guidance"] = evaluations["params.guidance"].fillna("")  # "" = unconditional
+    evaluations["steps"] = pd.to_numeric(evaluations["params.sample_steps"]).astype(int)
+    evaluations["nfe"] = pd.to_numeric(evaluations["params.nfe"]).astype(int) if "params.nfe" in evaluations else evaluations["steps"]
+    evaluations["params.spacing"] = evaluations["params.spacing"].fillna("uniform")  # runs from before step grids existed
+    evaluations = evaluations.sort_values("start_time").drop_duplicates(SAMPLING_KEYS, keep="last")
+    trainings = runs[(runs[STAGE_TAG] == "train") & runs["run_id"].isin(evaluations["params.train_run_id"])].copy()
+    minutes = trainings.set_index("run_id").get("metrics.train_seconds", pd.Series(dtype=float)) / 60
+    evaluations["train_minutes"] = evaluations["params.train_run_id"].map(minutes)
+    evaluations["label"] = evaluations["params.train_run_id"].map(training_labels(evaluations))
+    order = ["label", "params.sampler", "params.spacing", "steps"]
+    return Selection(evaluations.sort_values(order, ascending=[True, True, True, False]).reset_index(drop=True), trainings)
+
+
+def training_labels(evaluations: pd.DataFrame) -> dict[str, str]:
+    """Per training run: the training params that differ between the selected runs, e.g.
+    ``cosine`` when only the schedule varies, ``cosine, T=1000`` when T does too."""
+    per_run = evaluations.drop_duplicates("params.train_run_id").set_index("params.train_run_id")
+    training = [c for c in per_run.columns if c.startswith("params.") and _is_training_param(c)]
+    varying = [c for c in training if per_run[c].astype(str).nunique() > 1]
+    labels = {}
+    for run_id, row in per_run.iterrows():
+        parts = [str(row["params.schedule"])] if "params.schedule" in per_run else []
+        parts += [f"{c.removeprefix('params.')}={row[c]}" for c in varying if c != "params.schedule"]
+        labels[run_id] = ", ".join(parts) or run_id[:8]
+    counts = pd.Series(list(labels.values())).value_counts()
+    # Same training params, different runs (e.g. retrained on other data): told apart by run id.
+    return {run_id: f"{label} ({run_id[:6]})" if counts[label] > 1 else label for run_id, label in labels.items()}
+
+
+def _is_training_param(column: str) -> bool:
+    """Params logged from the training config (top level, model.*, train.*, data.*), not sampling or evaluation."""
+    name = column.removeprefix("params.")
+    top_level = {"schedule", "T", "objective", "seed"}
+    return column not in NOT_A_DIFFERENCE and (name in top_level or name.startswith(("model.", "train.", "data.")))
+
+
+def protocol_notes(selection: Selection) -> tuple[str, bool]:
+    """(a sentence describing the evaluation protocol, whether every row shares it)."""
+    evaluations = selection.evaluations
+    parts, shared = [], True
+    for key, name in PROTOCOL_KEYS.items():
+        values = sorted(evaluations[key].dropna().astype(str).unique()) if key in evaluations else []
+        shared &= len(values) <= 1
+        parts.append(f"{name}: {', '.join(values) or 'unknown'}")
+    return "; ".join(parts), shared
+
+
+def table(selection: Selection) -> tuple[list[str], list[list[object]]]:
+    """Header and rows of the comparison table; the best value of each scored column is wrapped in Emphasis."""
+    evaluations = selection.evaluations
+    values = {c.header: evaluations[c.source] if c.source in evaluations else pd.Series([None] * len(evaluations)) for c in COLUMNS}
+    columns = [c for c in COLUMNS if not (c.optional and all(_missing(v) or v == "" for v in values[c.header]))]
+    header = [c.header for c in columns]
+    best = {}
+    for c in columns:
+        numeric = pd.to_numeric(values[c.header], errors="coerce")
+        if c.better and numeric.notna().any():
+            best[c.header] = numeric.min() if c.better == "min" else numeric.max()
+    rows = []
+    for i in range(len(evaluations)):
+        row = []
+        for c in columns:
+            value = values[c.header].iloc[i]
+            value = None if _missing(value) else value
+            if c.header in best and value is not None and float(value) == best[c.header]:
+                value = Emphasis(float(value))
+            row.append(value)
+        rows.append(row)
+    return header, rows
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def _colors(n: int) -> list:
+    return [plt.get_cmap("tab10")(i % 10) for i in range(n)]
+
+
+def fid_figure(selection: Selection, path: Path) -> None:
+    """FID against network evaluations per image (log x) and against sampling seconds per image (log x), a line per model and sampler."""
+    fig, (ax_steps, ax_cost) = plt.subplots(1, 2, figsize=(13, 4.4))
+    curves = selection.curves
+    for (label, rows), color in zip(curves, _colors(len(curves))):
+        ax_steps.plot(rows["nfe"], rows["metrics.fid"], marker="o", color=color, label=label)
+        ax_cost.plot(rows["metrics.seconds_per_sample"] * 1000, rows["metrics.fid"], marker="o", color=color, label=label)
+        for _, row in rows.iterrows():
+            ax_cost.annotate(str(row["nfe"]), (row["metrics.seconds_per_sample"] * 1000, row["metrics.fid"]), fontsize=7,
+                             xytext=(3, 3), textcoords="offset points", color=color)  # fmt: skip
+    steps = sorted(selection.evaluations["nfe"].unique())
+    ax_steps.set_xscale("log")
+    ax_steps.set_xticks(steps, [str(s) for s in steps])
+    ax_steps.minorticks_off()
+    ax_steps.set(xlabel="network evaluations per image, NFE (log scale)", ylabel="FID vs test split (lower is better)", title="FID vs NFE")
+    ax_cost.set_xscale("log")
+    ax_cost.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_cost.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 20, not 2x10^1
+    ax_cost.xaxis.set_minor_formatter(NullFormatter())
+    ax_cost.set(xlabel="sampling time per image, ms (log scale; labels: NFE)", ylabel="FID vs test split (lower is better)",
+                title="FID vs sampling cost")  # fmt: skip
+    for ax in (ax_steps, ax_cost):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_steps.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def loss_figure(histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Training loss (log y) against step, one line per training run; histories: label -> (step, value)."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for (label, history), color in zip(sorted(histories.items()), _colors(len(histories))):
+        ax.plot(history["step"], history["value"], color=color, label=label, lw=1.3)
+    ax.set_yscale("log")
+    ax.set(xlabel="training step", ylabel="training loss (log scale)", title="Training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def schedules_figure(processes: dict[str, DiffusionProcess], path: Path) -> None:
+    """alpha-bar_t and log10 SNR_t against t / T for each (schedule, T): label -> process."""
+    fig, (ax_abar, ax_snr) = plt.subplots(1, 2, figsize=(13, 4))
+    for (label, process), color in zip(processes.items(), _colors(len(processes))):
+        t = np.arange(1, process.T + 1) / process.T
+        abar = process.alpha_bars.numpy()
+        ax_abar.plot(t, abar, color=color, label=label)
+        ax_snr.plot(t, np.log10(abar / (1 - abar)), color=color, label=label)
+    ax_abar.set(xlabel="t / T", ylabel="alpha-bar_t (share of signal variance)", title="Signal kept: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps")
+    ax_snr.set(xlabel="t / T", ylabel="log10 SNR = log10(abar / (1 - abar))", title="Signal-to-noise ratio")
+    for ax in (ax_abar, ax_snr):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def forward_figure(image: np.ndarray, processes: dict[str, DiffusionProcess], path: Path, columns: int = 9, seed: int = 0) -> None:
+    """The same image and the same noise under q(x_t | x_0) of each schedule: a row per schedule,
+    columns at t = 0 .. T evenly (eq. 4). image: (C, H, W) uint8."""
+    labels = list(processes)
+    fig, axes = plt.subplots(len(labels), 1, figsize=(1.1 * columns, 1.35 * len(labels) + 0.3), squeeze=False)
+    for ax, label in zip(axes[:, 0], labels):
+        frames, ts = forward_strip(image[None], processes[label].betas, columns, seed)
+        strip = images.grid(frames, columns=columns, padding=1)
+        show_image(ax, strip)
+        ax.set_xticks([(i + 0.5) * strip.shape[2] / columns for i in range(columns)], [f"t={t}" for t in ts], fontsize=7)
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle("Forward process q(x_t | x_0): one image, one noise draw, each schedule", fontsize=10)
+    save_figure(fig, path)
+
+
+def grids_figure(grids: dict[tuple[str, int], Path], path: Path) -> None:
+    """Sample grids side by side: a row per model, a column per step count; grids: (label, steps) -> PNG."""
+    labels = sorted({label for label, _ in grids})
+    steps = sorted({s for _, s in grids}, reverse=True)
+    first = plt.imread(next(iter(grids.values())))
+    width = 3.2  # inches per grid; rows as tall as the grids are
+    height = width * first.shape[0] / first.shape[1] + 0.4
+    fig, axes = plt.subplots(len(labels), len(steps), figsize=(width * len(steps) + 1.2, height * len(labels) + 0.5), squeeze=False)
+    for i, label in enumerate(labels):
+        for j, s in enumerate(steps):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if (label, s) in grids:
+                ax.imshow(plt.imread(grids[(label, s)]), cmap="gray", interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "not evaluated", ha="center", va="center", transform=ax.transAxes, color="gray")
+            if i == 0:
+                ax.set_title(f"{s} sampling steps", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle("Samples from the same seeds at matched step counts", fontsize=10)
+    save_figure(fig, path)
+
+
+def schedule_processes(selection: Selection) -> dict[str, DiffusionProcess]:
+    """label 'schedule, T=..' -> its forward process, for every (schedule, T) in the selection."""
+    pairs = selection.evaluations[["params.schedule", "params.T"]].drop_duplicates().sort_values(["params.schedule", "params.T"])
+    return {f"{s}, T={t}": DiffusionProcess.from_schedule(s, int(t)) for s, t in pairs.itertuples(index=False)}
+
+
+def grid_choices(selection: Selection, max_steps: int = 4) -> list[tuple[str, int, str]]:
+    """(label, steps, evaluation run id) of the sample grids worth showing: the step counts most
+    models share (at most ``max_steps``), for every model of the selection."""
+    chosen = selection.evaluations
+    common = chosen.groupby("steps")["label"].nunique().sort_values(ascending=False, kind="stable")
+    steps = sorted(common.index[:max_steps], reverse=True)
+    rows = chosen[chosen["steps"].isin(steps)].drop_duplicates(["label", "steps"])
+    return [(r["label"], int(r["steps"]), r["run_id"]) for _, r in rows.iterrows()]
+
+
+def document(selection: Selection, figures: dict[str, str], source: str, plotted_models: int | None = None) -> Document:
+    """The comparison report; figures: name -> path relative to the document's folder, drawn
+    for ``plotted_models`` of the selection's models (None: all)."""
+    doc = Document("ddpmlab: experiments compared")
+    protocol, shared = protocol_notes(selection)
+    models = selection.evaluations["label"].nunique()
+    doc.paragraph(f"{len(selection.evaluations)} evaluations of {models} trained models from {source}. Bold: the best value of each scored column.")
+    if plotted_models is not None and plotted_models < models:
+        doc.paragraph(f"The figures show the {plotted_models} models with the lowest FID; the table lists all {models}.")
+    doc.paragraph(
+        f"Evaluation protocol: {protocol}."
+        + ("" if shared else " WARNING: the rows were measured under different protocols; their FID / IS / KID are not comparable.")
+        + " FID, KID, precision and recall are against the test split; FID at small N is biased upward, so compare rows only at the same N."
+    )
+    header, rows = table(selection)
+    doc.table(header, rows)
+    captions = {
+        "fid": "FID against network evaluations per image (NFE) and against sampling time per image (each point labelled with its NFE).",
+        "loss": "Training loss of each model.",
+        "schedules": "alpha-bar and SNR of each schedule against the fraction of the process t / T.",
+        "forward": "The same image and noise under each schedule's forward process.",
+        "grids": "Sample grids at matched step counts (same seeds across rows).",
+    }
+    for name, caption in captions.items():
+        if name in figures:
+            doc.image(figures[name], caption)
+    return doc
+
+
+def first_image(data_dir: Path | None) -> np.ndarray:
+    """(C, H, W) uint8: the first test image of the prepared data if there, else the first bundled digit at 16x16."""
+    if data_dir is not None and (data_dir / "test.npz").is_file():
+        with np.load(data_dir / "test.npz") as f:
+            return f["images"][0]
+    from ddpmlab.data.sources import load_digits
+
+    return load_digits(16, 1).train.images[0]
+
+
+def loss_histories(selection: Selection, fetch) -> dict[str, pd.DataFrame]:
+    """label -> (step, value) of the training loss; fetch(run_ids, key) -> {run_id: DataFrame}."""
+    labels = selection.evaluations.drop_duplicates("params.train_run_id").set_index("params.train_run_id")["label"]
+    fetched = fetch(list(selection.trainings["run_id"]), "loss")
+    return {labels[run_id]: history for run_id, history in fetched.items() if run_id in labels and not history.empty}
+

@@ -1,0 +1,1 @@
+"""Drawing images: the sampler registry, ancestral samplers, ODE solvers, seeded noise, guidance and the run plan."""

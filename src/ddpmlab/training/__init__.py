@@ -1,0 +1,1 @@
+"""Fitting the network: the training loop, RNG state, DDP, checkpoint I/O and the trained model."""

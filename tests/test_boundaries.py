@@ -1,0 +1,137 @@
+"""The package's shape, held by parsing every module (``ast``; nothing is imported):
+
+- no import cycles;
+- one owner per outside boundary: only ``pipeline/tracking.py`` imports mlflow, only
+  ``training/checkpoint.py`` calls torch.save / torch.load, only ``evaluation/metrics.py`` imports
+  torch-fidelity;
+- the math (core, sampling, nn) imports no click, mlflow, pandas, matplotlib or pathlib;
+- ``config.py`` imports only leaf modules of names and options, and subpackage ``__init__`` files
+  import nothing, so a stage's DVC deps stay what it runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from ddpmlab.pipeline import code_deps
+
+PACKAGE_DIR = code_deps.PACKAGE_DIR
+MODULES = sorted(PACKAGE_DIR.rglob("*.py"))
+MATH_PACKAGES = ("core", "sampling", "nn")
+FORBIDDEN_IN_MATH = ("click", "mlflow", "pandas", "matplotlib", "pathlib")
+CONFIG_LEAVES = {"core.choices", "data.choices", "nn.choices", "nn.unet_config", "evaluation.choices", "sampling.options"}
+
+
+def _name(path: Path) -> str:
+    return path.relative_to(PACKAGE_DIR).as_posix()
+
+
+def _outside_imports(path: Path) -> set[str]:
+    """Top-level names of the non-ddpmlab packages a module imports anywhere (lazily too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"ddpmlab"}
+
+
+def _importers_of(package: str) -> set[str]:
+    return {_name(path) for path in MODULES if package in _outside_imports(path)}
+
+
+def _torch_io_calls(path: Path) -> list[str]:
+    """torch.save / torch.load calls, or save / load imported from torch."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in ("save", "load") and isinstance(node.value, ast.Name) and node.value.id == "torch":
+            calls.append(f"torch.{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module == "torch" and {a.name for a in node.names} & {"save", "load"}:
+            calls.append("from torch import save/load")
+    return calls
+
+
+def test_the_package_has_subpackages_and_every_module_is_seen():
+    assert len(MODULES) > 40 and {p.parent.name for p in MODULES} >= {"core", "sampling", "nn", "data", "training", "evaluation", "reporting", "pipeline"}
+
+
+def test_no_import_cycles():
+    graph = {code_deps.module_name(path): code_deps.direct_imports(path) for path in MODULES}
+    # importing a.b runs the package a's __init__ first; those empty files are no real edge
+    graph = {module: {d for d in deps if d and d != module and code_deps.module_path(d).name != "__init__.py"} for module, deps in graph.items()}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph.get(module, ())):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join([*path[path.index(dep):], dep]))
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    """The check above can fail: a two-module cycle in a scratch package is reported."""
+    package = tmp_path / "ddpmlab"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from ddpmlab import b\n")
+    (package / "b.py").write_text("def f():\n    from ddpmlab.a import x\n")
+    monkeypatch.setattr(code_deps, "PACKAGE_DIR", package)
+    assert "b" in code_deps.direct_imports(package / "a.py") and "a" in code_deps.direct_imports(package / "b.py")
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    assert _importers_of("mlflow") == {"pipeline/tracking.py"}
+
+
+def test_only_the_metrics_module_imports_torch_fidelity():
+    assert _importers_of("torch_fidelity") == {"evaluation/metrics.py"}
+
+
+def test_only_checkpoint_io_calls_torch_save_and_load():
+    callers = {_name(path): calls for path in MODULES if (calls := _torch_io_calls(path))}
+    assert set(callers) == {"training/checkpoint.py"}, callers
+
+
+def test_the_torch_io_check_sees_both_spellings(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import torch\nfrom torch import load\ntorch.save({}, 'x')\n")
+    assert sorted(_torch_io_calls(module)) == ["from torch import save/load", "torch.save"]
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if p.relative_to(PACKAGE_DIR).parts[0] in MATH_PACKAGES], ids=_name)
+def test_math_modules_import_no_io_or_ui_libraries(path):
+    assert not _outside_imports(path) & set(FORBIDDEN_IN_MATH), f"{_name(path)} imports {sorted(_outside_imports(path) & set(FORBIDDEN_IN_MATH))}"
+
+
+def test_config_imports_only_leaf_modules_of_names_and_options():
+    imported = code_deps.direct_imports(PACKAGE_DIR / "config.py") - {""}
+    packages = {module for module in imported if code_deps.module_path(module).name == "__init__.py"}
+    assert imported - packages == CONFIG_LEAVES
+    for leaf in CONFIG_LEAVES:  # a leaf reads at most other leaves, and nothing heavier than the standard library
+        deps = {d for d in code_deps.direct_imports(code_deps.module_path(leaf)) if code_deps.module_path(d).name != "__init__.py"}
+        assert deps <= CONFIG_LEAVES, (leaf, deps)
+        assert not _outside_imports(code_deps.module_path(leaf)) - {"__future__", "dataclasses", "typing"}, leaf
+
+
+def test_config_closure_is_config_and_its_leaves():
+    """What every stage depends on through config: a sampler, network or data edit is not among them."""
+    closure = {code_deps.module_name(p) for p in code_deps.import_closure(PACKAGE_DIR / "config.py")}
+    assert closure == CONFIG_LEAVES
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*/__init__.py")), ids=_name)
+def test_subpackage_inits_import_nothing(path):
+    assert not any(isinstance(node, (ast.Import, ast.ImportFrom)) for node in ast.walk(ast.parse(path.read_text())))
