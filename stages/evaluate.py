@@ -11,6 +11,11 @@ FID is biased upward at small N), the real-data floor with the same N, the seed 
 Reference features are cached by content hash (--cache-dir). The NLL is the variational bound in
 bits/dim (Ho et al. eq. 5) on evaluate.nll_images test images. Each run becomes one MLflow run
 nested under the training run.
+
+Every score gets a 95% bootstrap interval from evaluate.bootstrap resamples of the images (no
+network calls), and the runs are compared pair by pair, since they share their x_T: per NFE budget
+the lowest FID and the runs tied with it, and each run against the real-data floor
+(evaluation.json "comparisons"; docs/comparing.md).
 """
 
 from __future__ import annotations
@@ -25,18 +30,20 @@ from tqdm import tqdm
 from ddpmlab.config import Params
 from ddpmlab.core.likelihood import summarize, vlb_terms
 from ddpmlab.data.image_set import ImageSet, to_model_range
-from ddpmlab.evaluation import memorisation, scorecard
+from ddpmlab.evaluation import memorisation, resampled_scores, scorecard
+from ddpmlab.evaluation.bootstrap import Resampler
 from ddpmlab.evaluation.classifier import check_accuracy, load_classifier, predict
 from ddpmlab.evaluation.feature_cache import CACHE_ENV, FeatureCache, default_cache_dir
 from ddpmlab.evaluation.inception import resolve_weights
 from ddpmlab.evaluation.metrics import Extractor
 from ddpmlab.evaluation.protocol import MIN_PER_CLASS, SPLITS, Protocol, protocol_record
 from ddpmlab.evaluation.snapshots import checkpoints_over_training, sample_checkpoint
+from ddpmlab.evaluation.verdicts import sampling_verdicts
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.pipeline import tracking
 from ddpmlab.pipeline.evaluation_runs import log_evaluation
 from ddpmlab.pipeline.stage_io import params_option, read_json, read_params, stage_errors, write_json
-from ddpmlab.sampling.plan import Run
+from ddpmlab.sampling.plan import Run, step_sweep
 from ddpmlab.training.trained import TrainedDiffusion
 
 PATH = click.Path(dir_okay=False, path_type=Path)
@@ -107,30 +114,36 @@ def main(params_path, data_dir, samples_dir, model_dir, classifier_path, classif
     references, keys = {}, {}
     for split in SPLITS:
         references[split], keys[split] = cache.features(data[split].images, extractor.identity, extractor)
+    resampler = Resampler(cfg.bootstrap, params.seed) if cfg.bootstrap else None
     protocol = Protocol(references, kid_subset_size=cfg.kid_subset_size, isc_splits=cfg.isc_splits, seed=params.seed,
-                        reference_keys=keys, store=cache, device=device)  # fmt: skip
+                        reference_keys=keys, store=cache, device=device, resampler=resampler)  # fmt: skip
     copies = memorisation.build(
         references["train"].features, data["train"].images, references["test"].features, data["test"].images, cache, keys, device
     )
     n = sampling["num_samples"]
-    floor, num_real = protocol.real_floor(n)
+    floor, num_real, floor_replicates = protocol.real_floor(n)
     floor = scorecard.rounded({**floor, **copies.floor()})
+    floor.update(scorecard.with_intervals(floor, floor_replicates))
     click.echo(f"{cfg.feature_extractor} features; references: test {len(data['test'])} / train {len(data['train'])} images "
                f"({cache.hits} cached, {cache.misses} extracted); {n} generated images per run")  # fmt: skip
 
     classifier = load_classifier(classifier_path, device) if sampling.get("num_classes") else None
     runs = [Run.from_dict(entry) for entry in sampling["runs"]]
-    rows, per_class, copied = [], {}, None
+    rows, per_class, copied, replicates = [], {}, None, {}
     for run, entry in tqdm(list(zip(runs, sampling["runs"])), desc="evaluate", unit="run"):
         with np.load(samples_dir / run.folder / "samples.npz") as f:
             samples, labels = f["images"], f.get("labels")
         generated = extractor(samples)
         nearest = copies.nearest({"features": generated.features, "pixels": memorisation.pixel_vectors(samples)})
-        row = scorecard.score_row(run, entry, {**protocol.score(generated), **copies.score(nearest)}, floor)
+        scores, replicates[run.key] = protocol.score_resampled(generated) if resampler else (protocol.score(generated), {})
+        counts = resampler.counts("generated", len(samples)) if resampler else None  # the same indices in every run: paired
+        if counts is not None:
+            replicates[run.key].update({name: resampled_scores.proportion(hit, counts) for name, hit in copies.copied(nearest).items()})
+        row = scorecard.score_row(run, entry, {**scores, **copies.score(nearest)}, floor, replicates[run.key], floor_replicates)
         copied = copied or {"run": run.key, **copies.summary(nearest)}  # the headline run's closest pairs
         if classifier is not None and labels is not None:
             predicted = predict(classifier, samples, device)
-            per_class[run.key] = scorecard.add_class_scores(row, predicted, labels, generated, references["train"], data["train"].labels)
+            per_class[run.key] = scorecard.add_class_scores(row, predicted, labels, generated, references["train"], data["train"].labels, counts)
         rows.append(row)
         accuracy_note = f"  accuracy {row['cond_accuracy']:.3f}" if "cond_accuracy" in row else ""
         tqdm.write(f"  {run.key:>22} ({run.nfe:>4} NFE): FID {row['fid']:.3f} (x{row['fid_ratio']}; vs train {row['fid_train']:.3f})  "
@@ -143,6 +156,9 @@ def main(params_path, data_dir, samples_dir, model_dir, classifier_path, classif
     extras = {"classifier_accuracy": accuracy, "min_images_per_class": MIN_PER_CLASS,
               "over_training_settings": {"images": cfg.snapshot_samples, "sample_steps": cfg.snapshot_steps},
               "memorisation": {"quantile": memorisation.COPY_QUANTILE, **copied}}  # fmt: skip
+    if resampler:
+        swept = {r.key for r in step_sweep(runs)}
+        extras["comparisons"] = sampling_verdicts([row for row in rows if row["key"] in swept], replicates, floor, floor_replicates)
     evaluation = scorecard.details(rows, floor, nll, curve, {k: v for k, v in per_class.items() if v}, record, extras)
     scorecard.write_tables(rows, runs, curve, bool(sampling.get("num_classes")), steps_csv, guidance_csv, nfe_csv, training_curve)
     scorecard.write_nll_terms(terms, nll_terms)

@@ -18,10 +18,18 @@ from ddpmlab.data.image_set import ImageSet
 from ddpmlab.evaluation import metric_registry
 from ddpmlab.pipeline import tracking
 from ddpmlab.pipeline.stage_io import read_json, stage_errors
-from ddpmlab.reporting.document import Document
+from ddpmlab.reporting.document import Document, Estimate
 from ddpmlab.reporting.figures import forward_strip, loss_figure, nll_figure, schedule_figure, training_curve_figure
 from ddpmlab.reporting.memorisation import memorisation_section
-from ddpmlab.reporting.sections import data_section, guidance_section, loss_setting, plan_text, protocol_text, sampling_section
+from ddpmlab.reporting.sections import (
+    data_section,
+    floor_sentence,
+    guidance_section,
+    loss_setting,
+    plan_text,
+    protocol_text,
+    sampling_section,
+)
 from ddpmlab.sampling.plan import Run, step_sweep
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -29,17 +37,39 @@ FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def metrics_table(doc: Document, metrics: dict, run: Run) -> None:
-    """Every registry metric of the headline run next to the real floor, against both splits."""
+    """Every registry metric of the headline run next to the real floor, against both splits, with 95% intervals."""
     generated, real = metrics["by_run"][run.key], metrics["real"]
+
+    def cell(values: dict, name: str) -> Estimate | None:
+        return Estimate.of(values, name) if values.get(name) is not None else None
+
     rows = []
     for m in metric_registry.METRICS:
         if m.name not in metric_registry.FLOOR_METRICS:
             continue
-        cells = [[generated.get(m.name + s), real.get(m.name + s)] if (m.per_split or not s) else ["", ""] for s in metric_registry.SPLIT_SUFFIXES]
+        cells = [[cell(generated, m.name + s), cell(real, m.name + s)] if (m.per_split or not s) else ["", ""] for s in metric_registry.SPLIT_SUFFIXES]
         rows.append([m.label + {"min": " (lower is better)", "max": " (higher is better)", None: ""}[m.better], *cells[0], *cells[1]])
-    rows.append(["FID generated / FID real", generated["fid_ratio"], 1.0, "", ""])
-    rows.append(["IS generated / IS real", generated["is_ratio"], 1.0, "", ""])
+    rows.append(["FID / real floor's FID", cell(generated, "fid_ratio"), 1.0, "", ""])
+    rows.append(["IS / real floor's IS", cell(generated, "is_ratio"), 1.0, "", ""])
     doc.table(["metric", f"generated ({run.key}) vs test", "real floor vs test", "generated vs train", "real floor vs train"], rows)
+
+
+def headline_text(metrics: dict, run: Run) -> str:
+    """The conclusion in one paragraph: the headline FID and the floor with their intervals, and what they say."""
+    generated, real = metrics["by_run"][run.key], metrics["real"]
+    n = metrics["protocol"]["num_generated"]
+    text = f"Headline: {run.key} scores FID {Estimate.of(generated, 'fid')} against the test split; real images scored the same way give {Estimate.of(real, 'fid')}."
+    comparisons = metrics.get("comparisons")
+    if not comparisons:
+        return text + " No intervals were computed (evaluate.bootstrap = 0), so no difference here can be called real."
+    text += " " + floor_sentence(run.key, comparisons, n)
+    widest = comparisons["by_budget"][-1]
+    others = len(widest["tied"]) - 1
+    text += (f" Over the whole sweep the lowest FID is {widest['best']}'s; "
+             + (f"{others} other run{'s' if others > 1 else ''} cannot be told apart from it." if others else "every other run is detectably worse.")
+             + f" Intervals are {comparisons['level']:.0%} bootstrap intervals over {metrics['protocol']['bootstrap']['resamples']} resamples"
+             " of the images; they cover sampling noise, not the training seed.")  # fmt: skip
+    return text
 
 
 def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, classifier: dict, tables: dict[str, pd.DataFrame], out: Path) -> Document:
@@ -71,10 +101,11 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
         f"{plan_text(runs)} on {sampling['device']}; the headline numbers are those of the first run, {head.label()} "
         f"({head.nfe} network evaluations, {head_entry['seconds_per_sample'] * 1000:.1f} ms per image)."
     )
+    doc.paragraph(headline_text(metrics, head))
     doc.heading("Metrics")
     doc.paragraph(protocol_text(metrics["protocol"], classifier))
     metrics_table(doc, metrics, head)
-    sampling_section(doc, tables["steps"], step_sweep(runs), sampling, metrics["real"], figures)
+    sampling_section(doc, tables["steps"], step_sweep(runs), sampling, metrics["real"], figures, metrics.get("comparisons"))
     if len(tables["guidance"]):
         class_names = card.get("classes") or [str(c) for c in range(sampling["num_classes"])]
         guidance_section(doc, tables["guidance"], metrics, sampling, runs, samples_dir, class_names, figures)

@@ -24,7 +24,7 @@ TINY_OVERRIDES = {
     "train": {"steps": 4, "batch_size": 8, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 2},
     "sample": {"sampler": ["ddpm", "dpmpp_2m"], "steps": [30, 5], "spacing": ["uniform"], "precision": "fp32", "num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
     "classifier": {"steps": 3, "min_accuracy": 0.0},  # three batches cannot reach a real threshold
-    "evaluate": {"batch_size": 64, "kid_subset_size": 8, "isc_splits": 4, "nll_images": 12, "snapshot_samples": 8, "snapshot_steps": 5},
+    "evaluate": {"batch_size": 64, "kid_subset_size": 8, "isc_splits": 4, "nll_images": 12, "snapshot_samples": 8, "snapshot_steps": 5, "bootstrap": 40},
 }
 
 
@@ -166,7 +166,8 @@ COMPARED_SCHEDULES = ("linear", "cosine", "sigmoid")
 @pytest.fixture(scope="session")
 def schedules_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A store as `dvc exp run -S schedule=linear,cosine,sigmoid` leaves it, with tiny params:
-    per schedule a training run and one evaluation run per step count (30 and 5). Returns
+    per schedule a training run and one evaluation run per step count (30 and 5), and for linear
+    a second replicate (train.seed=1, folder "replicate"). Returns
     (folder, MLflow URI); the first schedule's folder also holds data/ and classifier.*."""
     folder = tmp_path_factory.mktemp("schedules")
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -176,4 +177,7 @@ def schedules_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
             params = write_tiny_params(folder / f"{schedule}.yaml", schedule=schedule, evaluate={"snapshot_samples": 0})
             run_pipeline(params, folder / schedule, data=first)
             first = first or folder / schedule
+        # A second replicate of the first schedule: same config, another training seed.
+        replicate = write_tiny_params(folder / "replicate.yaml", schedule=COMPARED_SCHEDULES[0], train={"seed": 1}, evaluate={"snapshot_samples": 0})
+        run_pipeline(replicate, folder / "replicate", data=first)
     return folder, uri

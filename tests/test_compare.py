@@ -22,10 +22,16 @@ def run_compare(monkeypatch: pytest.MonkeyPatch, uri: str, *args: object):
     return CliRunner().invoke(main, ["compare", "--params", "missing.yaml", *[str(a) for a in args]], catch_exceptions=False)
 
 
-def table_rows(markdown: str) -> list[list[str]]:
-    """The comparison table's rows (header first) as cell lists."""
-    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+def table_rows(markdown: str, section: str = "Every evaluation") -> list[list[str]]:
+    """The rows (header first) of the first table under ``## <section>``, as cell lists."""
+    body = markdown.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in body.splitlines() if line.startswith("| ")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def number(cell: str) -> float:
+    """The value of a cell shown as "1.27 [1.12, 1.45]" (or bare, or marked)."""
+    return float(cell.strip("*").split(" [")[0])
 
 
 # The tiny pipeline's run plan (conftest.TINY_OVERRIDES): every sampler at every step count.
@@ -42,35 +48,58 @@ def test_compare_reports_every_schedule_at_every_sampler_and_step_count(schedule
     folder, uri = schedules_store
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--data", folder / COMPARED_SCHEDULES[0] / "data")
     assert result.exit_code == 0, result.output
-    assert f"compared {len(COMPARED_SCHEDULES) * len(RUN_KEYS)} evaluations of 3 models" in result.output
-    rows = table_rows((tmp_path / "compare.md").read_text())
+    models = len(COMPARED_SCHEDULES) + 1  # linear twice: train.seed 0 and 1
+    assert f"compared {models * len(RUN_KEYS)} evaluations of {models} models" in result.output
+    md = (tmp_path / "compare.md").read_text()
+    rows = table_rows(md)
     header, body = rows[0], rows[1:]
     assert header == TABLE_START + METRIC_HEADERS  # unconditional models: no w, no class accuracy
-    expected_runs = {(s, sampler, steps) for s in COMPARED_SCHEDULES for sampler in ("ddpm", "dpmpp_2m") for steps in ("30", "5")}
+    expected_runs = [(s, sampler, steps) for s in (*COMPARED_SCHEDULES, "linear") for sampler in ("ddpm", "dpmpp_2m") for steps in ("30", "5")]
     assert sorted(cells(header, r, "schedule", "sampler", "steps") for r in body) == sorted(expected_runs)
-    assert {r[0] for r in body} == {f"{s}-T30-{key}" for s in COMPARED_SCHEDULES for key in RUN_KEYS}
+    names = {f"{s}-T30-seed0-{key}" for s in COMPARED_SCHEDULES for key in RUN_KEYS} | {f"linear-T30-seed1-{key}" for key in RUN_KEYS}
+    assert {r[0] for r in body} == names
     assert all(cells(header, r, "spacing", "T", "objective") == ("uniform", "30", "eps") for r in body)
     assert all(r[header.index("NFE")] == r[header.index("steps")] for r in body)  # one network evaluation per step, unguided
 
-    # Each FID is the one the evaluate stage wrote for that (schedule, run); the lowest is bold, once.
+    # Each FID is the one the evaluate stage wrote for that (model, run), with its bootstrap interval; one run per
+    # model says nothing about the training seed, so nothing in this table is bold.
     fid_col = header.index("FID")
     expected = {}
-    for schedule in COMPARED_SCHEDULES:
-        by_run = json.loads((folder / schedule / "evaluation.json").read_text())["by_run"]
+    for model, seed in [*((s, "0") for s in COMPARED_SCHEDULES), ("replicate", "1")]:
+        by_run = json.loads((folder / model / "evaluation.json").read_text())["by_run"]
         assert set(by_run) == set(RUN_KEYS)
-        expected.update({(schedule, row["sampler"], str(row["steps"])): row["fid"] for row in by_run.values()})
-    shown = {cells(header, r, "schedule", "sampler", "steps"): float(r[fid_col].strip("*")) for r in body}
-    assert shown == pytest.approx(expected, rel=1e-3)
-    bold = [r for r in body if r[fid_col].startswith("**")]
-    assert len(bold) == 1 and float(bold[0][fid_col].strip("*")) == pytest.approx(min(expected.values()), rel=1e-3)
-    recall_col = header.index("recall")
-    assert any(r[recall_col].startswith("**") for r in body)  # higher-is-better columns are marked too
+        schedule = COMPARED_SCHEDULES[0] if model == "replicate" else model
+        expected.update({f"{schedule}-T30-seed{seed}-{key}": (row["fid"], row["fid_ci_low"], row["fid_ci_high"]) for key, row in by_run.items()})
+    shown = {r[0]: tuple(float(v) for v in re.findall(r"[-\d.e]+", r[fid_col])) for r in body}
+    assert shown.keys() == expected.keys() and all(shown[k] == pytest.approx(expected[k], rel=1e-3) for k in expected)
+    assert not any("**" in cell for r in body for cell in r)
+
+    # Configs: linear's two replicates pool into one row per run with their mean; a block with a single-replicate
+    # config is never marked, and every schedule pair gets a difference row without a verdict.
+    pooled = table_rows(md, "Configs over training seeds")
+    p_header, p_body = pooled[0], pooled[1:]
+    assert p_header[:7] == ["config", "train seeds", "replicates", "sampler", "spacing", "steps", "NFE"]
+    linear = [r for r in p_body if r[0] == "linear"]
+    assert len(p_body) == len(COMPARED_SCHEDULES) * len(RUN_KEYS) and len(linear) == len(RUN_KEYS)
+    assert all(cells(p_header, r, "train seeds", "replicates") == ("0, 1", "2") for r in linear)
+    for r in linear:
+        key = f"{r[p_header.index('sampler')]}-{r[p_header.index('steps')]}"
+        mean = (expected[f"linear-T30-seed0-{key}"][0] + expected[f"linear-T30-seed1-{key}"][0]) / 2
+        assert number(r[p_header.index("FID")]) == pytest.approx(mean, rel=1e-3)
+    assert not any(cell.startswith("*") for r in p_body for cell in r)
+    differences = table_rows(md, "Which config differences are real")[1:]
+    assert len(differences) == 3 * len(RUN_KEYS) and all(r[0].startswith("schedule: ") for r in differences)
+    assert sorted((r[3], r[5]) for r in differences) == sorted((key.split("-")[0], key.split("-")[1]) for key in RUN_KEYS for _ in range(3))
+    prefix = "no verdict: needs >= 2 replicates per config (has "
+    assert all(r[-1].startswith(prefix) for r in differences)
+    counts = sorted(tuple(sorted(r[-1].removeprefix(prefix).removesuffix(")").split(" + "))) for r in differences)
+    assert counts == [("1", "1")] * len(RUN_KEYS) + [("1", "2")] * 2 * len(RUN_KEYS)  # cosine-sigmoid; linear (2 seeds) against each
 
     for name in ("fid", "loss", "schedules", "forward", "grids"):
         with Image.open(tmp_path / "compare" / f"{name}.png") as image:
             assert image.width > 300 and image.height > 150
     html = (tmp_path / "compare.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "<b>" in html
+    assert html.count("data:image/png;base64,") == 5
 
 
 def test_a_filter_that_matches_only_evaluations_still_brings_their_training_runs(schedules_store, tmp_path, monkeypatch):
@@ -78,7 +107,8 @@ def test_a_filter_that_matches_only_evaluations_still_brings_their_training_runs
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--filter", "params.sample_steps = '5'")
     assert result.exit_code == 0, result.output
     header, *body = table_rows((tmp_path / "compare.md").read_text())
-    assert sorted(cells(header, r, "schedule", "sampler") for r in body) == sorted((s, sampler) for s in COMPARED_SCHEDULES for sampler in ("ddpm", "dpmpp_2m"))
+    models = (*COMPARED_SCHEDULES, "linear")  # linear's second replicate
+    assert sorted(cells(header, r, "schedule", "sampler") for r in body) == sorted((s, sampler) for s in models for sampler in ("ddpm", "dpmpp_2m"))
     assert {r[header.index("steps")] for r in body} == {"5"}
     assert all(float(r[header.index("train time (min)")]) > 0 for r in body)  # from the training runs the filter left out
     assert (tmp_path / "compare" / "loss.png").is_file()
@@ -90,7 +120,7 @@ def test_runs_selects_a_training_run_with_all_its_evaluations(schedules_store, t
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--runs", cosine_run)
     assert result.exit_code == 0, result.output
     _header, *body = table_rows((tmp_path / "compare.md").read_text())
-    assert sorted(r[0] for r in body) == sorted(f"cosine-T30-{key}" for key in RUN_KEYS)
+    assert sorted(r[0] for r in body) == sorted(f"cosine-T30-seed0-{key}" for key in RUN_KEYS)
 
 
 def test_runs_with_an_evaluation_id_brings_its_training_run_for_time_and_loss(schedules_store, tmp_path, monkeypatch):
@@ -101,7 +131,7 @@ def test_runs_with_an_evaluation_id_brings_its_training_run_for_time_and_loss(sc
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--runs", evaluation_id)
     assert result.exit_code == 0, result.output
     header, row = table_rows((tmp_path / "compare.md").read_text())
-    assert cells(header, row, "run", "schedule", "sampler", "steps", "NFE") == ("sigmoid-T30-dpmpp_2m-5", "sigmoid", "dpmpp_2m", "5", "5")
+    assert cells(header, row, "run", "schedule", "sampler", "steps", "NFE") == ("sigmoid-T30-seed0-dpmpp_2m-5", "sigmoid", "dpmpp_2m", "5", "5")
     assert float(row[header.index("train time (min)")]) > 0  # from the training run
     assert (tmp_path / "compare" / "loss.png").is_file()
 
@@ -229,4 +259,7 @@ def test_hundreds_of_models_fill_the_table_and_the_figures_show_the_best(tmp_pat
     compare.fid_figure(shown, tmp_path / "fid.png")
     assert len(shown.curves) == compare.MAX_PLOTTED_MODELS and (tmp_path / "fid.png").is_file()
     doc = compare.document(selection, {"fid": "fid.png"}, "a test", plotted_models=compare.MAX_PLOTTED_MODELS)
-    assert "The figures show the 10 models with the lowest FID; the table lists all 300." in doc.to_markdown()
+    md = doc.to_markdown()
+    assert "The figures show the 10 models with the lowest FID; the tables list all 300." in md
+    # 300 configs that differ only in train.lr would make 44,850 pairs: the differences cover the 10 best configs.
+    assert "between the 10 configs with the lowest mean FID" in md and len(compare.differences_table(selection)[1]) == 45 * 4

@@ -94,7 +94,7 @@ def test_mlflow_has_one_evaluation_run_per_plan_run(conditional: Path):
     mlflow.set_tracking_uri(f"sqlite:///{conditional / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ddpmlab"])
     evaluations = runs[runs["tags.ddpmlab.stage"] == "evaluate"]
-    assert sorted(evaluations["tags.mlflow.runName"]) == sorted(f"linear-T30-{key}" for key in RUN_KEYS)
+    assert sorted(evaluations["tags.mlflow.runName"]) == sorted(f"linear-T30-seed0-{key}" for key in RUN_KEYS)
     assert sorted(zip(evaluations["params.run_key"], evaluations["params.sampler"], evaluations["params.sample_steps"], evaluations["params.guidance"], evaluations["params.nfe"])) == sorted(
         [("ddpm-30-w0", "ddpm", "30", "0.0", "30"), ("ddpm-5-w0", "ddpm", "5", "0.0", "5"), ("dpmpp_2m-30-w0", "dpmpp_2m", "30", "0.0", "30"),
          ("dpmpp_2m-5-w0", "dpmpp_2m", "5", "0.0", "5"), ("ddpm-30-w1", "ddpm", "30", "1.0", "60"), ("ddpm-30-w3", "ddpm", "30", "3.0", "60")]
@@ -121,7 +121,7 @@ def test_an_unconditional_run_has_no_guidance_rows(tmp_path: Path, monkeypatch: 
 
 
 def test_compare_lists_every_run_and_w_with_its_class_accuracy(conditional: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from test_compare import METRIC_HEADERS, TABLE_START, run_compare, table_rows
+    from test_compare import METRIC_HEADERS, TABLE_START, number, run_compare, table_rows
 
     result = run_compare(monkeypatch, f"sqlite:///{conditional / 'mlflow.db'}", "--out", tmp_path, "--data", conditional / "data")
     assert result.exit_code == 0, result.output
@@ -132,4 +132,4 @@ def test_compare_lists_every_run_and_w_with_its_class_accuracy(conditional: Path
     assert sorted((r[sampler], r[steps], r[nfe], r[w]) for r in rows) == sorted(
         [("ddpm", "30", "30", "0.0"), ("ddpm", "5", "5", "0.0"), ("dpmpp_2m", "30", "30", "0.0"), ("dpmpp_2m", "5", "5", "0.0"), ("ddpm", "30", "60", "1.0"), ("ddpm", "30", "60", "3.0")]
     )  # fmt: skip
-    assert all(0 <= float(r[accuracy].strip("*")) <= 1 for r in rows)
+    assert all(0 <= number(r[accuracy]) <= 1 for r in rows)

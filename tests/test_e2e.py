@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_params
+from test_compare import table_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -97,7 +98,7 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     # The baseline ran twice (24 then 12 samples); each queued experiment once; every (sampler, steps) is a run.
     expected = {("linear", "30"): sorted(RUN_KEYS * 2)} | {(s, t): sorted(RUN_KEYS) for s in ("quadratic", "cosine") for t in ("30", "40")}
     assert by_model == expected
-    names = evaluations["params.schedule"] + "-T" + evaluations["params.T"] + "-" + evaluations["params.run_key"]
+    names = evaluations["params.schedule"] + "-T" + evaluations["params.T"] + "-seed0-" + evaluations["params.run_key"]
     assert (evaluations["tags.mlflow.runName"] == names).all()
     assert (evaluations["params.nfe"] == evaluations["params.sample_steps"]).all()
     assert evaluations["metrics.fid"].notna().all() and evaluations["metrics.nll_bits_per_dim"].notna().all()
@@ -121,13 +122,13 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     artifacts = Path(mlflow.get_experiment_by_name("ddpmlab").artifact_location.removeprefix("file://"))
     assert artifacts == clone / "mlruns" and artifacts.is_dir()
 
-    # `ddpmlab compare` on what the queue left: every schedule at every sampler and step count, one row each.
+    # `ddpmlab compare` on what the queue left: every schedule at every sampler and step count, one row each, and the
+    # baseline's two evaluations both: 24 and 12 samples are two configs (a protocol change) of one trained model.
     run([sys.executable, "-m", "ddpmlab.cli", "compare"], clone, env)
-    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in (clone / "reports" / "compare.md").read_text().splitlines() if line.startswith("| ")]
-    header, body = rows[0], rows[1:]
+    header, *body = table_rows((clone / "reports" / "compare.md").read_text())  # the table of every evaluation
     columns = [header.index(name) for name in ("schedule", "T", "sampler", "steps")]
     assert sorted(tuple(r[i] for i in columns) for r in body) == sorted(
-        (s, t, sampler, n) for s, t in expected for sampler in ("ddpm", "dpmpp_2m") for n in ("30", "5")
+        (s, t, sampler, n) for s, t in expected for sampler in ("ddpm", "dpmpp_2m") for n in ("30", "5") for _ in range(2 if s == "linear" else 1)
     )
 
 

@@ -107,7 +107,7 @@ def test_protocol_scores_against_both_splits_and_floors_never_compare_a_set_with
     train, test, extractor, _ = digits_and_classifier
     references = {"test": extractor(test.images), "train": extractor(train.images)}
     protocol = Protocol(references, kid_subset_size=100, isc_splits=10, seed=0)
-    floor, counts = protocol.real_floor(500)
+    floor, counts, _ = protocol.real_floor(500)
     assert counts == {"test": 500, "train": len(test)}  # the test split has only 359 images to offer
     assert floor["fid"] > 0.05 and floor["fid_train"] > 0.05  # a set against itself would give ~0
     scored = protocol.score(references["train"])  # the training split scored as if it were generated

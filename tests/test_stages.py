@@ -110,7 +110,7 @@ def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline:
     assert metrics["by_run"]["dpmpp_2m-5"]["nfe"] == 5
     assert metrics["fid"] == metrics["by_run"]["ddpm-30"]["fid"]  # the first run of the plan is the headline
     steps_rows = (pipeline / "steps.csv").read_text().splitlines()
-    assert steps_rows[0].startswith("key,sampler,spacing,steps,nfe,guidance,fid,fid_train") and [r.split(",")[0] for r in steps_rows[1:]] == RUNS
+    assert steps_rows[0].startswith("key,sampler,spacing,steps,nfe,guidance,fid,fid_ci_low,fid_ci_high,fid_train,fid_train_ci_low") and [r.split(",")[0] for r in steps_rows[1:]] == RUNS
     nfe_rows = (pipeline / "fid_vs_nfe.csv").read_text().splitlines()
     assert nfe_rows[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun"
     assert [r.split(",")[0] for r in nfe_rows[1:]] == ["5", "30"]
@@ -122,7 +122,7 @@ def test_metrics_json_is_flat_and_short_for_dvc_exp_show(pipeline: Path):
     metrics = json.loads((pipeline / "metrics.json").read_text())
     details = json.loads((pipeline / "evaluation.json").read_text())
     assert list(metrics) == [
-        "run", "fid", "fid_train", "is_mean", "kid_mean", "precision", "recall", "copy_rate", "copy_rate_pixels", "seconds_per_sample",
+        "run", "fid", "fid_ci_low", "fid_ci_high", "fid_train", "is_mean", "kid_mean", "precision", "recall", "copy_rate", "copy_rate_pixels", "seconds_per_sample",
         "fid@ddpm-30", "fid@ddpm-5", "fid@dpmpp_2m-30", "fid@dpmpp_2m-5",
         "copy@ddpm-30", "copy@ddpm-5", "copy@dpmpp_2m-30", "copy@dpmpp_2m-5", "nll_bpd", "real_fid",
     ]  # fmt: skip
@@ -229,7 +229,11 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
         assert eval_run["params.schedule"] == "linear" and np.isfinite(eval_run["metrics.fid"]) and np.isfinite(eval_run["metrics.nll_bits_per_dim"])
         assert eval_run["tags.mlflow.parentRunId"] == train_run["run_id"]
         assert 0 <= eval_run["metrics.copy_rate"] <= 1 and 0 <= eval_run["metrics.copy_rate_pixels"] <= 1 and eval_run["metrics.nn_ratio"] > 0
-        assert eval_run["tags.mlflow.runName"] == f"linear-T30-{key}"
+        assert eval_run["tags.mlflow.runName"] == f"linear-T30-seed0-{key}"
+        assert eval_run["metrics.fid_ci_low"] <= eval_run["metrics.fid"] <= eval_run["metrics.fid_ci_high"]
+        assert eval_run["tags.ddpmlab.config_id"] == train_run["tags.ddpmlab.config_id"] and len(train_run["tags.ddpmlab.config_id"]) == 12
+        assert eval_run["tags.ddpmlab.config_run"] == f"{train_run['tags.ddpmlab.config_id']} {key}"
+        assert eval_run["tags.ddpmlab.replicate"] == "train.seed=0 sample.seed=1"
         protocol = ("feature_extractor", "num_generated", "num_real.test", "reference_splits", "checkpoint_step", "weights", "model_mode", "seed")
         assert [eval_run[f"params.{k}"] for k in protocol] == ["classifier", "24", "24", "test,train", "4", "ema", "eval", "0"]
         assert np.isfinite(eval_run["metrics.fid_train"]) and np.isfinite(eval_run["metrics.real_fid_train"])
@@ -259,12 +263,17 @@ def test_report_has_every_section_and_embeds_images(pipeline: Path):
     md = (pipeline / "reports" / "report.md").read_text()
     figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "nfe.png", "comparison.png",
                "memorisation_panel.png", "memorisation_distances.png", "nll.png", "fid_over_training.png")  # fmt: skip
-    for text in ("## Metrics", "## Sampling", "best run", "## Memorisation", "held-out test images", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
+    for text in ("## Metrics", "## Sampling", "lowest FID", "tied with it", "Headline: ddpm-30 scores FID ", "the real-data floor", "## Memorisation", "held-out test images", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
         assert text in md
     for name in figures:
         assert (pipeline / "reports" / "figures" / name).stat().st_size > 0
     html = (pipeline / "reports" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures)  # every figure inline: the HTML stands alone
+    assert "better than real" not in md.replace("not the same as being better than real data", "")
+    evaluation = json.loads((pipeline / "evaluation.json").read_text())
+    head = evaluation["by_run"]["ddpm-30"]
+    shown = f"{head['fid']:.4g} [{head['fid_ci_low']:.4g}, {head['fid_ci_high']:.4g}]"
+    assert f"Headline: ddpm-30 scores FID {shown}" in md and md.count(shown) >= 3  # headline, metrics table, sweep table
 
 
 def test_invalid_params_exit_with_the_config_code_before_work(tmp_path: Path):

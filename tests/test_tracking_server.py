@@ -183,7 +183,7 @@ def test_the_server_holds_the_runs_params_and_metrics(served_pipeline: tuple[str
     assert set(evaluations) == {"ddpm-30", "ddpm-5", "dpmpp_2m-30", "dpmpp_2m-5"}
     for key, run in evaluations.items():
         sampler, steps = key.split("-")
-        assert run.data.tags["mlflow.parentRunId"] == train_run.info.run_id and run.data.tags["mlflow.runName"] == f"linear-T30-{key}"
+        assert run.data.tags["mlflow.parentRunId"] == train_run.info.run_id and run.data.tags["mlflow.runName"] == f"linear-T30-seed0-{key}"
         assert run.data.params["sampler"] == sampler and run.data.params["sample_steps"] == steps and run.data.params["spacing"] == "uniform"
         assert run.data.params["nfe"] == steps and run.data.metrics["nfe"] == int(steps) and run.data.params["num_generated"] == "24"
         assert "guidance" not in run.data.params  # unconditional

@@ -45,7 +45,7 @@ params_option = click.option(
     help="""Compare ddpmlab experiments, browse them in MLflow and check params files (no DVC needed).
 
 \b
-  ddpmlab compare   one report comparing every evaluated run: schedules, samplers, step counts
+  ddpmlab compare   one report comparing every evaluated run: configs over seeds, samplers, step counts
   ddpmlab ui        the MLflow UI on 127.0.0.1, opened at the runs' metric charts
   ddpmlab preset    the `dvc exp run -S ...` command of a preset (configs/cifar10.yaml)
   ddpmlab validate  check a params file (default params.yaml) as the stages do, and run nothing
@@ -65,9 +65,12 @@ def main() -> None:
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default="data/prepared", show_default=True,
               help="Prepared data whose first test image shows the forward process (else a bundled digit).")  # fmt: skip
 def compare(experiment: str | None, params_path: Path, filter_string: str, run_ids: tuple[str, ...], out: Path, data_dir: Path) -> None:
-    """Compare every evaluated run of the experiment: a table (best values marked), FID against
-    sampling steps and sampling cost, training losses, schedules, forward-process strips and
-    sample grids at matched steps. Reads all runs with one MLflow search."""
+    """Compare every evaluated run of the experiment. Runs that differ only in train.seed /
+    sample.seed are replicates of one config: pooled into a mean and 95% interval, with a verdict
+    (better, worse, no detectable difference) for every pair of configs that differ in one param.
+    Also: every evaluation with its bootstrap interval, FID against network evaluations and
+    sampling cost, training losses, schedules, forward-process strips and sample grids at matched
+    steps. Reads all runs with one MLflow search."""
     from ddpmlab.pipeline import tracking
     from ddpmlab.pipeline.stage_io import write_text_atomic
     from ddpmlab.reporting import compare as cmp

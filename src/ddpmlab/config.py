@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    seed: int = 0
     steps: int = 1500
     batch_size: int = 128
     lr: float = 1e-3
@@ -109,6 +112,7 @@ class EvaluateConfig:
     nll_images: int = 200
     snapshot_samples: int = 200
     snapshot_steps: int = 20
+    bootstrap: int = 200
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,33 @@ class Params:
         """The params a trained model depends on (stored in its checkpoint, logged with its run)."""
         full = self.to_dict()
         return {k: full[k] for k in ("seed", "schedule", "T", "objective", "device", "data", "model", "train")}
+
+
+# Bootstrap intervals hold N x N kernel matrices in memory (0.8 GB each at this N): above it, evaluate.bootstrap must be 0.
+MAX_BOOTSTRAP_SAMPLES = 10_000
+
+# Seeds whose change makes another replicate of the same experiment, not another experiment:
+# training randomness (weight init, batch order, t and noise draws, dropout) and the sampling noise.
+# The top-level `seed` is not one: it fixes the data split and the evaluation protocol.
+REPLICATE_SEEDS = ("train.seed", "sample.seed")
+# Keys that never tell two configs apart: where runs are logged, the sweep lists (every
+# evaluation is keyed by its own sampler, spacing, steps and w) and the number of bootstrap
+# resamples (it changes intervals, never a score).
+NOT_CONFIG = ("tracking.", "sample.sampler", "sample.steps", "sample.spacing", "sample.guidance", "evaluate.bootstrap")
+
+
+def config_params(params: Params) -> dict[str, Any]:
+    """The flat params that make an experiment's config: every param but REPLICATE_SEEDS and NOT_CONFIG."""
+    flat = flatten(params.to_dict())
+    return {k: v for k, v in flat.items() if k not in REPLICATE_SEEDS and not k.startswith(NOT_CONFIG)}
+
+
+def config_id(params: Params) -> str:
+    """12 hex digits naming the config: replicates (runs that differ only in REPLICATE_SEEDS) share
+    it, any other difference changes it. A SHA-256 of the sorted params as JSON, so it depends on
+    neither key order nor the machine or process that computes it."""
+    canonical = json.dumps(config_params(params), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -292,6 +323,11 @@ def _check_values(p: Params) -> list[str]:
     require(p.train.vlb_weight >= 0, "train.vlb_weight", p.train.vlb_weight, "a number >= 0 (0.001 in Improved DDPM)")
     require(p.evaluate.snapshot_samples >= 0, "evaluate.snapshot_samples", p.evaluate.snapshot_samples, "an integer >= 0 (0 skips the curve)")
     require(1 <= p.evaluate.snapshot_steps <= p.T, "evaluate.snapshot_steps", p.evaluate.snapshot_steps, f"an integer in [1, T = {p.T}]")
+    require(p.evaluate.bootstrap == 0 or p.evaluate.bootstrap >= 20, "evaluate.bootstrap", p.evaluate.bootstrap,
+            "0 (no intervals) or an integer >= 20 (resamples per score; 2.5% tails need tens of them)")  # fmt: skip
+    require(p.evaluate.bootstrap == 0 or p.sample.num_samples <= MAX_BOOTSTRAP_SAMPLES, "evaluate.bootstrap", p.evaluate.bootstrap,
+            f"0 when sample.num_samples = {p.sample.num_samples} > {MAX_BOOTSTRAP_SAMPLES}: the resampled KID keeps N x N kernel "
+            f"matrices ({8 * p.sample.num_samples**2 / 1e9:.0f} GB each at this N)")  # fmt: skip
     require(p.evaluate.nll_images >= 0, "evaluate.nll_images", p.evaluate.nll_images, "an integer >= 0 (0 skips the NLL)")
     require(0 < p.data.test_fraction < 1, "data.test_fraction", p.data.test_fraction, "a fraction in (0, 1)")
     for key, value in [

@@ -86,6 +86,11 @@ class Memorisation:
             out.update({f"{name}{space_suffix(space)}": value for name, value in scores.items()})
         return out
 
+    def copied(self, nearest: Nearest) -> dict[str, torch.Tensor]:
+        """Per image (N,), bool: closer to a training image than the threshold, by score name
+        (copy_rate, copy_rate_pixels); what the bootstrap resamples, the threshold held fixed."""
+        return {f"copy_rate{space_suffix(s)}": nearest.distances[s] < self.baselines[s].threshold for s in SPACES}
+
     def floor(self) -> dict[str, float]:
         """What the held-out test images themselves score: ~COPY_QUANTILE and exactly 1."""
         return self.score(Nearest({s: b.distances for s, b in self.baselines.items()}, {}))

@@ -2,7 +2,9 @@
 ``ddpmlab compare``'s columns are all built from :data:`METRICS`.
 
 A metric with ``per_split`` is measured against both references (``evaluation.protocol.SPLITS``): the
-bare name against the test split, ``<name>_train`` against the training split.
+bare name against the test split, ``<name>_train`` against the training split. A metric with
+``interval`` also has ``<column>_ci_low`` / ``<column>_ci_high``: its 95% bootstrap interval
+(:mod:`ddpmlab.evaluation.bootstrap`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SPLIT_SUFFIXES = ("", "_train")  # evaluation.protocol.SPLITS = ("test", "train")
+INTERVAL_ENDS = ("_ci_low", "_ci_high")
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,15 @@ class Metric:
     swept_as: str | None = None  # metrics.json also holds <swept_as>@<run key> for every run
     conditional: bool = False  # only for class-conditional models
     in_table: bool = True  # a column of `ddpmlab compare`
+    interval: bool = False  # has a bootstrap interval (<column>_ci_low, <column>_ci_high)
 
     @property
     def columns(self) -> list[str]:
         return [self.name + s for s in SPLIT_SUFFIXES] if self.per_split else [self.name]
+
+    @property
+    def interval_columns(self) -> list[str]:
+        return [f"{c}{end}" for c in self.columns for end in INTERVAL_ENDS] if self.interval else []
 
     @property
     def headline_columns(self) -> list[str]:
@@ -34,20 +42,20 @@ class Metric:
 
 
 METRICS = (
-    Metric("fid", "FID", "min", per_split=True, headline=("", "_train"), swept_as="fid"),
-    Metric("fid_ratio", "FID / real floor", "min"),
-    Metric("is_mean", "IS", "max", headline=("",)),
+    Metric("fid", "FID", "min", per_split=True, headline=("", "_train"), swept_as="fid", interval=True),
+    Metric("fid_ratio", "FID / real floor", "min", interval=True),
+    Metric("is_mean", "IS", "max", headline=("",), interval=True),
     Metric("is_std", "IS std over splits", in_table=False),
-    Metric("is_ratio", "IS / real floor", "max", in_table=False),
-    Metric("kid_mean", "KID", "min", per_split=True, headline=("",)),
+    Metric("is_ratio", "IS / real floor", "max", in_table=False, interval=True),
+    Metric("kid_mean", "KID", "min", per_split=True, headline=("",), interval=True),
     Metric("kid_std", "KID std over subsets", per_split=True, in_table=False),
-    Metric("precision", "precision", "max", per_split=True, headline=("",)),
-    Metric("recall", "recall", "max", per_split=True, headline=("",)),
-    Metric("copy_rate", "copy rate (features)", "min", headline=("",), swept_as="copy"),
+    Metric("precision", "precision", "max", per_split=True, headline=("",), interval=True),
+    Metric("recall", "recall", "max", per_split=True, headline=("",), interval=True),
+    Metric("copy_rate", "copy rate (features)", "min", headline=("",), swept_as="copy", interval=True),
     Metric("nn_ratio", "nearest-training distance / test's (features)", in_table=False),
-    Metric("copy_rate_pixels", "copy rate (pixels)", "min", headline=("",), in_table=False),
+    Metric("copy_rate_pixels", "copy rate (pixels)", "min", headline=("",), in_table=False, interval=True),
     Metric("nn_ratio_pixels", "nearest-training distance / test's (pixels)", in_table=False),
-    Metric("cond_accuracy", "class accuracy", "max", headline=("",), swept_as="acc", conditional=True),
+    Metric("cond_accuracy", "class accuracy", "max", headline=("",), swept_as="acc", conditional=True, interval=True),
     Metric("per_class_fid", "per-class FID", "min", conditional=True, in_table=False),
     Metric("seconds_per_sample", "s / sample", "min", headline=("",)),
     Metric("images_per_s", "images / s", "max", in_table=False),
@@ -60,13 +68,24 @@ FLOOR_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision",
 
 
 def row_fields(conditional: bool) -> tuple[str, ...]:
-    """Columns of reports/steps.csv: the run, then every metric (both splits) it has."""
-    return RUN_FIELDS + tuple(c for m in METRICS if conditional or not m.conditional for c in m.columns)
+    """Columns of reports/steps.csv: the run, then every metric (both splits) it has, each followed by its interval."""
+    fields = []
+    for m in METRICS:
+        if conditional or not m.conditional:
+            for c in m.columns:
+                fields += [c, *(f"{c}{end}" for end in INTERVAL_ENDS if m.interval)]
+    return RUN_FIELDS + tuple(fields)
 
 
 def headline(row: dict, rows: list[dict]) -> dict:
-    """metrics.json: the headline run's headline metrics, then ``<swept_as>@<key>`` for every run."""
-    out = {c: row.get(c) for m in METRICS for c in m.headline_columns if not m.conditional or row.get(c) is not None}
+    """metrics.json: the headline run's headline metrics (FID with its interval), then ``<swept_as>@<key>`` for every run."""
+    out = {}
+    for m in METRICS:
+        for c in m.headline_columns:
+            if not m.conditional or row.get(c) is not None:
+                out[c] = row.get(c)
+            if c == "fid":  # the one interval DVC shows: `dvc exp show` stays narrow
+                out.update({f"fid{end}": row[f"fid{end}"] for end in INTERVAL_ENDS if row.get(f"fid{end}") is not None})
     for m in METRICS:
         if m.swept_as and any(r.get(m.name) is not None for r in rows):
             out.update({f"{m.swept_as}@{r['key']}": r.get(m.name) for r in rows})

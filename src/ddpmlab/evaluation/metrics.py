@@ -182,14 +182,20 @@ class Manifold:
         return cls(features, kth_neighbour_radii(features, PRC_NEIGHBORHOOD, device=device))
 
 
+def membership(generated: Manifold, real: Manifold, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each generated point inside the real manifold (n,), each real point inside the generated one (m,)), bool."""
+    return (
+        inside_any_ball(generated.features, real.features, real.radii, device=device),
+        inside_any_ball(real.features, generated.features, generated.radii, device=device),
+    )
+
+
 def precision_recall(generated: Manifold, real: Manifold, device: torch.device | None = None) -> dict[str, float]:
     """Precision: the fraction of generated points inside the real manifold; recall: the fraction
     of real points inside the generated one (Kynkaanniemi et al. 2019, eq. 1-2). The paper uses
     equally many points on both sides; :class:`ddpmlab.evaluation.protocol.Protocol` sees to that."""
-    return {
-        "precision": float(inside_any_ball(generated.features, real.features, real.radii, device=device).double().mean()),
-        "recall": float(inside_any_ball(real.features, generated.features, generated.radii, device=device).double().mean()),
-    }
+    inside_real, inside_generated = membership(generated, real, device)
+    return {"precision": float(inside_real.double().mean()), "recall": float(inside_generated.double().mean())}
 
 
 def inception_score(images: FeatureSet, *, splits: int, seed: int) -> dict[str, float]:

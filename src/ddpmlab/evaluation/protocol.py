@@ -12,6 +12,13 @@ a set of n images against a seeded subset of n reference images (the first n of 
 permutation per split, so subsets of different sizes are nested). Each subset's k-NN radii are
 computed once and, given a ``store`` (:class:`ddpmlab.evaluation.feature_cache.FeatureCache`), cached on
 disk by the reference's content key.
+
+Given a :class:`ddpmlab.evaluation.bootstrap.Resampler`, every score also comes with its B
+bootstrap replicates (:meth:`Protocol.score_resampled`). FID and KID resample the generated
+images and the reference split, independently; IS resamples the generated images; precision
+resamples the generated points and recall the reference subset's points, each with the other
+side's k-NN balls held fixed (the support estimate is not recomputed per resample). Generated
+sets of equal size get the same resampled indices, so two runs' replicates are paired.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ddpmlab.evaluation import resampled_scores
+from ddpmlab.evaluation.bootstrap import Resampler
 from ddpmlab.evaluation.metrics import (
     KID_SUBSETS,
     PRC_NEIGHBORHOOD,
@@ -29,7 +38,7 @@ from ddpmlab.evaluation.metrics import (
     compare,
     frechet_distance,
     inception_score,
-    precision_recall,
+    membership,
 )
 
 SPLITS = ("test", "train")  # the first is the headline reference
@@ -48,7 +57,9 @@ class Protocol:
     reference_keys: dict[str, str] | None = None  # split -> content key: names cached radii in ``store``
     store: object | None = None  # anything with FeatureCache.derived(recipe, compute)
     device: torch.device | None = None  # where the k-NN work runs
+    resampler: Resampler | None = None  # bootstrap replicates for score_resampled / real_floor
     _manifolds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _resampled_references: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if set(self.references) != set(SPLITS):
@@ -56,10 +67,15 @@ class Protocol:
 
     def score(self, generated: FeatureSet) -> dict[str, float]:
         """IS of ``generated`` and its FID / KID / precision / recall against every split."""
-        return self._score(generated, {split: generated for split in SPLITS})
+        return self._score(generated, {split: generated for split in SPLITS})[0]
 
-    def real_floor(self, num_images: int) -> tuple[dict[str, float], dict[str, int]]:
-        """(metrics of real images scored like a generated set of ``num_images``, images used per reference).
+    def score_resampled(self, generated: FeatureSet) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """(scores, score name -> its B bootstrap replicates); needs a ``resampler``."""
+        return self._score(generated, {split: generated for split in SPLITS}, resampled=True)
+
+    def real_floor(self, num_images: int) -> tuple[dict[str, float], dict[str, int], dict[str, torch.Tensor]]:
+        """(metrics of real images scored like a generated set of ``num_images``, images used per
+        reference, their bootstrap replicates: empty without a ``resampler``).
 
         Against the test split: ``num_images`` training images (IS is theirs); against the
         training split: min(num_images, test size) test images.
@@ -69,7 +85,8 @@ class Protocol:
         for reference, other in (("test", "train"), ("train", "test")):
             pool = self.references[other]
             baseline[reference] = pool.subset(rng.choice(len(pool), size=min(num_images, len(pool)), replace=False))
-        return self._score(baseline[SPLITS[0]], baseline), {split: len(baseline[split]) for split in SPLITS}
+        scores, replicates = self._score(baseline[SPLITS[0]], baseline, resampled=self.resampler is not None, role="floor")
+        return scores, {split: len(baseline[split]) for split in SPLITS}, replicates
 
     def prc_subset(self, split: str, n: int) -> np.ndarray:
         """Indices of the n reference images precision / recall compare a set of n with (n <= split size)."""
@@ -92,15 +109,65 @@ class Protocol:
             self._manifolds[split, n] = Manifold(features, radii)
         return self._manifolds[split, n]
 
-    def _score(self, for_is: FeatureSet, candidates: dict[str, FeatureSet]) -> dict[str, float]:
+    def _score(self, for_is: FeatureSet, candidates: dict[str, FeatureSet], resampled: bool = False,
+               role: str = "generated") -> tuple[dict[str, float], dict[str, torch.Tensor]]:  # fmt: skip
+        """role: whose resample draws the scored images take ("generated": shared by every run; "floor": the real images' own)."""
         out = inception_score(for_is, splits=self.isc_splits, seed=self.seed)
+        replicates = {}
+        if resampled:
+            indices = self.resampler.indices(role, len(for_is))
+            replicates["is_mean"] = resampled_scores.inception_score(for_is.logits, indices, min(self.isc_splits, len(for_is)))
         for split in SPLITS:
             generated, reference = candidates[split], self.references[split]
             against = compare(generated, reference, kid_subset_size=self.kid_subset_size, seed=self.seed)
             n = min(len(generated), len(reference))  # equal sizes; generated images are seed-indexed, so the first n are a fair subset
-            against.update(precision_recall(Manifold.of(generated.features[:n], self.device), self.manifold(split, n), self.device))
+            inside_real, inside_generated = membership(Manifold.of(generated.features[:n], self.device), self.manifold(split, n), self.device)
+            against.update(precision=float(inside_real.double().mean()), recall=float(inside_generated.double().mean()))
             out.update({f"{name}{suffix(split)}": value for name, value in against.items()})
-        return out
+            if resampled:
+                got = self._replicates(split, generated, inside_real, inside_generated, role)
+                replicates.update({f"{name}{suffix(split)}": value for name, value in got.items()})
+        return out, replicates
+
+    def _replicates(self, split: str, generated: FeatureSet, inside_real: torch.Tensor, inside_generated: torch.Tensor,
+                    role: str) -> dict[str, torch.Tensor]:  # fmt: skip
+        """FID, KID, precision and recall of ``generated`` against ``split`` on every resample."""
+        resample = self.resampler
+        reference = self._resampled_reference(split)
+        counts = resample.counts(role, len(generated))
+        features = generated.features
+        if features.shape[1] > len(features):  # more features than images: Gram matrices are the smaller work
+            fid = resampled_scores.frechet_low_rank(features, reference["features"], counts, reference["counts"])
+        else:
+            fid = resampled_scores.frechet(resampled_scores.weighted_moments(features, counts), self._reference_moments(split))
+        kernel = resampled_scores.polynomial_kernel
+        n = len(inside_real)
+        return {
+            "fid": fid,
+            "kid_mean": resampled_scores.kid(
+                kernel(features, features), reference["kernel"], kernel(features, reference["features"]), counts, reference["counts"]
+            ),
+            "precision": resampled_scores.proportion(inside_real, resample.counts(role, n)),
+            "recall": resampled_scores.proportion(inside_generated, resample.counts(f"{split}-subset", n)),
+        }
+
+    def _resampled_reference(self, split: str) -> dict:
+        """A split's features, resample counts and kernel matrix: once per split, shared by every run."""
+        if split not in self._resampled_references:
+            features = self.references[split].features
+            self._resampled_references[split] = {
+                "features": features,
+                "counts": self.resampler.counts(split, len(features)),
+                "kernel": resampled_scores.polynomial_kernel(features, features),
+            }
+        return self._resampled_references[split]
+
+    def _reference_moments(self, split: str) -> resampled_scores.ResampledMoments:
+        """A split's resampled means, covariances and their square roots (D x D each): once per split."""
+        reference = self._resampled_reference(split)
+        if "moments" not in reference:
+            reference["moments"] = resampled_scores.weighted_moments(reference["features"], reference["counts"], with_sqrt=True)
+        return reference["moments"]
 
 
 # Per-class FID needs this many images on each side: below it the covariance estimate is too poor to rank anything.
@@ -136,6 +203,8 @@ def protocol_record(params, weights_sha256: str, num_generated: int, num_real: d
         "kid_subset_size": min(cfg.kid_subset_size, num_generated, *num_real.values()),
         "kid_subsets": KID_SUBSETS,
         "isc_splits": cfg.isc_splits,
+        "bootstrap": {"resamples": cfg.bootstrap, "level": 0.95, "interval": "percentile, recentred on the estimate",
+                      "resampled": "generated and reference images, independently, with replacement; paired across runs"},
         "prc_neighborhood": PRC_NEIGHBORHOOD,
         "prc_images": {split: min(num_generated, reference_images[split]) for split in SPLITS},  # per side; subset seed [seed, split index]
         "checkpoint_step": sampling["checkpoint_step"],

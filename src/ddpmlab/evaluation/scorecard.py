@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmlab.evaluation import metric_registry
+from ddpmlab.evaluation import metric_registry, resampled_scores
+from ddpmlab.evaluation.bootstrap import interval
 from ddpmlab.evaluation.metrics import FeatureSet
 from ddpmlab.evaluation.protocol import per_class_fid
 from ddpmlab.sampling.plan import Run, guidance_sweep, step_sweep
@@ -33,10 +34,11 @@ def rounded(metrics: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 5) for k, v in metrics.items()}
 
 
-def score_row(run: Run, entry: dict, scores: dict[str, float], floor: dict[str, float]) -> dict:
-    """A run's row: its plan fields, its scores, the ratios to the real floor and its sampling cost.
-    entry: the run's record in sampling.json (seconds_per_sample)."""
-    return {
+def score_row(run: Run, entry: dict, scores: dict[str, float], floor: dict[str, float], replicates: dict | None = None, floor_replicates: dict | None = None) -> dict:
+    """A run's row: its plan fields, its scores, the ratios to the real floor and its sampling cost,
+    and with ``replicates`` (score -> (B,)) every score's interval. entry: the run's record in
+    sampling.json (seconds_per_sample)."""
+    row = {
         **{k: v for k, v in run.to_dict().items() if k in metric_registry.RUN_FIELDS},
         **rounded(scores),
         "fid_ratio": ratio(scores["fid"], floor["fid"]),
@@ -44,11 +46,33 @@ def score_row(run: Run, entry: dict, scores: dict[str, float], floor: dict[str, 
         "seconds_per_sample": entry["seconds_per_sample"],
         "images_per_s": round(1 / entry["seconds_per_sample"], 2),
     }
+    if replicates:
+        ratios = {
+            "fid_ratio": replicates["fid"] / floor_replicates["fid"],
+            "is_ratio": replicates["is_mean"] / floor_replicates["is_mean"],
+        }
+        row.update(with_intervals(row, {**replicates, **ratios}))
+    return row
 
 
-def add_class_scores(row: dict, predicted: np.ndarray, labels: np.ndarray, generated: FeatureSet, reference: FeatureSet, reference_labels: np.ndarray) -> dict | None:
-    """Conditional models: accuracy against the classes asked for, and per-class FID (None when too few per class)."""
-    row["cond_accuracy"] = round(float((predicted == labels).mean()), 4)
+def with_intervals(values: dict, replicates: dict) -> dict:
+    """<name>_ci_low / <name>_ci_high for every value that has replicates (B,), rounded like the values."""
+    out = {}
+    for name, reps in replicates.items():
+        if values.get(name) is not None:
+            iv = interval(values[name], reps)
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = round(iv.low, 5), round(iv.high, 5)
+    return out
+
+
+def add_class_scores(row: dict, predicted: np.ndarray, labels: np.ndarray, generated: FeatureSet, reference: FeatureSet, reference_labels: np.ndarray,
+                     counts: torch.Tensor | None = None) -> dict | None:  # fmt: skip
+    """Conditional models: accuracy against the classes asked for (with its interval given
+    resample ``counts`` (B, N)), and per-class FID (None when too few per class)."""
+    correct = torch.from_numpy(predicted == labels)
+    row["cond_accuracy"] = round(float(correct.double().mean()), 4)
+    if counts is not None:
+        row.update(with_intervals(row, {"cond_accuracy": resampled_scores.proportion(correct, counts)}))
     per_class = per_class_fid(generated, labels, reference, reference_labels)
     if per_class is None:
         return None
@@ -58,9 +82,10 @@ def add_class_scores(row: dict, predicted: np.ndarray, labels: np.ndarray, gener
 
 def details(rows: list[dict], floor: dict, nll: dict | None, curve: list[dict], per_class: dict, protocol: dict, extras: dict) -> dict:
     """evaluation.json: every number and the protocol; ``by_run`` is keyed by run key, the first the headline."""
+    headline_columns = [c for m in metric_registry.METRICS for c in m.columns + m.interval_columns]
     return {
         "headline_run": rows[0]["key"],
-        **{c: rows[0][c] for m in metric_registry.METRICS for c in m.columns if rows[0].get(c) is not None},  # the headline run's scores
+        **{c: rows[0][c] for c in headline_columns if rows[0].get(c) is not None},  # the headline run's scores
         "nll_bits_per_dim": nll["bits_per_dim"] if nll else None,
         "real": floor,
         **extras,

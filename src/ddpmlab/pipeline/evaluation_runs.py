@@ -14,8 +14,9 @@ from ddpmlab.sampling.plan import Run
 
 
 def run_name(training_params: dict, run: Run) -> str:
-    """"linear-T100-dpmpp_2m-10": the model, then the run key."""
-    return f"{training_params['schedule']}-T{training_params['T']}-{run.key}"
+    """"linear-T100-seed0-dpmpp_2m-10": the model and its training seed, then the run key."""
+    seed = training_params["train"].get("seed", training_params.get("seed", 0))  # before train.seed, the top-level seed trained
+    return f"{training_params['schedule']}-T{training_params['T']}-seed{seed}-{run.key}"
 
 
 def protocol_params(protocol: dict) -> dict:
@@ -32,7 +33,8 @@ def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[
     accuracy = {"classifier_accuracy": evaluation["classifier_accuracy"]} if evaluation.get("classifier_accuracy") is not None else {}
     sample_params = flatten({"sample": params.to_dict()["sample"], "evaluate": params.to_dict()["evaluate"]})
     for run, row in zip(runs, rows):
-        with tracking.start_run(params.tracking.experiment, run_name(training_params, run), "evaluate", parent_run_id=train_info["run_id"]):
+        tags = tracking.config_tags(params, run.key)
+        with tracking.start_run(params.tracking.experiment, run_name(training_params, run), "evaluate", parent_run_id=train_info["run_id"], tags=tags):
             tracking.log_params(flatten(training_params))
             tracking.log_params(sample_params)
             tracking.log_params(protocol_params(evaluation["protocol"]))
@@ -44,7 +46,7 @@ def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[
                     "train_run_id": train_info["run_id"], "sampling_device": sampling["device"],
                 }
             )  # fmt: skip
-            scores = {c: row[c] for m in metric_registry.METRICS for c in m.columns if row.get(c) is not None}
+            scores = {c: row[c] for m in metric_registry.METRICS for c in m.columns + m.interval_columns if row.get(c) is not None}
             tracking.log_metrics({**scores, "nfe": run.nfe, **real, **accuracy, **nll_metrics})
             for name in ("grid.png", "denoise_strip.png", "class_grid.png"):
                 if (samples_dir / run.folder / name).is_file():

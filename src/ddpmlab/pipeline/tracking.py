@@ -27,6 +27,8 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from ddpmlab.config import REPLICATE_SEEDS, Params, config_id, flatten
+
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view, where
 # training runs, their params and metric charts are hidden; this kind opens "Model training".
@@ -130,15 +132,32 @@ def standard_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+CONFIG_TAG = "ddpmlab.config_id"
+REPLICATE_TAG = "ddpmlab.replicate"
+CONFIG_RUN_TAG = "ddpmlab.config_run"
+
+
+def config_tags(params: Params, run_key: str | None = None) -> dict[str, str]:
+    """The config id (replicates share it; the UI can group by it), the replicate's seeds and,
+    for an evaluation run, "<config id> <run key>": one group per (config, sampler, spacing, steps, w)."""
+    cid = config_id(params)
+    flat = flatten(params.to_dict())
+    tags = {CONFIG_TAG: cid, REPLICATE_TAG: " ".join(f"{k}={flat[k]}" for k in REPLICATE_SEEDS)}
+    if run_key is not None:
+        tags[CONFIG_RUN_TAG] = f"{cid} {run_key}"
+    return tags
+
+
 @contextmanager
 def start_run(
-    experiment: str, run_name: str, stage: str, parent_run_id: str | None = None, resume_run_id: str | None = None
-) -> Iterator[str]:
-    """Start a run in ``experiment``, tagged for DVC and git, or continue ``resume_run_id``
-    when it still exists; yields the run id. A run whose block raises is marked FAILED
-    rather than left RUNNING."""
+    experiment: str, run_name: str, stage: str, parent_run_id: str | None = None, resume_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[str]:  # fmt: skip
+    """Start a run in ``experiment``, tagged for DVC and git (and with ``tags``), or continue
+    ``resume_run_id`` when it still exists; yields the run id. A run whose block raises is
+    marked FAILED rather than left RUNNING."""
     use_experiment(experiment)
-    tags = standard_tags(stage)
+    tags = {**standard_tags(stage), **(tags or {})}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id  # shows the evaluation nested under its training run
     if resume_run_id and run_exists(resume_run_id):

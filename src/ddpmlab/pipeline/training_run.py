@@ -87,7 +87,7 @@ def run_training(
     if params.model.conditional and num_classes < 2:
         raise click.ClickException(f"model.conditional: true needs labelled data with 2 or more classes; {card['source']} has {card['num_classes']}")
     build = lambda: build_unet(training_params["model"], in_channels, image_size, cfg.learn_variance, num_classes)
-    state = new_train_state(build, cfg, params.seed, device, dist)
+    state = new_train_state(build, cfg, cfg.seed, device, dist)  # train.seed: training randomness only
     model = state.model
     folder = resume_dir / fingerprint(training_params, data_dir / "train.npz", code)
     snapshots = folder / "snapshots"  # moved to <out>/snapshots once training ends
@@ -105,9 +105,10 @@ def run_training(
 
     images = torch.from_numpy(train_set.images).to(device)
     labels = torch.from_numpy(train_set.labels).to(device) if num_classes else None
-    run_name = f"{params.schedule}-T{params.T}-train"
+    run_name = f"{params.schedule}-T{params.T}-seed{cfg.seed}-train"
     started = time.perf_counter()
-    run = tracking.start_run(params.tracking.experiment, run_name, "train", resume_run_id=run_id) if dist.is_main else contextlib.nullcontext()
+    tags = tracking.config_tags(params)
+    run = tracking.start_run(params.tracking.experiment, run_name, "train", resume_run_id=run_id, tags=tags) if dist.is_main else contextlib.nullcontext()
     with run as run_id:
         if dist.is_main and state.step == 0:
             tracking.log_params(flatten(training_params))

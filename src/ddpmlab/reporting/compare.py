@@ -20,13 +20,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from ddpmlab.config import REPLICATE_SEEDS, Params, config_params
 from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.data import images
 from ddpmlab.evaluation import metric_registry
-from ddpmlab.reporting.document import Document, Emphasis
+from ddpmlab.reporting import replicates
+from ddpmlab.reporting.document import Document, Emphasis, Estimate, Tied
 from ddpmlab.reporting.figures import forward_strip, save_figure, show_image
 
 STAGE_TAG = "tags.ddpmlab.stage"
+CONFIG_TAG = "tags.ddpmlab.config_id"  # pipeline.tracking.CONFIG_TAG
+REPLICATE_TAG = "tags.ddpmlab.replicate"  # pipeline.tracking.REPLICATE_TAG
+# The params that make a config (config.config_params), as MLflow columns.
+CONFIG_COLUMNS = [f"params.{k}" for k in config_params(Params())]
 # What makes two evaluations different rows: the model, and how it was sampled.
 SAMPLING_KEYS = ["params.train_run_id", "params.sampler", "params.spacing", "params.sampler.variance", "params.sampler.eta", "params.guidance", "params.sample_steps"]
 # A line in the figures: one model sampled one way, over step counts.
@@ -86,21 +92,23 @@ class Selection:
     trainings: pd.DataFrame
 
     def best_models(self, limit: int = MAX_PLOTTED_MODELS) -> Selection:
-        """The same selection restricted to the ``limit`` models with the lowest FID (all if fewer)."""
-        best = self.evaluations.groupby("label")["metrics.fid"].min().sort_values(kind="stable").index[:limit]
-        evaluations = self.evaluations[self.evaluations["label"].isin(best)].reset_index(drop=True)
+        """The same selection restricted to the ``limit`` configs with the lowest mean FID (all if fewer),
+        every replicate of each: keeping the best seeds of a config would bias its mean and interval."""
+        best = self.evaluations.groupby("config")["metrics.fid"].mean().sort_values(kind="stable").index[:limit]
+        evaluations = self.evaluations[self.evaluations["config"].isin(best)].reset_index(drop=True)
         return Selection(evaluations, self.trainings[self.trainings["run_id"].isin(evaluations["params.train_run_id"])])
 
     @property
     def curves(self) -> list[tuple[str, pd.DataFrame]]:
-        """(line label, its rows sorted by NFE) per model and way of sampling (sampler, spacing, options, w)."""
+        """(line label, its rows sorted by NFE) per config and way of sampling (sampler, spacing, options, w);
+        a config's replicates share a line (several rows per NFE)."""
         ways = self.evaluations[LINE_KEYS[1:]].astype(str).drop_duplicates().shape[0]
         spacings = self.evaluations["params.spacing"].nunique()
         options = [k for k in self.evaluations if k.startswith("params.sampler.") and self.evaluations[k].astype(str).nunique() > 1]
         out = []
-        for _, rows in self.evaluations.groupby(LINE_KEYS, sort=True, dropna=False):
+        for _, rows in self.evaluations.groupby(["config_label", *LINE_KEYS[1:]], sort=True, dropna=False):
             first = rows.iloc[0]
-            label = first["label"]
+            label = first["config_label"]
             if ways > 1:
                 label = f"{label}, {first['params.sampler']}" + (f" ({first['params.spacing']})" if spacings > 1 else "")
                 # the sampler's own options where they differ between runs: "ddim eta=1.0", "ddpm variance=fixed_small"
@@ -125,11 +133,21 @@ def select(runs: pd.DataFrame) -> Selection:
     evaluations["steps"] = pd.to_numeric(evaluations["params.sample_steps"]).astype(int)
     evaluations["nfe"] = pd.to_numeric(evaluations["params.nfe"]).astype(int) if "params.nfe" in evaluations else evaluations["steps"]
     evaluations["params.spacing"] = evaluations["params.spacing"].fillna("uniform")  # runs from before step grids existed
-    evaluations = evaluations.sort_values("start_time").drop_duplicates(SAMPLING_KEYS, keep="last")
+    # Runs logged before config ids existed count as configs of their own training run.
+    config = evaluations[CONFIG_TAG] if CONFIG_TAG in evaluations else [None] * len(evaluations)
+    evaluations["config"] = [c if isinstance(c, str) else run for c, run in zip(config, evaluations["params.train_run_id"])]
+    seeds = evaluations[REPLICATE_TAG] if REPLICATE_TAG in evaluations else [None] * len(evaluations)
+    evaluations["replicate_key"] = [r if isinstance(r, str) else run for r, run in zip(seeds, evaluations["params.train_run_id"])]
+    # The newest evaluation per (config, replicate seeds, way of sampling): a re-evaluation replaces the old one, and a
+    # model retrained with the same config and seeds (after a code change, say) replaces its twin instead of posing as
+    # another replicate. Configs that share a training run (DVC reuses it when only sample.* changes) stay apart.
+    evaluations = evaluations.sort_values("start_time").drop_duplicates([*SAMPLING_KEYS[1:], "config", "replicate_key"], keep="last")
     trainings = runs[(runs[STAGE_TAG] == "train") & runs["run_id"].isin(evaluations["params.train_run_id"])].copy()
     minutes = trainings.set_index("run_id").get("metrics.train_seconds", pd.Series(dtype=float)) / 60
     evaluations["train_minutes"] = evaluations["params.train_run_id"].map(minutes)
     evaluations["label"] = evaluations["params.train_run_id"].map(training_labels(evaluations))
+    evaluations["replicate"] = replicate_labels(evaluations)
+    evaluations["config_label"] = evaluations["config"].map(config_labels(evaluations))
     order = ["label", "params.sampler", "params.spacing", "steps"]
     return Selection(evaluations.sort_values(order, ascending=[True, True, True, False]).reset_index(drop=True), trainings)
 
@@ -148,6 +166,38 @@ def training_labels(evaluations: pd.DataFrame) -> dict[str, str]:
     counts = pd.Series(list(labels.values())).value_counts()
     # Same training params, different runs (e.g. retrained on other data): told apart by run id.
     return {run_id: f"{label} ({run_id[:6]})" if counts[label] > 1 else label for run_id, label in labels.items()}
+
+
+def replicate_labels(evaluations: pd.DataFrame) -> list[str]:
+    """Each evaluation's replicate seeds for the tables: train.seed, and "/sample.seed" where that varies too."""
+    missing = [None] * len(evaluations)
+    train = evaluations.get("params.train.seed", missing)
+    sample = evaluations.get("params.sample.seed", missing)
+    both = pd.Series(sample).dropna().nunique() > 1
+    return [f"{t if isinstance(t, str) else '?'}" + (f"/{s}" if both else "") for t, s in zip(train, sample)]
+
+
+def config_labels(evaluations: pd.DataFrame) -> dict[str, str]:
+    """Per config: the config params that differ between the selected configs (never a replicate
+    seed), e.g. ``cosine`` or ``sigmoid, T=1000``; the id's first digits where nothing logged differs."""
+    per_config = evaluations.drop_duplicates("config").set_index("config")
+    seeds = {f"params.{k}" for k in REPLICATE_SEEDS}
+    columns = [c for c in CONFIG_COLUMNS if c in per_config and c not in seeds]
+    varying = [c for c in columns if per_config[c].astype(str).nunique() > 1]
+    labels = {}
+    for config, row in per_config.iterrows():
+        parts = [str(row["params.schedule"])] if "params.schedule" in per_config else []
+        parts += [f"{c.removeprefix('params.')}={row[c]}" for c in varying if c != "params.schedule"]
+        labels[config] = ", ".join(parts) or str(config)[:8]
+    counts = pd.Series(list(labels.values())).value_counts()
+    return {config: f"{label} ({str(config)[:6]})" if counts[label] > 1 else label for config, label in labels.items()}
+
+
+def config_param_values(selection: Selection) -> dict[str, dict[str, str]]:
+    """config -> {param: value as logged} over CONFIG_COLUMNS (replicate seeds excluded by construction)."""
+    per_config = selection.evaluations.drop_duplicates("config").set_index("config")
+    columns = [c for c in CONFIG_COLUMNS if c in per_config]
+    return {config: {c.removeprefix("params."): str(row[c]) for c in columns if not _missing(row[c])} for config, row in per_config.iterrows()}
 
 
 def _is_training_param(column: str) -> bool:
@@ -169,26 +219,73 @@ def protocol_notes(selection: Selection) -> tuple[str, bool]:
 
 
 def table(selection: Selection) -> tuple[list[str], list[list[object]]]:
-    """Header and rows of the comparison table; the best value of each scored column is wrapped in Emphasis."""
+    """Header and rows of the table of every evaluation: each score with its run's 95% bootstrap
+    interval (sampling noise only). Nothing is marked best here: one run per config says nothing
+    about the training seed; :func:`pooled_table` marks what replicates support."""
     evaluations = selection.evaluations
     values = {c.header: evaluations[c.source] if c.source in evaluations else pd.Series([None] * len(evaluations)) for c in COLUMNS}
     columns = [c for c in COLUMNS if not (c.optional and all(_missing(v) or v == "" for v in values[c.header]))]
     header = [c.header for c in columns]
-    best = {}
-    for c in columns:
-        numeric = pd.to_numeric(values[c.header], errors="coerce")
-        if c.better and numeric.notna().any():
-            best[c.header] = numeric.min() if c.better == "min" else numeric.max()
     rows = []
     for i in range(len(evaluations)):
         row = []
         for c in columns:
             value = values[c.header].iloc[i]
-            value = None if _missing(value) else value
-            if c.header in best and value is not None and float(value) == best[c.header]:
-                value = Emphasis(float(value))
+            if _missing(value):
+                value = None
+            elif c.better and c.source.startswith("metrics."):
+                value = Estimate.of(evaluations.iloc[i], c.source)
             row.append(value)
         rows.append(row)
+    return header, rows
+
+
+# Timings: a mean is shown, but no interval or mark; they depend on the machine, not only the config.
+NOT_RANKED = {"metrics.seconds_per_sample"}
+POOLED_START = ["config", "train seeds", "replicates", "sampler", "spacing", "steps", "NFE"]
+
+
+def pooled_table(selection: Selection) -> tuple[list[str], list[list[object]]]:
+    """One row per (config, sampler, spacing, options, w, steps): each score's mean over replicates
+    with its t interval (one replicate: the run's bootstrap interval). Bold: detectably better than
+    every other config at this way of sampling; italics: the group tied with the best (Welch, 95%)."""
+    scored = [c for c in COLUMNS if c.better and c.source.startswith("metrics.") and c.source in selection.evaluations]
+    pooled = replicates.pooled_rows(selection.evaluations, [c.source for c in scored])
+    conditional = pooled["params.guidance"].astype(str).ne("").any()
+    header = POOLED_START + (["w"] if conditional else []) + [c.header for c in scored]
+    marked = {c.source: replicates.marks(pooled, c.source, c.better) if c.source not in NOT_RANKED else {} for c in scored}
+    rows = []
+    for i, row in pooled.sort_values(["params.sampler", "params.spacing", "steps", "config_label"], ascending=[True, True, False, True]).iterrows():
+        cells = [row["config_label"], row["seeds"], row["replicates"], row["params.sampler"], row["params.spacing"], row["steps"], row["nfe"]]
+        cells += [row["params.guidance"]] if conditional else []
+        for c in scored:
+            p = row[c.source]
+            estimate = None
+            if isinstance(p, replicates.Pooled) and p.n:
+                estimate = Estimate(p.mean) if c.source in NOT_RANKED else Estimate(p.mean, p.low, p.high)
+            mark = marked[c.source].get(i)
+            cells.append(Emphasis(estimate) if mark == "best" else Tied(estimate) if mark == "tied" else estimate)
+        rows.append(cells)
+    return header, rows
+
+
+def differences_table(selection: Selection, column: str = "metrics.fid", better: str = "min") -> tuple[list[str], list[list[object]]]:
+    """Pairs of configs that differ in one param, at every way of sampling both have: the change in
+    FID (B - A) over replicates with Welch's 95% interval and the verdict for B. Among the
+    MAX_PLOTTED_MODELS configs with the lowest mean FID: a sweep of hundreds would give tens of thousands of pairs."""
+    scored = [column] if column in selection.evaluations else []
+    evaluations = selection.evaluations
+    best = evaluations.groupby("config")[column].mean().sort_values(kind="stable").index[:MAX_PLOTTED_MODELS] if scored else []
+    pooled = replicates.pooled_rows(evaluations[evaluations["config"].isin(best)], scored)
+    labels = selection.evaluations.drop_duplicates("config").set_index("config")["config_label"]
+    found = replicates.config_differences(pooled, config_param_values(selection), column, better) if scored else []
+    header = ["change", "A", "B", "sampler", "spacing", "steps", "FID A", "FID B", "B - A [95% CI]", "B is"]
+    rows = []
+    for d in found:
+        way, w = d["sampling"], d["welch"]
+        change = f"{w.difference:+.4g} [{w.low:.4g}, {w.high:.4g}]" if w else f"{d['mean_b'] - d['mean_a']:+.4g}"
+        rows.append([f"{d['param']}: {d['value_a']} -> {d['value_b']}", labels[d["a"]], labels[d["b"]], way["params.sampler"], way["params.spacing"],
+                     way["steps"], d["mean_a"], d["mean_b"], change, d["verdict"]])  # fmt: skip
     return header, rows
 
 
@@ -208,11 +305,13 @@ def fid_figure(selection: Selection, path: Path) -> None:
     fig, (ax_steps, ax_cost) = plt.subplots(1, 2, figsize=(13, 4.4))
     curves = selection.curves
     for (label, rows), color in zip(curves, _colors(len(curves))):
-        ax_steps.plot(rows["nfe"], rows["metrics.fid"], marker="o", color=color, label=label)
-        ax_cost.plot(rows["metrics.seconds_per_sample"] * 1000, rows["metrics.fid"], marker="o", color=color, label=label)
-        for _, row in rows.iterrows():
-            ax_cost.annotate(str(row["nfe"]), (row["metrics.seconds_per_sample"] * 1000, row["metrics.fid"]), fontsize=7,
-                             xytext=(3, 3), textcoords="offset points", color=color)  # fmt: skip
+        points = _mean_over_replicates(rows)
+        ax_steps.plot(points["nfe"], points["fid"], marker="o", color=color, label=label)
+        ax_steps.errorbar(points["nfe"], points["fid"], yerr=[points["fid"] - points["low"], points["high"] - points["fid"]], fmt="none",
+                          ecolor=color, alpha=0.6, capsize=3)  # fmt: skip
+        ax_cost.plot(points["ms"], points["fid"], marker="o", color=color, label=label)
+        for _, row in points.iterrows():
+            ax_cost.annotate(str(int(row["nfe"])), (row["ms"], row["fid"]), fontsize=7, xytext=(3, 3), textcoords="offset points", color=color)
     steps = sorted(selection.evaluations["nfe"].unique())
     ax_steps.set_xscale("log")
     ax_steps.set_xticks(steps, [str(s) for s in steps])
@@ -228,6 +327,20 @@ def fid_figure(selection: Selection, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_steps.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def _mean_over_replicates(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per NFE: mean FID over replicates with its interval (t over replicates; one replicate: its bootstrap
+    interval, or none), and mean sampling ms per image. Lower ends are kept above 0 for the log axes."""
+    out = []
+    for nfe, at in rows.groupby("nfe", sort=True):
+        single = None
+        if len(at) == 1 and "metrics.fid_ci_low" in at and at["metrics.fid_ci_low"].notna().all():
+            single = (float(at["metrics.fid_ci_low"].iloc[0]), float(at["metrics.fid_ci_high"].iloc[0]))
+        p = replicates.pool(at["metrics.fid"].astype(float).tolist(), single)
+        low, high = (p.low, p.high) if p.low is not None else (p.mean, p.mean)
+        out.append({"nfe": int(nfe), "fid": p.mean, "low": max(low, p.mean * 0.05), "high": high, "ms": at["metrics.seconds_per_sample"].mean() * 1000})
+    return pd.DataFrame(out)
 
 
 def loss_figure(histories: dict[str, pd.DataFrame], path: Path) -> None:
@@ -320,15 +433,50 @@ def document(selection: Selection, figures: dict[str, str], source: str, plotted
     for ``plotted_models`` of the selection's models (None: all)."""
     doc = Document("ddpmlab: experiments compared")
     protocol, shared = protocol_notes(selection)
-    models = selection.evaluations["label"].nunique()
-    doc.paragraph(f"{len(selection.evaluations)} evaluations of {models} trained models from {source}. Bold: the best value of each scored column.")
+    evaluations = selection.evaluations
+    models, configs = evaluations["label"].nunique(), evaluations["config"].nunique()
+    per_config = evaluations.drop_duplicates("params.train_run_id").groupby("config").size()
+    doc.paragraph(
+        f"{len(evaluations)} evaluations of {models} trained models from {source}: {configs} configs "
+        f"(runs that differ only in train.seed / sample.seed share a config), with {_replicate_counts(per_config)}."
+    )
     if plotted_models is not None and plotted_models < models:
-        doc.paragraph(f"The figures show the {plotted_models} models with the lowest FID; the table lists all {models}.")
+        doc.paragraph(f"The figures show the {plotted_models} models with the lowest FID; the tables list all {models}.")
     doc.paragraph(
         f"Evaluation protocol: {protocol}."
         + ("" if shared else " WARNING: the rows were measured under different protocols; their FID / IS / KID are not comparable.")
         + " FID, KID, precision and recall are against the test split; FID at small N is biased upward, so compare rows only at the same N."
     )
+    doc.heading("Configs over training seeds")
+    single = int((per_config < 2).sum())
+    doc.paragraph(
+        "One row per config and way of sampling: the mean over replicates with a 95% Student-t interval. Bold: detectably better than "
+        "every other config (Welch's 95% interval of each difference excludes 0); italics: the group that cannot be told apart from the best; "
+        "unmarked where nothing can be said (`ddpmlab.reporting.replicates`)."
+        + (f" {single} config{'s have' if single > 1 else ' has'} a single replicate: such a row shows its run's bootstrap interval, which "
+           "covers sampling noise but not the training seed, and no value in a block with such a config is marked. Queue replicates "
+           "with `dvc exp run --queue -S train.seed=0,1,2`." if single else "")
+    )  # fmt: skip
+    header, rows = pooled_table(selection)
+    doc.table(header, rows)
+    doc.heading("Which config differences are real")
+    header, rows = differences_table(selection)
+    if rows:
+        real = sum(r[-1] in ("better", "worse") for r in rows)
+        limited = configs > MAX_PLOTTED_MODELS
+        doc.paragraph(
+            "Every pair of configs whose params differ in exactly one key"
+            + (f" (between the {MAX_PLOTTED_MODELS} configs with the lowest mean FID)" if limited else "")
+            + ", at each way of sampling both were evaluated with: the change "
+            f"in mean FID from A to B over replicates with Welch's 95% interval. {real} of {len(rows)} changes are real at this many "
+            "replicates (the interval excludes 0); the rest cannot be told from seed-to-seed variation. No correction is made for the "
+            "number of comparisons: expect about 1 in 20 true-null comparisons to come out 'better' or 'worse' by chance."
+        )
+        doc.table(header, rows)
+    else:
+        doc.paragraph("No two configs in the selection differ in exactly one param.")
+    doc.heading("Every evaluation")
+    doc.paragraph("Each score with its run's 95% bootstrap interval over images (sampling noise of that one trained model).")
     header, rows = table(selection)
     doc.table(header, rows)
     captions = {
@@ -342,6 +490,12 @@ def document(selection: Selection, figures: dict[str, str], source: str, plotted
         if name in figures:
             doc.image(figures[name], caption)
     return doc
+
+
+def _replicate_counts(per_config: pd.Series) -> str:
+    """"3 replicates each" or "1 to 3 replicates per config"."""
+    low, high = int(per_config.min()), int(per_config.max())
+    return f"{low} replicate{'s' if low > 1 else ''} each" if low == high else f"{low} to {high} replicates per config"
 
 
 def first_image(data_dir: Path | None) -> np.ndarray:

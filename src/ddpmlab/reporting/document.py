@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,35 @@ class Emphasis:
     """A table cell shown in bold (e.g. the best value of a column)."""
 
     value: object
+
+
+@dataclass(frozen=True)
+class Tied:
+    """A table cell shown in italics: one of a group that cannot be told apart from the best."""
+
+    value: object
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A score with its 95% interval, shown as "1.27 [1.12, 1.45]"; without an interval, the score alone."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def of(cls, row, name: str) -> Estimate:
+        """``name`` and its ``<name>_ci_low`` / ``<name>_ci_high`` from a dict or a pandas row."""
+        get = row.get if hasattr(row, "get") else lambda k: getattr(row, k, None)
+        low, high = get(f"{name}_ci_low"), get(f"{name}_ci_high")
+        missing = [v is None or math.isnan(float(v)) for v in (low, high)]  # None or NaN (a CSV's blank)
+        return cls(float(get(name)), None if any(missing) else float(low), None if any(missing) else float(high))
+
+    def __str__(self) -> str:
+        if self.low is None:
+            return f"{self.value:.4g}"
+        return f"{self.value:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
 
 @dataclass
@@ -49,7 +79,7 @@ class Document:
                 header, rows = content
                 out.append("| " + " | ".join(header) + " |")
                 out.append("|" + "|".join("---" for _ in header) + "|")
-                out += ["| " + " | ".join(f"**{_cell(v.value)}**" if isinstance(v, Emphasis) else _cell(v) for v in row) + " |" for row in rows]
+                out += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in rows]
                 out.append("")
             elif kind == "image":
                 path, caption = content
@@ -89,7 +119,17 @@ class Document:
         return "\n".join(parts)
 
 
+def _markdown_cell(value: object) -> str:
+    if isinstance(value, Emphasis):
+        return f"**{_cell(value.value)}**"
+    if isinstance(value, Tied):
+        return f"*{_cell(value.value)}*"
+    return _cell(value)
+
+
 def _cell(value: object) -> str:
+    if isinstance(value, (Emphasis, Tied)):
+        return _cell(value.value)
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
@@ -98,6 +138,8 @@ def _cell(value: object) -> str:
 def _html_cell(value: object) -> str:
     if isinstance(value, Emphasis):
         return f"<td><b>{html.escape(_cell(value.value))}</b></td>"
+    if isinstance(value, Tied):
+        return f"<td><i>{html.escape(_cell(value.value))}</i></td>"
     return f"<td>{html.escape(_cell(value))}</td>"
 
 

@@ -92,13 +92,21 @@ def nfe_figure(runs: pd.DataFrame, real: dict, path: Path) -> None:
     spacings = runs["spacing"].nunique()
     groups = list(runs.groupby(["sampler", "spacing"], sort=False))
     colors = [plt.get_cmap("tab10")(i % 10) for i in range(len(groups))]
-    for ((sampler, spacing), rows), color in zip(groups, colors):
+    for i, (((sampler, spacing), rows), color) in enumerate(zip(groups, colors)):
         rows = rows.sort_values("nfe")
         label = line_label(sampler, spacing, spacings)
-        ax_fid.plot(rows["nfe"], rows["fid"], marker="o", color=color, label=label)
-        ax_is.plot(rows["nfe"], rows["is_mean"], marker="o", color=color, label=label)
+        nudged = rows["nfe"] * 1.025 ** (i - (len(groups) - 1) / 2)  # lines side by side at each NFE, so their bars do not overlap
+        ax_fid.plot(nudged, rows["fid"], marker="o", color=color, label=label)
+        ax_is.plot(nudged, rows["is_mean"], marker="o", color=color, label=label)
+        for ax, name in ((ax_fid, "fid"), (ax_is, "is_mean")):
+            if f"{name}_ci_low" in rows and rows[f"{name}_ci_low"].notna().all():  # 95% bootstrap intervals as bars
+                low = rows[f"{name}_ci_low"].clip(lower=rows[name] * 0.05)  # a log axis cannot show 0 or below
+                ax.errorbar(nudged, rows[name], yerr=[rows[name] - low, rows[f"{name}_ci_high"] - rows[name]], fmt="none",
+                            ecolor=color, alpha=0.6, capsize=2)  # fmt: skip
         ax_time.plot(rows["nfe"], 1000 * rows["seconds_per_sample"], marker="o", color=color, label=label)
     ax_fid.axhline(real["fid"], color="black", linestyle="--", alpha=0.6, label="real-data floor")
+    if real.get("fid_ci_low") is not None:
+        ax_fid.axhspan(max(real["fid_ci_low"], real["fid"] * 0.05), real["fid_ci_high"], color="black", alpha=0.08, label="floor's 95% interval")
     ax_is.axhline(real["is_mean"], color="black", linestyle="--", alpha=0.6, label="real-data floor")
     ax_fid.set_yscale("log")
     ax_fid.set(ylabel="FID vs test split (log scale; lower is better)", title="FID vs network evaluations")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ddpmlab.reporting.document import Document
+from ddpmlab.reporting.document import Document, Estimate
 from ddpmlab.reporting.figures import class_grid_figure, guidance_figure, nfe_figure
 from ddpmlab.sampling.plan import Run, guidance_sweep, step_sweep
 
@@ -79,7 +79,8 @@ def options_text(runs: list[Run]) -> str:
 
 
 def best_by_budget(rows: pd.DataFrame, budgets: tuple[int, ...] = (5, 10, 20, 50)) -> list[list]:
-    """Per NFE budget: the run with the lowest FID among those that spend at most that many evaluations."""
+    """Per NFE budget: the run with the lowest FID among those that spend at most that many evaluations
+    (no intervals: for evaluations made with evaluate.bootstrap = 0)."""
     out = []
     for budget in budgets:
         within = rows[rows["nfe"] <= budget]
@@ -89,22 +90,72 @@ def best_by_budget(rows: pd.DataFrame, budgets: tuple[int, ...] = (5, 10, 20, 50
     return out
 
 
-def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], sampling: dict, real: dict, figures: Path) -> None:
-    """The sampler x steps sweep: FID / IS against NFE, the table, the best run per budget, and the same seeds in every run."""
+# The vs-floor verdict in a table cell: above it, not told apart from it, below it.
+FLOOR_LABELS = {"above the floor": "above", "indistinguishable from the floor": "tied", "below the floor": "below"}
+
+
+def difference_text(entry: dict) -> str:
+    """"+0.94 [-1.21, 3.27]": a paired difference and its interval."""
+    return f"{entry['difference']:+.3g} [{entry['low']:.3g}, {entry['high']:.3g}]"
+
+
+def floor_sentence(key: str, comparisons: dict, num_generated: int) -> str:
+    """What a run's FID says against the real-data floor, with the paired difference and its interval."""
+    entry = comparisons["vs_floor"][key]
+    gap = f"FID minus the floor's {difference_text(entry)}"
+    if entry["verdict"] == "above the floor":
+        return f"{key} is above the real-data floor by more than the sampling noise at N = {num_generated} ({gap})."
+    if entry["verdict"] == "below the floor":
+        return (f"{key} scores below the real-data floor ({gap}): at N = {num_generated} this protocol cannot resolve it from real "
+                "images, which is not the same as being better than real data.")  # fmt: skip
+    return (f"{key} cannot be told apart from the real-data floor at N = {num_generated} ({gap}); more images could still "
+            "separate them.")  # fmt: skip
+
+
+def budget_rows(comparisons: dict) -> list[list]:
+    """Per NFE budget: the lowest FID, the runs tied with it, those detectably worse; all paired."""
+    out = []
+    for budget in comparisons["by_budget"]:
+        runs = {r["run"]: r for r in budget["runs"]}
+        best = runs[budget["best"]]
+        tied = [f"{k} ({difference_text(runs[k])})" for k in budget["tied"] if k != budget["best"]]
+        worse = [k for k, r in runs.items() if r["detected"]]
+        out.append([budget["budget"], budget["best"], best["fid"], "; ".join(tied) or "none", len(worse)])
+    return out
+
+
+def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], sampling: dict, real: dict, figures: Path, comparisons: dict | None = None) -> None:
+    """The sampler x steps sweep: FID / IS against NFE, which runs can be told apart per budget, the
+    table with intervals, and the same seeds in every run. comparisons: evaluation.json's paired verdicts."""
     doc.heading("Sampling")
     doc.paragraph(
         f"Every run samples the same {sampling['num_samples']} seeds from the same checkpoint, so each image starts from the same "
         f"x_T: {plan_text(runs)}, respaced out of T = {sampling['T']} (sample.spacing; `ddpmlab.core.step_grids`). Sampler options: "
         f"{options_text(runs)}. NFE counts network evaluations per image (Heun: 2N - 1 for N steps; guided runs twice). "
-        f"The real-data floor is FID {real['fid']:g}."
+        f"The real-data floor is FID {Estimate.of(real, 'fid')}."
     )
     nfe_figure(rows, real, figures / "nfe.png")
-    doc.image("figures/nfe.png", "FID (log scale) and IS against network evaluations per image, one line per sampler; dashed: real images scored the same way")
-    doc.table(["NFE budget", "best run", "NFE", "FID", "FID / real"], best_by_budget(rows))
+    doc.image("figures/nfe.png", "FID (log scale) and IS against network evaluations per image, one line per sampler, bars: 95% bootstrap "
+              "intervals; dashed: real images scored the same way")  # fmt: skip
+    if comparisons:
+        doc.paragraph(
+            f"Which runs differ: per NFE budget, the run with the lowest FID among those spending at most that many evaluations, and "
+            f"every run whose paired difference to it has a {comparisons['level']:.0%} interval containing 0 (tied: not told apart "
+            f"at N = {sampling['num_samples']}). Paired bootstrap over the same images (same x_T) and the same reference resamples "
+            "(`ddpmlab.evaluation.verdicts`). These intervals cover sampling noise of this one checkpoint; another training seed "
+            "moves FID too, which `ddpmlab compare` over replicates (train.seed) measures."
+        )
+        doc.table(["NFE budget", "lowest FID", "FID", "tied with it (FID difference [95% CI])", "runs detectably worse"], budget_rows(comparisons))
+    else:
+        doc.paragraph("No intervals (evaluate.bootstrap = 0): the lowest FID per budget is listed without saying whether it differs from the others.")
+        doc.table(["NFE budget", "best run", "NFE", "FID", "FID / real"], best_by_budget(rows))
+    floor = comparisons["vs_floor"] if comparisons else {}
     doc.table(
-        ["run", "sampler", "spacing", "steps", "NFE", "FID", "FID / real", "FID vs train", "IS", "KID", "precision", "recall", "ms per image"],
-        [[r.key, r.sampler, r.spacing, r.steps, r.nfe, r.fid, r.fid_ratio, r.fid_train, r.is_mean, r.kid_mean, r.precision, r.recall,
-          round(r.seconds_per_sample * 1000, 2)] for r in rows.sort_values(["sampler", "spacing", "nfe"]).itertuples()],
+        ["run", "sampler", "spacing", "steps", "NFE", "FID [95% CI]", "vs real floor", "FID / real", "FID vs train", "IS", "KID", "precision", "recall", "ms per image"],
+        [[r["key"], r["sampler"], r["spacing"], r["steps"], r["nfe"], Estimate.of(r, "fid"), FLOOR_LABELS.get(floor.get(r["key"], {}).get("verdict"), ""),
+          Estimate.of(r, "fid_ratio"), Estimate.of(r, "fid_train"), Estimate.of(r, "is_mean"), Estimate.of(r, "kid_mean"),
+          Estimate.of(r, "precision"), Estimate.of(r, "recall"), round(r["seconds_per_sample"] * 1000, 2)]
+         for _, r in rows.sort_values(["sampler", "spacing", "nfe"]).iterrows()],
     )  # fmt: skip
     doc.paragraph(f"Times are wall-clock seconds of the `sample` stage on {sampling['device']}, divided by the {sampling['num_samples']} images.")
     doc.image("figures/comparison.png", "The first images of every run: one row per sampler, one column per step count (same seeds everywhere)")

@@ -1,0 +1,172 @@
+"""Bootstrap intervals and paired comparisons, against closed forms, torch-fidelity and repeated draws.
+
+Coverage checks: two known Gaussians in D = 16 dimensions, N = 200 images on each side, the
+second with a shifted mean and stretched variances. The target is what the estimator gives on
+average at this N (FID is biased upward at small N), estimated from many repeated draws; each
+repetition's 95% interval must cover it in 90-99% of R = 200 repetitions (binomial sd at 95%: 1.5%).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+
+from ddpmlab.evaluation import resampled_scores as rs
+from ddpmlab.evaluation.bootstrap import Resampler, difference, interval
+from ddpmlab.evaluation.metrics import frechet_distance
+from ddpmlab.evaluation.verdicts import sampling_verdicts
+
+N, D, REPETITIONS, RESAMPLES = 200, 16, 200, 200
+
+
+def two_gaussians(rng: np.random.Generator, n: int = N, shift: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, D) from N(0, I) and from N(shift / 2, diag(linspace(1, 1 + shift)^2))."""
+    x = rng.standard_normal((n, D))
+    y = rng.standard_normal((n, D)) * np.linspace(1, 1 + shift, D) + shift / 2
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def resampled_fid(x: torch.Tensor, y: torch.Tensor, resampler: Resampler) -> torch.Tensor:
+    generated = rs.weighted_moments(x, resampler.counts("generated", len(x)))
+    reference = rs.weighted_moments(y, resampler.counts("test", len(y)), with_sqrt=True)
+    return rs.frechet(generated, reference)
+
+
+def all_ones(n: int) -> torch.Tensor:
+    return torch.ones(1, n, dtype=torch.float64)
+
+
+def test_fid_of_the_unresampled_sets_equals_torch_fidelitys():
+    x, y = two_gaussians(np.random.default_rng(0))
+    ours = rs.frechet(rs.weighted_moments(x, all_ones(N)), rs.weighted_moments(y, all_ones(N), with_sqrt=True))
+    assert ours.item() == pytest.approx(frechet_distance(x, y), rel=1e-9)
+
+
+def test_fid_approaches_the_gaussian_closed_form():
+    """For diagonal covariances FID = ||mu_1 - mu_2||^2 + sum_i (sigma_1i - sigma_2i)^2 (Dowson & Landau 1982)."""
+    x, y = two_gaussians(np.random.default_rng(1), n=40_000)
+    closed_form = D * 0.25**2 + float(((np.linspace(1, 1.5, D) - 1) ** 2).sum())
+    ours = rs.frechet(rs.weighted_moments(x, all_ones(len(x))), rs.weighted_moments(y, all_ones(len(y)), with_sqrt=True))
+    assert ours.item() == pytest.approx(closed_form, abs=0.02)  # the small-N bias is ~2 D / N = 8e-4 here
+
+
+def test_kid_of_the_unresampled_sets_equals_torch_fidelitys():
+    x, y = two_gaussians(np.random.default_rng(2))
+    theirs = kid_features_to_metric(x, y, kid_subsets=1, kid_subset_size=N, rng_seed=0, verbose=False)["kernel_inception_distance_mean"]
+    k = rs.polynomial_kernel
+    assert rs.kid(k(x, x), k(y, y), k(x, y), all_ones(N), all_ones(N)).item() == pytest.approx(theirs, rel=1e-9)
+
+
+def test_inception_score_of_the_unresampled_set_equals_torch_fidelitys():
+    logits = torch.from_numpy(np.random.default_rng(3).standard_normal((N, 10)) * 3)
+    theirs = isc_features_to_metric(logits, splits=4, shuffle=False)["inception_score_mean"]
+    assert rs.inception_score(logits, torch.arange(N)[None], splits=4).item() == pytest.approx(theirs, rel=1e-9)
+
+
+def test_resamples_are_seeded_per_role_and_size():
+    a, b = Resampler(50, seed=0), Resampler(50, seed=0)
+    assert torch.equal(a.indices("generated", 30), b.indices("generated", 30))  # same draw in every run: pairing
+    assert not torch.equal(a.indices("generated", 30), a.indices("test", 30))  # roles are independent
+    assert not torch.equal(a.indices("generated", 30), Resampler(50, seed=1).indices("generated", 30))
+    counts = a.counts("generated", 30)
+    assert counts.shape == (50, 30) and torch.all(counts.sum(1) == 30)
+
+
+def coverage(estimate, replicates, draws: int, seed: int) -> tuple[float, float]:
+    """(share of REPETITIONS whose interval covers E[estimate at N], that expectation from ``draws`` draws)."""
+    rng = np.random.default_rng(seed)
+    expected = float(np.mean([estimate(*two_gaussians(rng)) for _ in range(draws)]))
+    hits = 0
+    for r in range(REPETITIONS):
+        x, y = two_gaussians(rng)
+        hits += interval(estimate(x, y), replicates(x, y, Resampler(RESAMPLES, seed=r))).contains(expected)
+    return hits / REPETITIONS, expected
+
+
+def test_fid_intervals_cover_the_estimators_expectation_in_about_95_percent_of_repetitions():
+    share, expected = coverage(frechet_distance, lambda x, y, r: resampled_fid(x, y, r).numpy(), draws=1000, seed=10)
+    assert expected > 3  # a real difference (closed form 2.34 plus the small-N bias), not the degenerate FID ~ 0 case
+    assert 0.90 <= share <= 0.99, share
+
+
+def test_kid_intervals_cover_the_estimators_expectation_in_about_95_percent_of_repetitions():
+    def kid(x, y):
+        return kid_features_to_metric(x, y, kid_subsets=100, kid_subset_size=100, rng_seed=0, verbose=False)["kernel_inception_distance_mean"]
+
+    def replicates(x, y, resampler):
+        k = rs.polynomial_kernel
+        return rs.kid(k(x, x), k(y, y), k(x, y), resampler.counts("generated", N), resampler.counts("test", N)).numpy()
+
+    share, _ = coverage(kid, replicates, draws=300, seed=11)
+    assert 0.90 <= share <= 0.99, share
+
+
+def paired_runs(rng: np.random.Generator, shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two runs of one model from the same x_T: features share a per-image latent (the starting noise)
+    plus each sampler's own noise; run b's mean moves by ``shift`` in every dimension. And a reference set."""
+    latent = rng.standard_normal((N, D))
+    a = latent + 0.3 * rng.standard_normal((N, D))
+    b = latent + 0.3 * rng.standard_normal((N, D)) + shift
+    reference = rng.standard_normal((N, D)) * np.sqrt(1.09)  # the runs' own covariance: FID ~ 0 plus bias
+    return torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(reference)
+
+
+def detection_rate(shift: float, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    detected = 0
+    for r in range(REPETITIONS):
+        a, b, reference = paired_runs(rng, shift)
+        resampler = Resampler(RESAMPLES, seed=r)
+        d = difference(frechet_distance(a, reference), resampled_fid(a, reference, resampler), frechet_distance(b, reference), resampled_fid(b, reference, resampler))
+        detected += d.detected
+    return detected / REPETITIONS
+
+
+def test_paired_comparison_of_two_runs_from_one_distribution_rarely_claims_a_difference():
+    assert detection_rate(shift=0.0, seed=20) <= 0.08
+
+
+def test_paired_comparison_detects_a_known_shift():
+    """A mean shift of 0.2 per dimension (FID difference ~0.64 at D = 16; each run's own 95% interval is
+    ~2 wide here) is found in at least 80% of repetitions."""
+    assert detection_rate(shift=0.2, seed=21) >= 0.80
+
+
+def test_sampling_verdicts_name_the_tied_group_per_budget_and_each_run_against_the_floor():
+    rng = np.random.default_rng(30)
+    shared = torch.from_numpy(rng.normal(0, 0.5, RESAMPLES))  # what the runs' resamples have in common (same images, same reference)
+
+    def reps(value: float, own: float) -> torch.Tensor:
+        return value + shared + torch.from_numpy(rng.normal(0, own, RESAMPLES))
+
+    rows = [{"key": "a-5", "nfe": 5, "fid": 3.0}, {"key": "b-5", "nfe": 5, "fid": 3.05}, {"key": "d-5", "nfe": 5, "fid": 9.0},
+            {"key": "c-10", "nfe": 10, "fid": 1.0}, {"key": "e-10", "nfe": 10, "fid": 0.2}]  # fmt: skip
+    replicates = {"a-5": {"fid": reps(3.0, 0.05)}, "b-5": {"fid": reps(3.05, 0.05)}, "d-5": {"fid": reps(9.0, 0.05)},
+                  "c-10": {"fid": reps(1.0, 0.05)}, "e-10": {"fid": reps(0.2, 0.05)}}  # fmt: skip
+    floor, floor_replicates = {"fid": 1.0}, {"fid": reps(1.0, 0.05)}
+    found = sampling_verdicts(rows, replicates, floor, floor_replicates)
+    by_budget = {b["budget"]: b for b in found["by_budget"]}
+    assert (by_budget[5]["best"], sorted(by_budget[5]["tied"])) == ("a-5", ["a-5", "b-5"])  # 0.05 apart: tied; d is 6 worse
+    assert (by_budget[10]["best"], by_budget[10]["tied"]) == ("e-10", ["e-10"])
+    verdicts = {key: v["verdict"] for key, v in found["vs_floor"].items()}
+    assert verdicts == {"a-5": "above the floor", "b-5": "above the floor", "d-5": "above the floor",
+                        "c-10": "indistinguishable from the floor", "e-10": "below the floor"}  # fmt: skip
+
+
+def test_the_gram_route_for_more_features_than_images_gives_the_same_fid():
+    """D = 64 > N: frechet_low_rank against torch-fidelity on the sets themselves, and against the
+    covariance route on random resamples."""
+    rng = np.random.default_rng(40)
+    x, y = torch.from_numpy(rng.standard_normal((30, 64))), torch.from_numpy(rng.standard_normal((45, 64)) * 1.2 + 0.1)
+    assert rs.frechet_low_rank(x, y, all_ones(30), all_ones(45)).item() == pytest.approx(frechet_distance(x, y), rel=1e-6)
+    resampler = Resampler(20, seed=0)
+    w_g, w_r = resampler.counts("generated", 30), resampler.counts("test", 45)
+    by_covariance = rs.frechet(rs.weighted_moments(x, w_g), rs.weighted_moments(y, w_r, with_sqrt=True))
+    assert torch.allclose(rs.frechet_low_rank(x, y, w_g, w_r), by_covariance, rtol=1e-6)
+    x, y = y, x  # more reference than generated images and the other way round take different Gram products
+    w_g, w_r = resampler.counts("generated", 45), resampler.counts("test", 30)
+    by_covariance = rs.frechet(rs.weighted_moments(x, w_g), rs.weighted_moments(y, w_r, with_sqrt=True))
+    assert torch.allclose(rs.frechet_low_rank(x, y, w_g, w_r), by_covariance, rtol=1e-6)
