@@ -14,6 +14,8 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,47 +58,56 @@ def ui_link(schedules_store, tmp_path):
         stop_process_group(server)
 
 
-def test_the_printed_link_opens_fid_charts_and_a_run_page_with_params_and_sample_grid(ui_link):
-    from playwright.sync_api import expect, sync_playwright
+@contextmanager
+def chromium_page(height: int) -> Iterator:
+    """A headless Chromium page 1500 px wide; on a failure its screenshot goes to test-output/mlflow_ui_failure.png."""
+    from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(exist_ok=True)
-    assert re.search(r"#/experiments/\d+/runs\?workflowType=machine_learning&compareRunsMode=CHART$", ui_link)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page = browser.new_page(viewport={"width": 1500, "height": height})
         try:
-            page.goto(ui_link)
-            # The chart view: the runs carry their schedule in their names, and there is an `fid` chart.
-            for schedule in COMPARED_SCHEDULES:
-                expect(page.get_by_text(f"{schedule}-T30-seed0-train", exact=True).first).to_be_visible(timeout=60_000)
-            page.get_by_placeholder("Search metric charts").fill("fid")
-            fid_card = page.get_by_test_id("experiment-view-compare-runs-card").filter(has=page.get_by_text("fid", exact=True))
-            # Drawn, not a spinner: one bar per training run, i.e. per schedule, and linear's second replicate.
-            expect(fid_card.locator(".js-plotly-plot .barlayer .point")).to_have_count(len(COMPARED_SCHEDULES) + 1, timeout=60_000)
-            page.screenshot(path=SCREENSHOTS / "mlflow_ui_fid_charts.png")
-
-            # A run's page, reached as a user would: its params include schedule and T ...
-            page.get_by_text("cosine-T30-seed0-train", exact=True).first.click()
-            expect(page.get_by_text("Parameters", exact=False).first).to_be_visible(timeout=30_000)
-            page.get_by_placeholder("Search parameters").fill("schedule")
-            expect(page.get_by_role("row", name=re.compile(r"^schedule\s+cosine$"))).to_be_visible(timeout=30_000)
-            page.get_by_placeholder("Search parameters").fill("T")
-            expect(page.get_by_role("row", name=re.compile(r"^T\s+30$"))).to_be_visible(timeout=30_000)
-            page.screenshot(path=SCREENSHOTS / "mlflow_ui_run_params.png")
-
-            # ... and its artifacts show the sample grid as an image.
-            page.get_by_role("tab", name="Artifacts").click()
-            page.get_by_text("samples", exact=True).first.click()
-            page.get_by_text("comparison.png", exact=True).first.click()
-            image = page.locator("img[src^='blob:'], img[src^='data:image/png']").first
-            expect(image).to_be_visible(timeout=30_000)
-            assert image.evaluate("img => img.complete && img.naturalWidth > 0")
-            page.screenshot(path=SCREENSHOTS / "mlflow_ui_sample_grid.png")
+            yield page
         except Exception:
             page.screenshot(path=SCREENSHOTS / "mlflow_ui_failure.png")
             raise
         finally:
             browser.close()
+
+
+def test_the_printed_link_opens_fid_charts_and_a_run_page_with_params_and_sample_grid(ui_link):
+    from playwright.sync_api import expect
+
+    assert re.search(r"#/experiments/\d+/runs\?workflowType=machine_learning&compareRunsMode=CHART$", ui_link)
+    with chromium_page(height=1000) as page:
+        page.goto(ui_link)
+        # The chart view: the runs carry their schedule in their names, and there is an `fid` chart.
+        for schedule in COMPARED_SCHEDULES:
+            expect(page.get_by_text(f"{schedule}-T30-seed0-train", exact=True).first).to_be_visible(timeout=60_000)
+        page.get_by_placeholder("Search metric charts").fill("fid")
+        fid_card = page.get_by_test_id("experiment-view-compare-runs-card").filter(has=page.get_by_text("fid", exact=True))
+        # Drawn, not a spinner: one bar per training run, i.e. per schedule, and linear's second replicate.
+        expect(fid_card.locator(".js-plotly-plot .barlayer .point")).to_have_count(len(COMPARED_SCHEDULES) + 1, timeout=60_000)
+        page.screenshot(path=SCREENSHOTS / "mlflow_ui_fid_charts.png")
+
+        # A run's page, reached as a user would: its params include schedule and T ...
+        page.get_by_text("cosine-T30-seed0-train", exact=True).first.click()
+        expect(page.get_by_text("Parameters", exact=False).first).to_be_visible(timeout=30_000)
+        page.get_by_placeholder("Search parameters").fill("schedule")
+        expect(page.get_by_role("row", name=re.compile(r"^schedule\s+cosine$"))).to_be_visible(timeout=30_000)
+        page.get_by_placeholder("Search parameters").fill("T")
+        expect(page.get_by_role("row", name=re.compile(r"^T\s+30$"))).to_be_visible(timeout=30_000)
+        page.screenshot(path=SCREENSHOTS / "mlflow_ui_run_params.png")
+
+        # ... and its artifacts show the sample grid as an image.
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_text("samples", exact=True).first.click()
+        page.get_by_text("comparison.png", exact=True).first.click()
+        image = page.locator("img[src^='blob:'], img[src^='data:image/png']").first
+        expect(image).to_be_visible(timeout=30_000)
+        assert image.evaluate("img => img.complete && img.naturalWidth > 0")
+        page.screenshot(path=SCREENSHOTS / "mlflow_ui_sample_grid.png")
 
 
 def open_runs_table(page, link: str, filter_string: str, expected: int) -> None:
@@ -112,7 +123,7 @@ def open_runs_table(page, link: str, filter_string: str, expected: int) -> None:
 def test_grouping_by_config_id_puts_replicates_together(ui_link, schedules_store, monkeypatch):
     """The runs table grouped by the config-id tag, as a person would click it: one group per
     schedule, linear's group holding both its training seeds."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from ddpmlab.pipeline import tracking
 
@@ -121,27 +132,18 @@ def test_grouping_by_config_id_puts_replicates_together(ui_link, schedules_store
     trainings = tracking.search_runs(tracking.find_experiment("ddpmlab"), "tags.ddpmlab.stage = 'train'")
     per_config = trainings.groupby("tags.ddpmlab.config_id")["tags.mlflow.runName"].apply(sorted).to_dict()
     assert sorted(per_config.values()) == [["cosine-T30-seed0-train"], ["linear-T30-seed0-train", "linear-T30-seed1-train"], ["sigmoid-T30-seed0-train"]]
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1500, "height": 800})
-        try:
-            open_runs_table(page, ui_link, "tags.ddpmlab.stage = 'train'", len(trainings))
-            page.get_by_role("button", name="Group by").click()
-            page.get_by_text("ddpmlab.config_id", exact=True).first.click()
-            page.keyboard.press("Escape")
-            groups = page.get_by_role("row").filter(has_text="Group:")
-            expect(groups).to_have_count(len(per_config), timeout=30_000)
-            for config, names in per_config.items():
-                row = groups.filter(has_text=f"Group: {config}")
-                expect(row).to_have_count(1)
-                expect(row).to_contain_text(re.compile(rf"Group: {config}\s*{len(names)}(?!\d)"), timeout=30_000)  # then its run count
-            for names in per_config.values():
-                for name in names:
-                    expect(page.get_by_text(name, exact=True).first).to_be_visible()
-            page.screenshot(path=SCREENSHOTS / "mlflow_ui_grouped_by_config.png")
-        except Exception:
-            page.screenshot(path=SCREENSHOTS / "mlflow_ui_failure.png")
-            raise
-        finally:
-            browser.close()
+    with chromium_page(height=800) as page:
+        open_runs_table(page, ui_link, "tags.ddpmlab.stage = 'train'", len(trainings))
+        page.get_by_role("button", name="Group by").click()
+        page.get_by_text("ddpmlab.config_id", exact=True).first.click()
+        page.keyboard.press("Escape")
+        groups = page.get_by_role("row").filter(has_text="Group:")
+        expect(groups).to_have_count(len(per_config), timeout=30_000)
+        for config, names in per_config.items():
+            row = groups.filter(has_text=f"Group: {config}")
+            expect(row).to_have_count(1)
+            expect(row).to_contain_text(re.compile(rf"Group: {config}\s*{len(names)}(?!\d)"), timeout=30_000)  # then its run count
+        for names in per_config.values():
+            for name in names:
+                expect(page.get_by_text(name, exact=True).first).to_be_visible()
+        page.screenshot(path=SCREENSHOTS / "mlflow_ui_grouped_by_config.png")
