@@ -97,7 +97,7 @@ def fid_over_training(params: Params, model_dir: Path, protocol: Protocol, extra
 def main(params_path, data_dir, samples_dir, model_dir, classifier_path, classifier_metrics, metrics_path, details_path,
          steps_csv, guidance_csv, nfe_csv, nll_terms, training_curve, cache_dir) -> None:  # fmt: skip
     params = read_params(params_path)
-    tracking.require_reachable()  # before minutes of feature extraction, not after them
+    tracking.check_access(params.tracking.experiment)  # wrong credentials fail before minutes of feature extraction
     cfg = params.evaluate
     sampling, train_info = read_json(samples_dir / "sampling.json"), read_json(model_dir / "train.json")
     accuracy = read_json(classifier_metrics)["test_accuracy"]
@@ -169,6 +169,7 @@ def main(params_path, data_dir, samples_dir, model_dir, classifier_path, classif
     summary = f"  NLL {nll['bits_per_dim']:.3f} bits/dim on {nll['images']} test images" if nll else ""
     head = rows[0]
     click.echo(f"FID {head['fid']:.3f} vs test, {head['fid_train']:.3f} vs train for {head['key']} (real {floor['fid']:.3f}){summary}")
+    tracking.finish()  # outputs first: a server that fails here leaves them complete
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def build(data_dir: Path, model_dir: Path, samples_dir: Path, metrics: dict, cla
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for report.md, report.html, figures/.")
 @stage_errors
 def main(data_dir, model_dir, samples_dir, evaluation_path, classifier_metrics, train_log, schedule_path, steps_csv, guidance_csv, nll_terms, training_curve, out) -> None:
-    tracking.require_reachable()  # else MLflow's client retries a dead server for minutes
+    tracking.check_access(None)  # wrong credentials fail at once
     tables = {"log": train_log, "schedule": schedule_path, "steps": steps_csv, "guidance": guidance_csv, "nll_terms": nll_terms, "curve": training_curve}
     doc = build(data_dir, model_dir, samples_dir, read_json(evaluation_path), read_json(classifier_metrics), {k: pd.read_csv(v) for k, v in tables.items()}, out)
     (out / "report.md").write_text(doc.to_markdown())
@@ -187,6 +187,7 @@ def main(data_dir, model_dir, samples_dir, evaluation_path, classifier_metrics, 
         for name in ("report.html", "report.md"):
             tracking.log_artifact(out / name, "report", run_id=train_run)
         tracking.log_artifacts(out / "figures", "report/figures", run_id=train_run)
+    tracking.finish()
 
 
 if __name__ == "__main__":

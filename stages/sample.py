@@ -38,7 +38,7 @@ from ddpmlab.training.trained import TrainedDiffusion, learns_variance
 @stage_errors
 def main(params_path: str, model_dir: Path, out: Path) -> None:
     params = read_params(params_path)
-    tracking.require_reachable()  # the samples are logged at the end: fail before sampling, not after
+    tracking.check_access(params.tracking.experiment)  # the samples are logged at the end: wrong credentials fail before sampling
     cfg = params.sample
     if params.evaluate.feature_extractor == "inception-v3-compat":
         # Fail here, not after sampling, when `evaluate` could not load its extractor (offline, no file).
@@ -96,9 +96,9 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
         },
     )
     train_info = read_json(model_dir / "train.json")
-    tracking.use_experiment(params.tracking.experiment)
     if tracking.run_exists(train_info["run_id"]):
         tracking.log_artifact(out / "comparison.png", "samples", run_id=train_info["run_id"])
+    tracking.finish()
     click.echo(f"sampled {cfg.num_samples} images on {device}: " + ", ".join(f"{e['key']} {e['seconds']:.0f}s" for e in entries))
 
 

@@ -57,7 +57,7 @@ def main(params_path: str, data_dir: Path, out: Path, log_path: Path, schedule_p
             "number of processes (WORLD_SIZE) so the params record how the model was trained"
         )
     if dist.is_main:
-        tracking.require_reachable()  # a dead tracking server fails now, not after the first checkpoint
+        tracking.check_access(params.tracking.experiment)  # wrong credentials fail now, not after the first checkpoint
     try:
         dist, device = distributed.start(resolve_device(params.device))
     except RuntimeError as e:

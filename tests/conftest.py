@@ -4,6 +4,7 @@ and the stages chained as dvc.yaml chains them."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -61,6 +62,7 @@ def isolate_stores(monkeypatch: pytest.MonkeyPatch, folder: Path, tracking_uri: 
     cache at a folder inside ``folder``: the project's mlflow.db and the user's ~/.cache are never
     touched. Returns the MLflow URI."""
     monkeypatch.setenv("DDPMLAB_CACHE", str(folder / "cache"))
+    monkeypatch.setenv("DDPMLAB_JOURNAL_DIR", str(folder / "journal"))
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     uri = tracking_uri or f"sqlite:///{folder / 'mlflow.db'}"
@@ -137,6 +139,25 @@ def prepare_inputs(p: Path, out: Path) -> None:
     invoke(classifier, "--params", p, "--data", out / "data", "--out", out / "classifier.pt", "--metrics", out / "classifier.json")
 
 
+def train_args(p: Path, out: Path, data: Path) -> list:
+    """The train stage's arguments: prepared data from ``data/data``, outputs into ``out``."""
+    return [
+        "--params", p, "--data", data / "data", "--out", out / "model", "--log", out / "train_log.csv",
+        "--schedule", out / "schedule.csv", "--resume-dir", out / "resume",
+    ]  # fmt: skip
+
+
+def report_args(out: Path, data: Path) -> list:
+    """The report stage's arguments, reading what the other stages wrote into ``out``; report in ``out/reports``."""
+    return [
+        "--data", data / "data", "--model", out / "model", "--samples", out / "samples",
+        "--evaluation", out / "evaluation.json", "--classifier-metrics", data / "classifier.json",
+        "--train-log", out / "train_log.csv", "--schedule", out / "schedule.csv",
+        "--steps-csv", out / "steps.csv", "--guidance-csv", out / "guidance.csv", "--nll-terms", out / "nll_terms.csv",
+        "--training-curve", out / "fid_over_training.csv", "--out", out / "reports",
+    ]  # fmt: skip
+
+
 def run_pipeline(p: Path, out: Path, data: Path | None = None) -> None:
     """Every stage with params ``p`` into ``out``; with ``data``, reuse its prepared data and classifier
     (a folder that :func:`prepare_inputs` filled)."""
@@ -145,19 +166,10 @@ def run_pipeline(p: Path, out: Path, data: Path | None = None) -> None:
     if data is None:
         data = out
         prepare_inputs(p, out)
-    invoke(
-        train, "--params", p, "--data", data / "data", "--out", out / "model", "--log", out / "train_log.csv",
-        "--schedule", out / "schedule.csv", "--resume-dir", out / "resume",
-    )  # fmt: skip
+    invoke(train, *train_args(p, out, data))
     invoke(sample, "--params", p, "--model", out / "model", "--out", out / "samples")
     invoke(evaluate, *evaluate_args(p, data / "data", out / "samples", out / "model", data, out))
-    invoke(
-        report, "--data", data / "data", "--model", out / "model", "--samples", out / "samples",
-        "--evaluation", out / "evaluation.json", "--classifier-metrics", data / "classifier.json",
-        "--train-log", out / "train_log.csv", "--schedule", out / "schedule.csv",
-        "--steps-csv", out / "steps.csv", "--guidance-csv", out / "guidance.csv", "--nll-terms", out / "nll_terms.csv",
-        "--training-curve", out / "fid_over_training.csv", "--out", out / "reports",
-    )  # fmt: skip
+    invoke(report, *report_args(out, data))
 
 
 COMPARED_SCHEDULES = ("linear", "cosine", "sigmoid")
@@ -181,3 +193,34 @@ def schedules_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
         replicate = write_tiny_params(folder / "replicate.yaml", schedule=COMPARED_SCHEDULES[0], train={"seed": 1}, evaluate={"snapshot_samples": 0})
         run_pipeline(replicate, folder / "replicate", data=first)
     return folder, uri
+
+
+# -- the team stack (tests/test_team_*.py) ------------------------------------------------------
+
+TEAM_ADMIN_PASSWORD = f"admin-{secrets.token_hex(10)}"  # unique per session: searched for wherever it must not be
+TEAM_WRITER = ("worker", f"worker-{secrets.token_hex(10)}")
+
+
+@pytest.fixture(scope="session")
+def team_stack(tmp_path_factory: pytest.TempPathFactory):
+    """One real team stack (PostgreSQL, SeaweedFS, `mlflow server` with logins) on free loopback
+    ports for the fault and worker tests; the fault tests stop and restart its services."""
+    from ddpmlab.team.stack import TeamStack
+
+    stack = TeamStack(tmp_path_factory.mktemp("team-stack") / "state", mlflow_port=free_port())
+    try:
+        stack.up(TEAM_ADMIN_PASSWORD, experiments=("ddpmlab",), timeout_s=180)
+        yield stack
+    finally:
+        stack.destroy()
+
+
+@pytest.fixture(scope="session")
+def team_writer(team_stack) -> tuple[str, str]:
+    """(user, password) of an account that may log to experiment ddpmlab (EDIT), as `ddpmlab team user` makes one."""
+    from ddpmlab.team import accounts
+
+    user, password = TEAM_WRITER
+    accounts.create_user(team_stack.tracking_uri, TEAM_ADMIN_PASSWORD, user, password)
+    accounts.grant(team_stack.tracking_uri, TEAM_ADMIN_PASSWORD, user, "ddpmlab", "EDIT")
+    return TEAM_WRITER

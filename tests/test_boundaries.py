@@ -103,8 +103,10 @@ def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
     assert _cycles(_import_graph(sorted(package.glob("*.py")))) == ["a -> b -> a"]
 
 
-def test_only_the_tracking_module_imports_mlflow():
-    assert _importers_of("mlflow") == {"pipeline/tracking.py"}
+def test_only_the_tracking_modules_import_mlflow():
+    """tracking.py decides what is logged where; outbox.py sends the journal. Nothing else, so the
+    library's training and sampling import without mlflow (the GPU machines lack it)."""
+    assert _importers_of("mlflow") == {"pipeline/tracking.py", "pipeline/outbox.py"}
 
 
 def test_only_the_metrics_module_imports_torch_fidelity():

@@ -13,6 +13,9 @@ from pathlib import Path
 import click
 import yaml
 
+from ddpmlab.pipeline.sync import tracking_group
+from ddpmlab.team.commands import team
+
 DEFAULT_EXPERIMENT = "ddpmlab"
 
 
@@ -49,6 +52,8 @@ params_option = click.option(
   ddpmlab ui        the MLflow UI on 127.0.0.1, opened at the runs' metric charts
   ddpmlab preset    the `dvc exp run -S ...` command of a preset (configs/cifar10.yaml)
   ddpmlab validate  check a params file (default params.yaml) as the stages do, and run nothing
+  ddpmlab team      a team tracking stack on this machine: PostgreSQL, S3, MLflow with logins
+  ddpmlab tracking  records journaled while a tracking server was down: status, sync
 
 The store is the project's (mlflow.db in the current directory) unless MLFLOW_TRACKING_URI is set."""
 )
@@ -208,6 +213,9 @@ def selected_runs(experiment_id: str, filter_string: str, wanted: list[str]):
             runs = pd.concat([runs, tracking.search_runs(experiment_id, run_ids=missing)], ignore_index=True)
     return runs
 
+
+main.add_command(tracking_group)  # ddpmlab tracking status / sync: pipeline/sync.py
+main.add_command(team)  # ddpmlab team ...: team/commands.py
 
 if __name__ == "__main__":
     main()

@@ -92,7 +92,7 @@ EXPECTED_ERRORS = {
     "ddpmlab.evaluation.classifier": "ClassifierTooWeak",
     "ddpmlab.data.image_set": "DataUnavailable",
     "ddpmlab.evaluation.inception": "InceptionWeightsUnavailable",
-    "ddpmlab.pipeline.tracking": "TrackingUnavailable",
+    "ddpmlab.pipeline.tracking": "TrackingError",
     "ddpmlab.training.loop": "TrainingDiverged",
 }
 

@@ -150,7 +150,7 @@ def run_training(
             shutil.copy2(snapshot, out / "snapshots" / snapshot.name)
         write_log_csv(log_rows, log_path)
         summary = {
-            "run_id": run_id,
+            "run_id": tracking.resolve(run_id),  # the server's id, once a run started during an outage is on it
             "step": state.step,
             "seconds_this_session": round(seconds, 1),
             "num_parameters": count_parameters(model),
@@ -164,6 +164,10 @@ def run_training(
         tracking.log_metrics({"train_seconds": seconds})
         tracking.log_artifact(out / "model.pt", "checkpoint")
         tracking.log_artifact(out / "train.json", "checkpoint")
+        # Kept until the server has every record: if it fails the stage, a rerun resumes at the last step
+        # (no retraining), in the same MLflow run, and the journal's leftovers go first.
+        save_training(state, training_params, in_channels, image_size, folder / f"step-{state.step:07d}.pt", {"log": log_rows, "run_id": run_id})
+    tracking.finish()
     shutil.rmtree(folder, ignore_errors=True)  # finished: the outputs now hold everything
     where = f"{device} x {dist.world_size} processes" if dist.enabled else str(device)
     click.echo(f"trained {state.step} steps in {seconds:.0f}s on {where}; final loss {summary['final_loss']}")

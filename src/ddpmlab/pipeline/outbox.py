@@ -1,0 +1,271 @@
+"""Sends the journal's records (``pipeline.journal``) to MLflow, in order, from a background thread.
+
+For an http(s) tracking server every record is journaled first and sent by :class:`Outbox`'s
+thread: while the server is down the stage goes on at full speed, the thread retries with a
+backoff capped at :data:`MAX_BACKOFF_S`, and when the server is back it sends the backlog with
+the records' original timestamps and steps. Any other store (the project's SQLite file) is
+local and never down: :func:`apply` runs in the caller's thread and nothing is journaled.
+
+Sending is at least once: a record whose answer was lost in a connection drop is sent again, so
+a metric point may appear twice in the server's history; none is ever missing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import click
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ddpmlab.pipeline.journal import Journal, RunIds, is_pending, journals
+
+MAX_BACKOFF_S = 30.0
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # see tracking.EXPERIMENT_KIND
+# MLflow's limits on one log-batch call
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+
+_UNREACHABLE_SIGNS = (
+    "connection refused", "failed to establish", "max retries exceeded", "connection aborted", "connection reset",
+    "remotedisconnected", "timed out", "name or service not known", "too many 502", "too many 503", "too many 504",
+    "error code 502", "error code 503", "error code 504",
+)  # fmt: skip
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """A server that did not answer (or a proxy saying nothing is behind it), as opposed to one
+    that answered with an error. Waiting helps the first; the second needs a person."""
+    text = str(error).lower()
+    if "too many 500" in text or "error code 500" in text:
+        return False
+    return any(sign in text for sign in _UNREACHABLE_SIGNS)
+
+
+class Blocked(Exception):
+    """A record names a run that another process has not created on the server yet."""
+
+
+class RunGone(Exception):
+    """The server has no such run (deleted by a person): its records are dropped."""
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)  # a parallel stage created it first
+    return experiment.experiment_id
+
+
+def _resolve(run_id: str, ids: RunIds) -> str:
+    real = ids.get(run_id)
+    if real is None:
+        raise Blocked(run_id)
+    return real
+
+
+def _resolve_values(values: dict[str, str], ids: RunIds) -> dict[str, str]:
+    """Pending run ids inside values (a parent-run tag, a train_run_id param) become real ones."""
+    return {k: (ids.get(v) or v) if is_pending(v) else v for k, v in values.items()}
+
+
+def _merged(records: list[dict], field: str, ids: RunIds) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for record in records:
+        merged.update(_resolve_values(record.get(field, {}), ids))
+    return merged
+
+
+def is_rejected(error: BaseException) -> bool:
+    """A request the server will refuse however often it is sent (HTTP 400: a bad value, a param
+    changed), as opposed to an outage, an overload or a permission an admin can still grant."""
+    return isinstance(error, MlflowException) and error.get_http_status_code() == 400
+
+
+def apply(client: MlflowClient, records: list[dict], ids: RunIds) -> None:
+    """Send ``records``, consecutive ones of one run, to the server: a run start, one ``log``
+    record (or several, merged into log-batch calls), an artifact or a run end."""
+    first = records[0]
+    op = first["op"]
+    if op == "create":
+        run = client.create_run(
+            _experiment_id(client, first["experiment"]), start_time=first["time"], tags=_resolve_values(first["tags"], ids),
+            run_name=first["name"],
+        )  # fmt: skip
+        ids.set(first["run"], run.info.run_id)
+        return
+    try:
+        run_id = _resolve(first["run"], ids)
+        if op == "log":
+            metrics = [Metric(k, v, ts, step) for r in records for k, v, ts, step in r.get("metrics", [])]
+            params = [Param(k, v) for k, v in _merged(records, "params", ids).items()]  # each key once: see batches()
+            tags = [RunTag(k, v) for k, v in _merged(records, "tags", ids).items()]
+            while metrics or params or tags:
+                client.log_batch(run_id, metrics=metrics[:MAX_METRICS], params=params[:MAX_PARAMS], tags=tags[:MAX_TAGS])
+                metrics, params, tags = metrics[MAX_METRICS:], params[MAX_PARAMS:], tags[MAX_TAGS:]
+        elif op == "artifact":
+            client.log_artifact(run_id, first["file"], artifact_path=first.get("path"))
+        elif op == "resume":
+            client.update_run(run_id, status="RUNNING")
+        elif op == "end":
+            client.set_terminated(run_id, status=first["status"], end_time=first["time"])
+        else:
+            raise ValueError(f"unknown journal record {op!r}")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RunGone(first["run"]) from e
+        raise
+
+
+def batches(unsent: list[tuple[int, dict]], limit: int = 200) -> list[list[tuple[int, dict]]]:
+    """Consecutive ``log`` records of one run go in one batch (one call per 1,000 points, not one
+    per training step), unless a param is named again: a batch may hold a key once, and a changed
+    value must reach the server to be refused as it would be alone. Every other record alone."""
+    out: list[list[tuple[int, dict]]] = []
+    keys: set[str] = set()  # params in the last batch
+    for index, record in unsent:
+        last = out[-1] if out else None
+        params = set(record.get("params", {}))
+        joins = last and record["op"] == "log" and last[-1][1]["op"] == "log" and last[-1][1]["run"] == record["run"]
+        if joins and len(last) < limit and not params & keys:
+            last.append((index, record))
+            keys |= params
+        else:
+            out.append([(index, record)])
+            keys = params
+    return out
+
+
+class Outbox:
+    """This process's journal for one (project, server), sent by a daemon thread; the thread also
+    sends leftovers of earlier processes for the same server first, oldest first."""
+
+    def __init__(self, folder: Path, uri: str) -> None:
+        self.folder, self.uri = folder, uri
+        self.ids = RunIds(folder)
+        self.journal: Journal | None = None  # created at the first record
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.last_error: BaseException | None = None
+        self.down_since: float | None = None
+        self.dropped = 0
+        self.rejected: list[MlflowException] = []
+        self.claimed: dict[Path, Journal] = {}  # leftovers this process holds the lock of
+        self._thread: threading.Thread | None = None
+
+    def append(self, record: dict) -> None:
+        with self.lock:
+            if self.journal is None:
+                self.journal = Journal.create(self.folder, self.uri)
+            self.journal.append(record)
+        self._start()
+
+    def keep_file(self, path: Path) -> str:
+        with self.lock:
+            if self.journal is None:
+                self.journal = Journal.create(self.folder, self.uri)
+            return str(self.journal.keep_file(path))
+
+    def _start(self) -> None:
+        with self.lock:  # the thread decides to stop under the same lock: a record is never left without one
+            self.wake.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="ddpmlab-outbox", daemon=True)
+                self._thread.start()
+
+    def _pending_journals(self) -> list[Journal]:
+        """Leftovers this process holds or can lock (oldest first), then its own journal. A lock
+        once taken is kept until the leftover is sent: flock locks are per open file, so a
+        second open of it in this process would not be let in."""
+        with self.lock:
+            own = self.journal.path if self.journal else None
+            for journal in journals(self.folder, self.uri):
+                if journal.path != own and journal.path not in self.claimed and journal.try_lock():
+                    self.claimed[journal.path] = journal
+            return sorted(self.claimed.values(), key=lambda j: j.path.name) + ([self.journal] if self.journal else [])
+
+    def pending(self) -> int:
+        """Records not yet on the server, in this process's journal and the leftovers it can send."""
+        return sum(len(journal.unsent()) for journal in self._pending_journals() if journal.path.exists())
+
+    def _send(self, journal: Journal, client: MlflowClient) -> None:
+        for batch in batches(journal.unsent()):
+            try:
+                apply(client, [r for _, r in batch], self.ids)
+            except RunGone as gone:
+                self.dropped += len(batch)
+                click.echo(f"warning: MLflow run {gone} no longer exists on {self.uri}; {len(batch)} record(s) for it dropped", err=True)
+            except MlflowException as e:
+                if not is_rejected(e):
+                    raise
+                # Kept beside the journal, never retried (it would block every later record) and reported by finish().
+                self.rejected.append(e)
+                with open(journal.path.with_suffix(".rejected"), "a", encoding="utf-8") as f:
+                    f.writelines(json.dumps({"error": str(e)[:500], **r}) + "\n" for _, r in batch)
+                click.echo(f"warning: {self.uri} refused {len(batch)} record(s) ({str(e)[:200]}); kept in {journal.path.with_suffix('.rejected')}", err=True)
+            journal.mark_sent(batch[-1][0] + 1)
+        if journal is not self.journal:
+            with self.lock:
+                self.claimed.pop(journal.path, None)
+            journal.remove()  # a leftover, all sent
+
+    def _loop(self) -> None:
+        client = MlflowClient(self.uri)
+        backoff = 1.0
+        while True:
+            self.wake.clear()
+            try:
+                for journal in self._pending_journals():
+                    self._send(journal, client)
+                self.last_error, self.down_since, backoff = None, None, 1.0
+            except Blocked:
+                self.wake.wait(backoff)  # another live process has not created that run yet
+                continue
+            except Exception as e:  # noqa: BLE001 - every failure is retried; drain() reports the last one
+                self.last_error = e
+                self.down_since = self.down_since or time.time()
+                self.wake.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            if not self.wake.wait(5.0):
+                with self.lock:
+                    if not self.wake.is_set():
+                        self._thread = None
+                        return  # idle: the next record starts a new thread
+
+    def resolved(self, run_id: str, timeout_s: float) -> str:
+        """The server's id of a run this process started, waiting up to ``timeout_s`` for it;
+        the pending id if the server has not created it by then."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            real = self.ids.get(run_id)
+            if real is not None:
+                return real
+            if self.last_error is not None and is_unreachable(self.last_error):
+                break
+            time.sleep(0.05)
+        return self.ids.get(run_id) or run_id
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every record this process can send is on the server; False at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        self._start()
+        while True:
+            if self.pending() == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        """Forget this process's journal once it is all sent (a new one starts at the next record)."""
+        with self.lock:
+            if self.journal is not None and not self.journal.unsent():
+                self.journal.remove()
+                self.journal = None

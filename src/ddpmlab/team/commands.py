@@ -1,0 +1,237 @@
+"""`ddpmlab team`: start, inspect and stop the team stack, add accounts, and point a DVC
+repository at the stack's bucket. Heavy imports stay inside the commands: the CLI starts light."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+TEAM_ADMIN_PASSWORD_ENV = "DDPMLAB_TEAM_ADMIN_PASSWORD"
+TEAM_USER_PASSWORD_ENV = "DDPMLAB_TEAM_USER_PASSWORD"
+TEAM_SERVICES = ("postgres", "object_store", "mlflow")  # ddpmlab.team.SERVICES, not imported here: the CLI starts light
+PROJECT_MARKERS = ("dvc.yaml", ".dvc", ".git")
+
+
+def team_dir(given: Path | None) -> Path:
+    """--dir, else .team in the project root: the nearest folder up with dvc.yaml, .dvc or .git
+    (else the current one), so every command finds the same stack from any subfolder."""
+    if given is not None:
+        return given
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder / ".team"
+    return here / ".team"
+
+
+def admin_password() -> str:
+    password = os.environ.get(TEAM_ADMIN_PASSWORD_ENV)
+    if not password:
+        raise click.ClickException(f"{TEAM_ADMIN_PASSWORD_ENV} is not set: export the MLflow admin's password (12+ characters)")
+    return password
+
+
+@contextmanager
+def team_errors() -> Iterator[None]:
+    """A stack or account failure as a one-line (or log-tail) error, not a traceback."""
+    from ddpmlab.team.accounts import AccountError
+    from ddpmlab.team.processes import TeamStackError
+
+    try:
+        yield
+    except (TeamStackError, AccountError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+team_dir_option = click.option(
+    "--dir", "state_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+    help="The stack's state folder: state, secrets, logs, data [default: .team in the project root, git-ignored].",
+)  # fmt: skip
+service_option = click.option("--service", type=click.Choice(TEAM_SERVICES), help="Only this service [default: all].")
+team_timeout_option = click.option(
+    "--timeout", "timeout_s", default=180, show_default=True, type=click.IntRange(10), help="Seconds a service may take to start."
+)
+
+
+@click.group(
+    "team",
+    help="""A team tracking stack on this machine: PostgreSQL (MLflow's runs and logins), SeaweedFS
+(S3 for artifacts and a DVC remote) and an MLflow server that wants a login.
+
+\b
+  ddpmlab team up          start it; the admin's password comes from $DDPMLAB_TEAM_ADMIN_PASSWORD
+  ddpmlab team status      what runs, with pids and addresses
+  ddpmlab team user NAME   a login with READ, EDIT or MANAGE on an experiment
+  ddpmlab team dvc-remote  make the stack's S3 bucket a DVC repository's default remote
+  ddpmlab team down        stop it, or one --service; `ddpmlab team start` starts again
+
+Every service listens on --host (default 127.0.0.1) only. Needs pip install 'ddpmlab[team]' and
+Debian's PostgreSQL server (apt-get install postgresql)."""
+)
+def team() -> None:
+    pass
+
+
+@team.command("up", short_help="Start the stack; the admin's password from $DDPMLAB_TEAM_ADMIN_PASSWORD.")
+@team_dir_option
+@click.option("--host", default=None, help="Address every service listens on [default: the stack's, else 127.0.0.1].")
+@click.option("--port", default=None, type=click.IntRange(1, 65535), help="MLflow's port [default: the stack's, else 5000].")
+@click.option("--experiment", "experiments", multiple=True, default=("ddpmlab",), show_default=True,
+              help="An experiment the admin creates if missing (repeat for several).")  # fmt: skip
+@team_timeout_option
+def team_up(state_dir: Path | None, host: str | None, port: int | None, experiments: tuple[str, ...], timeout_s: int) -> None:
+    """Start PostgreSQL, the object store and `mlflow server --app-name basic-auth`, in that order
+    (what runs already is left alone), then create the experiments as the admin. The first `up` of
+    a folder picks free ports, generates every internal secret and makes the admin with the
+    password in $DDPMLAB_TEAM_ADMIN_PASSWORD (12+ characters; later ups must give the same one).
+    On a failure, what was started is stopped again and the failing service's log is shown."""
+    from ddpmlab.team.stack import TeamStack
+
+    folder = team_dir(state_dir)
+    password = admin_password()
+    with team_errors():
+        if (folder / "state.json").is_file() and host is None and port is None:
+            stack = TeamStack.load(folder)
+        else:
+            stack = TeamStack(folder, host or "127.0.0.1", port or 5000)
+        started = stack.up(password, experiments, timeout_s)
+    click.echo(f"team stack in {stack.state_dir} {'is up' if started else 'was running already: nothing done'}")
+    echo_status(stack.status())
+    click.echo(
+        f"experiments: {', '.join(experiments)}\n"
+        "A client of this server (a stage, dvc exp run, ddpmlab compare) sets:\n"
+        f"  export MLFLOW_TRACKING_URI={stack.tracking_uri}\n"
+        "  export MLFLOW_TRACKING_USERNAME=<user>        # admin, or one made with `ddpmlab team user`\n"
+        "  export MLFLOW_TRACKING_PASSWORD=<that user's password>"
+    )
+
+
+def echo_status(status: dict) -> None:
+    for name, info in status.items():
+        state = f"running (pid {info['pid']})" if info["running"] else "stopped"
+        click.echo(f"  {name:<13} {state:<22} {info['url']}")
+
+
+@team.command("status", short_help="Each service: running or stopped, pid, address.")
+@team_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def team_status(state_dir: Path | None, as_json: bool) -> None:
+    """Each service of the stack: running or stopped, pid, address. Exits with status 3 when
+    something is stopped (a script can wait on it)."""
+    import json
+
+    from ddpmlab.team.stack import TeamStack
+
+    with team_errors():
+        status = TeamStack.load(team_dir(state_dir)).status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    else:
+        echo_status(status)
+    if not all(info["running"] for info in status.values()):
+        raise SystemExit(3)
+
+
+@team.command("down", short_help="Stop the stack, or one --service.")
+@team_dir_option
+@service_option
+def team_down(state_dir: Path | None, service: str | None) -> None:
+    """Stop the stack (MLflow, the object store, then PostgreSQL with pg_ctl stop -m fast), or one
+    --service for maintenance. Data, logins and secrets stay: `ddpmlab team up` or `start` resume."""
+    from ddpmlab.team.stack import TeamStack
+
+    with team_errors():
+        stack = TeamStack.load(team_dir(state_dir))
+        if service:
+            stack.stop_service(service)
+        else:
+            stack.down()
+    click.echo(f"stopped {service or 'the team stack'} ({stack.state_dir})")
+
+
+@team.command("start", short_help="Start stopped services again.")
+@team_dir_option
+@service_option
+@team_timeout_option
+def team_start(state_dir: Path | None, service: str | None, timeout_s: int) -> None:
+    """Start one stopped --service again (or every stopped one, in order) and wait until it
+    answers. Needs a stack made by `ddpmlab team up`; no password is asked."""
+    from ddpmlab.team.stack import TeamStack
+
+    with team_errors():
+        stack = TeamStack.load(team_dir(state_dir))
+        for name in [service] if service else TEAM_SERVICES:
+            stack.start_service(name, timeout_s)
+    echo_status(stack.status())
+
+
+@team.command("user", short_help="A login with READ, EDIT or MANAGE on experiments.")
+@click.argument("name")
+@click.option("--permission", required=True, type=click.Choice(["read", "edit", "manage"], case_sensitive=False),
+              help="read: see runs; edit: also log runs; manage: also change the experiment's permissions.")  # fmt: skip
+@click.option("--experiment", "experiments", multiple=True, default=("ddpmlab",), show_default=True,
+              help="Experiment the permission is on (repeat for several).")  # fmt: skip
+@team_dir_option
+def team_user(name: str, permission: str, experiments: tuple[str, ...], state_dir: Path | None) -> None:
+    """Create MLflow login NAME (if it does not exist) and give it --permission on each
+    --experiment, replacing what it had there. The new login's password comes from
+    $DDPMLAB_TEAM_USER_PASSWORD, else a hidden prompt (12+ characters); the admin's from
+    $DDPMLAB_TEAM_ADMIN_PASSWORD. Without a permission of their own, users can read every
+    experiment (the server's default is READ)."""
+    from ddpmlab.team import accounts
+    from ddpmlab.team.stack import TeamStack, check_password
+
+    admin = admin_password()
+    with team_errors():
+        uri = TeamStack.load(team_dir(state_dir)).tracking_uri
+        created = not accounts.user_exists(uri, admin, name)
+        if created:
+            password = os.environ.get(TEAM_USER_PASSWORD_ENV)
+            password = password or click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
+            accounts.create_user(uri, admin, name, check_password(password, f"the password of {name!r}"))
+        for experiment in experiments:
+            accounts.grant(uri, admin, name, experiment, permission)
+    what = "created" if created else "exists (password unchanged)"
+    click.echo(f"user {name!r} {what}: {permission.upper()} on {', '.join(experiments)} at {uri}")
+
+
+@team.command("dvc-remote", short_help="Make the stack's dvc bucket a DVC repository's default remote.")
+@team_dir_option
+@click.option("--name", default="team", show_default=True, help="The remote's name; it becomes the default remote.")
+@click.option("--repo", default=".", show_default=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The DVC repository.")  # fmt: skip
+@click.option("--path", "prefix", default="ddpmlab", show_default=True,
+              help="Folder in the stack's dvc bucket: keep it the same in every clone of a project.")  # fmt: skip
+def team_dvc_remote(state_dir: Path | None, name: str, repo: Path, prefix: str) -> None:
+    """Make s3://dvc/<path> on the stack's object store the default remote of the DVC repository
+    --repo: URL and endpoint in .dvc/config (commit them), the access key and secret in
+    .dvc/config.local, which git ignores. Runs this environment's `dvc remote add/modify`."""
+    from ddpmlab.team.stack import TeamStack
+
+    if not (repo / ".dvc").is_dir():
+        raise click.ClickException(f"{repo} is not a DVC repository (no .dvc folder): run `dvc init` there first")
+    with team_errors():
+        stack = TeamStack.load(team_dir(state_dir))
+        url = f"s3://{stack.bucket('dvc')}/{prefix.strip('/')}"
+        access, secret = stack.s3_credentials
+    steps = [
+        ["remote", "add", "--default", "--force", name, url],
+        ["remote", "modify", name, "endpointurl", stack.s3_endpoint],
+        ["remote", "modify", "--local", name, "access_key_id", access],
+        ["remote", "modify", "--local", name, "secret_access_key", secret],
+    ]
+    for args in steps:
+        # `python -m dvc`: this environment's dvc, with dvc-s3
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            shown = " ".join(args[:-1] if "--local" in args else args)  # never echo the secret
+            raise click.ClickException(f"`dvc {shown}` failed in {repo}: {(done.stderr or done.stdout).strip()}")
+    click.echo(f"DVC remote {name!r} (default) of {repo}: {url} at {stack.s3_endpoint}; its credentials are in .dvc/config.local")
+
+

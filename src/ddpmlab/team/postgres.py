@@ -1,0 +1,206 @@
+"""PostgreSQL for the team stack: one cluster of Debian's server binaries, MLflow's tracking store
+(database ``mlflow``) and login store (``mlflow_auth``).
+
+The superuser ``mlflow`` has a generated password (scram-sha-256). Clients never carry it in a
+URI or a command line: they read it from a libpq passfile (0600) named by PGPASSFILE.
+
+initdb and pg_ctl refuse to run as root; as root they run as the ``postgres`` user (runuser),
+and the cluster lives where that user can reach it, under /var/lib/postgresql/ddpmlab/."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddpmlab.team.processes import TeamStackError, alive, descendants, log_tail, start_ticks, write_private
+
+SUPERUSER = "mlflow"
+DATABASES = ("mlflow", "mlflow_auth")  # tracking store, login store
+ROOT_CLUSTERS = Path("/var/lib/postgresql/ddpmlab")
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; the socket file is "<dir>/.s.PGSQL.<port>"
+HBA = """\
+# ddpmlab team stack: the mlflow superuser only, with its password, from this machine only
+local  all  mlflow             scram-sha-256
+host   all  mlflow  samehost   scram-sha-256
+"""
+
+
+def bin_dir() -> Path:
+    """Debian's newest PostgreSQL server binaries (/usr/lib/postgresql/<version>/bin)."""
+
+    def version(initdb: Path) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", initdb.parent.parent.name))
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=version)
+    if not found:
+        raise TeamStackError("no PostgreSQL server (/usr/lib/postgresql/*/bin/initdb): install it (`apt-get install postgresql`)")
+    return found[-1].parent
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def cluster_dir(state_dir: Path) -> Path:
+    """Where the cluster of the stack in ``state_dir`` lives: <state_dir>/postgres, or as root a
+    postgres-owned folder named by a hash of the state dir (pytest's and many other folders of
+    root are closed to other users)."""
+    if not as_root():
+        return state_dir / "postgres"
+    return ROOT_CLUSTERS / hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def _owner() -> pwd.struct_passwd | None:
+    """The account the server runs as when this process is root (else None: the current user)."""
+    if not as_root():
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise TeamStackError(
+            "as root, PostgreSQL runs as user `postgres`, and there is none: `apt-get install postgresql`"
+        ) from None
+
+
+@dataclass
+class Postgres:
+    """The cluster in ``data_dir``, on ``host``:``port``; ``passfile`` holds its password, ``log`` gets its output."""
+
+    data_dir: Path
+    host: str
+    port: int
+    passfile: Path
+    log: Path
+
+    def _command(self, tool: str, *args: str) -> list[str]:
+        command = [str(bin_dir() / tool), *args]
+        return ["runuser", "-u", "postgres", "--", *command] if _owner() else command
+
+    def _run(self, tool: str, *args: str, timeout_s: float = 120) -> None:
+        """Run an initdb / pg_ctl command with its output appended to the log; fail with the log's end."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            # cwd "/": as the postgres user, the caller's folder may be closed to it.
+            # start_new_session: the postmaster that pg_ctl starts stays in it, away from the terminal's Ctrl-C.
+            code = subprocess.call(
+                self._command(tool, *args), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd="/",
+                start_new_session=True, timeout=timeout_s,
+            )  # fmt: skip
+        if code != 0:
+            tail = log_tail(self.log)
+            raise TeamStackError(f"PostgreSQL: `{tool} {args[0]}` failed (exit status {code}); the end of {self.log}:\n{tail}")
+
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").is_file()
+
+    def init(self, password: str) -> None:
+        """Create the cluster: superuser ``mlflow`` with ``password``, scram-sha-256 everywhere."""
+        owner = _owner()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pwfile"  # outside the data dir: initdb wants it empty
+        write_private(pwfile, password + "\n")
+        if owner:
+            for path in (ROOT_CLUSTERS, self.data_dir, pwfile):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+            os.chmod(ROOT_CLUSTERS, 0o700)
+        try:
+            self._run(
+                "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+                "--encoding=UTF8", "--no-locale", "--no-instructions",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+        (self.data_dir / "pg_hba.conf").write_text(HBA)  # written in place: it keeps its owner
+
+    def write_passfile(self, password: str) -> None:
+        """The libpq passfile every client reads (PGPASSFILE); any host, since URIs may name it differently."""
+        write_private(self.passfile, f"*:{self.port}:*:{SUPERUSER}:{password}\n")
+
+    def _socket_dir(self) -> str:
+        # A too long path cannot hold a Unix socket: TCP only then ('' disables the sockets).
+        return str(self.data_dir) if len(f"{self.data_dir}/.s.PGSQL.{self.port}") <= SOCKET_PATH_MAX else ""
+
+    def start(self, timeout_s: float) -> None:
+        """pg_ctl start, waiting until the server accepts connections."""
+        options = [f"listen_addresses={self.host}", f"port={self.port}", f"unix_socket_directories={self._socket_dir()}"]
+        # pg_ctl hands -o to a shell; without -l the postmaster writes to pg_ctl's output, our log.
+        self._run("pg_ctl", "start", "-D", str(self.data_dir), "-w", "-t", str(int(timeout_s)),
+                  "-o", " ".join(f"-c {shlex.quote(o)}" for o in options), timeout_s=timeout_s + 30)  # fmt: skip
+
+    def stop(self, timeout_s: float = 60) -> None:
+        """pg_ctl stop -m fast: ends the sessions (MLflow's pooled connections), checkpoints, exits."""
+        if self.pid() is not None:
+            wait = ["-w", "-t", str(int(timeout_s))]
+            self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", *wait, timeout_s=timeout_s + 30)
+
+    def pid(self) -> int | None:
+        """The running postmaster's pid (from postmaster.pid), None when it does not run."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def ticks(self) -> int | None:
+        pid = self.pid()
+        return start_ticks(pid) if pid else None
+
+    def processes(self) -> list[int]:
+        pid = self.pid()
+        return descendants(pid) if pid else []
+
+    def connect(self, database: str = "postgres"):
+        try:
+            import psycopg2
+        except ImportError:
+            raise TeamStackError("psycopg2 is missing: pip install 'ddpmlab[team]'") from None
+        login = {"user": SUPERUSER, "passfile": str(self.passfile)}
+        return psycopg2.connect(host=self.host, port=self.port, dbname=database, connect_timeout=5, **login)
+
+    def healthy(self) -> bool:
+        """Whether the server accepts a login with the passfile; a refused password fails at once."""
+        import psycopg2
+
+        try:
+            conn = self.connect()
+        except psycopg2.OperationalError as e:
+            if "password authentication failed" in str(e):
+                why = f"PostgreSQL in {self.data_dir} refuses the password in {self.passfile}"
+                raise TeamStackError(f"{why}: was the cluster made for another state folder?") from e
+            return False  # not listening yet
+        conn.close()
+        return True
+
+    def create_databases(self) -> None:
+        from psycopg2 import sql
+
+        conn = self.connect()
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        try:
+            with conn.cursor() as cur:
+                for name in DATABASES:
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                    if cur.fetchone() is None:
+                        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        finally:
+            conn.close()
+
+    def uri(self, database: str) -> str:
+        """SQLAlchemy URI without password (libpq takes it from PGPASSFILE). The driver is named:
+        SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which the team extra does not install."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql+psycopg2://{SUPERUSER}@{host}:{self.port}/{database}"
+
+    def remove(self) -> None:
+        """Delete the cluster's files (the server must be stopped)."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -1,0 +1,443 @@
+"""The team stack: PostgreSQL (MLflow's tracking and login stores), SeaweedFS (S3 for MLflow's
+artifacts and a DVC remote) and `mlflow server --app-name basic-auth` in front of both, each a
+detached process of this machine, on the stack's host (default 127.0.0.1).
+
+Everything lives in one state folder:
+
+    state.json          host, ports, pids, paths: enough for TeamStack.load() from any process
+    secrets.json        PostgreSQL password, S3 access key and secret (0600)
+    pgpass              libpq passfile (0600): PostgreSQL URIs and command lines carry no password
+    s3-identities.json  SeaweedFS's S3 identities (0600)
+    mlflow-auth.ini     MLflow's basic-auth settings (0600): the only place holding the admin password
+    logs/<service>.log  each service's output
+    seaweedfs/          the object store's data
+    postgres/           the cluster (as root: /var/lib/postgresql/ddpmlab/<hash>, see postgres.py)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ddpmlab.team import accounts
+from ddpmlab.team.object_store import BUCKETS, CHECKSUM_ENV, GRPC_OFFSET, INTERNAL, REGION, ObjectStore
+from ddpmlab.team.postgres import Postgres, cluster_dir
+from ddpmlab.team.processes import (
+    TeamStackError,
+    alive,
+    free_port,
+    group_members,
+    port_free,
+    spawn,
+    stop_group,
+    wait_until,
+    write_private,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("postgres", "object_store", "mlflow")  # start order; down() stops in reverse
+MIN_PASSWORD_LENGTH = 12  # MLflow's own rule for basic-auth passwords
+LEGACY_DEFAULT_PASSWORD = "password1234"  # the admin password older MLflow shipped: public
+MLFLOW_WORKERS = 2  # uvicorn workers: one can serve while the other waits on the database
+WILDCARDS = ("0.0.0.0", "::", "")
+# MLflow checks the password hash (~0.1 s of CPU) on every request unless its login cache is on: on 2
+# cores that caps the server at ~6 logging calls/s (benchmarks/tracking_load.py). The price of the
+# cache: a changed password or deleted account may still work on the other worker for this long.
+AUTH_CACHE_S = 30
+
+
+def check_password(password: str | None, what: str = "the admin password") -> str:
+    """Refuse a password that is empty, MLflow's old public default or short (ValueError)."""
+    if not password:
+        raise ValueError(f"{what} is empty: it needs {MIN_PASSWORD_LENGTH} characters or more")
+    if password == LEGACY_DEFAULT_PASSWORD:
+        raise ValueError(f"{what} is {LEGACY_DEFAULT_PASSWORD!r}, the public default of older MLflow versions: choose another")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"{what} has {len(password)} characters: it needs {MIN_PASSWORD_LENGTH} or more")
+    if password != password.strip() or any(c in password for c in "\r\n\0"):
+        raise ValueError(f"{what} may not start or end with whitespace or contain line breaks (MLflow reads it from an ini file)")
+    return password
+
+
+def check_admin_password(password: str | None) -> str:
+    return check_password(password, "the admin password")
+
+
+class TeamStack:
+    """The stack whose state lives in ``state_dir``. Port 0 means a free port on ``host``, chosen
+    once: a state folder keeps its host and ports across down() and up(). ``auth_cache_s``: how
+    long MLflow trusts a checked login (0: check the hash on every request), read at MLflow's start."""
+
+    def __init__(
+        self, state_dir: Path, host: str = "127.0.0.1", mlflow_port: int = 5000, postgres_port: int = 0, s3_port: int = 0,
+        auth_cache_s: int = AUTH_CACHE_S,
+    ) -> None:  # fmt: skip
+        self.auth_cache_s = auth_cache_s
+        self.state_dir = Path(state_dir).resolve()  # absolute: recorded, and hashed into the root cluster's folder
+        saved = self._read(self.state_file)
+        if saved is None:
+            taken: set[int] = set()
+            ports = {"mlflow": mlflow_port or free_port(host, taken), "postgres": postgres_port or free_port(host, taken),
+                     "s3": s3_port or free_port(host, taken)}  # fmt: skip
+            taken.update(ports.values())
+            ports["s3_grpc"] = free_port(host, taken)
+            ports.update({name: free_port(host, taken, grpc_offset=GRPC_OFFSET) for name in INTERNAL})
+            self.state: dict[str, Any] = {"host": host, "ports": ports, "postgres_dir": str(cluster_dir(self.state_dir))}
+            return
+        self.state = {k: v for k, v in saved.items() if k != "pids"}  # pids: read from the file each time (others change them)
+        ports = saved["ports"]
+        fixed = (
+            ("host", host, saved["host"]),
+            ("postgres port", postgres_port, ports["postgres"]),
+            ("S3 port", s3_port, ports["s3"]),
+        )
+        for what, given, recorded in fixed:
+            if given and given != recorded:
+                raise TeamStackError(
+                    f"the team stack in {self.state_dir} has {what} {recorded}, not {given}: use that or another folder"
+                )
+        if mlflow_port and mlflow_port != ports["mlflow"]:  # MLflow alone may move: nothing stored depends on its port
+            if self._running("mlflow"):
+                raise TeamStackError(
+                    f"MLflow of the team stack in {self.state_dir} runs on port {ports['mlflow']}: stop it first"
+                )
+            ports["mlflow"] = mlflow_port
+
+    @classmethod
+    def load(cls, state_dir: Path) -> TeamStack:
+        """The stack set up in ``state_dir`` (by up() in any process)."""
+        state_dir = Path(state_dir).resolve()
+        saved = cls._read(state_dir / "state.json")
+        if saved is None:
+            raise TeamStackError(f"no team stack in {state_dir} (no state.json): `ddpmlab team up --dir {state_dir}` starts one")
+        ports = saved["ports"]
+        return cls(state_dir, saved["host"], ports["mlflow"], ports["postgres"], ports["s3"])
+
+    # -- files ---------------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            raise TeamStackError(f"{path} is not valid JSON ({e}): fix or remove it") from e
+
+    def _save(self, **pids: list[int] | None) -> None:
+        """Write the state, with the pids of ``pids`` (None: stopped) over those in the file, which
+        other processes (another `ddpmlab team` command) may have changed since this one read it."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.state_dir / ".state.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one read-modify-write at a time
+            current = (self._read(self.state_file) or {}).get("pids", {})
+            for name, value in pids.items():
+                if value is None:
+                    current.pop(name, None)
+                else:
+                    current[name] = value
+            write_private(self.state_file, json.dumps({**self.state, "pids": current}, indent=2, sort_keys=True) + "\n")
+
+    def _secrets(self, create: bool = False) -> dict[str, str]:
+        """The generated secrets (created by the first up): PostgreSQL's password, the S3 key pair,
+        and the key MLflow signs its CSRF tokens with (stable, so sessions survive a restart)."""
+        path = self.state_dir / "secrets.json"
+        found = self._read(path)
+        if found is None and not create:
+            raise TeamStackError(f"{path} is missing: the stack in {self.state_dir} was never brought up (`ddpmlab team up`)")
+        wanted = {
+            "postgres_password": lambda: secrets.token_urlsafe(32),
+            "s3_access_key": lambda: "DDPM" + secrets.token_hex(8).upper(),
+            "s3_secret_key": lambda: secrets.token_urlsafe(30),
+            "flask_secret_key": lambda: secrets.token_hex(32),
+        }
+        missing = {key: make() for key, make in wanted.items() if key not in (found or {})}
+        if missing and create:
+            found = {**(found or {}), **missing}
+            write_private(path, json.dumps(found, indent=2) + "\n")
+        return found
+
+    def _write_auth_config(self, admin_password: str) -> None:
+        """MLflow's basic-auth ini. The password only creates the admin on the first start (an
+        empty login store); later starts keep the admin's password whatever the ini says."""
+        escaped = admin_password.replace("%", "%%")  # configparser interpolates %
+        write_private(self.auth_config, "\n".join([
+            "[mlflow]",
+            "default_permission = READ",
+            f"database_uri = {self._postgres().uri('mlflow_auth')}",
+            f"admin_username = {accounts.ADMIN}",
+            f"admin_password = {escaped}",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            f"auth_cache_ttl_seconds = {self.auth_cache_s}",
+        ]) + "\n")  # fmt: skip
+
+    @property
+    def auth_config(self) -> Path:
+        return self.state_dir / "mlflow-auth.ini"
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.state["host"]
+
+    def _client_host(self) -> str:
+        host = "127.0.0.1" if self.host in WILDCARDS else self.host
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://{self._client_host()}:{self.state['ports']['mlflow']}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self._client_host()}:{self.state['ports']['s3']}"
+
+    @property
+    def s3_credentials(self) -> tuple[str, str]:
+        """(access key id, secret access key) of the object store."""
+        found = self._secrets()
+        return found["s3_access_key"], found["s3_secret_key"]
+
+    def bucket(self, name: str) -> str:
+        """The name of the stack's bucket ``name`` ("mlflow-artifacts" or "dvc"), checked."""
+        if name not in BUCKETS:
+            raise ValueError(f"no bucket {name!r} in the team stack: it has {', '.join(BUCKETS)}")
+        return name
+
+    # -- services ------------------------------------------------------------------------------
+
+    def _postgres(self) -> Postgres:
+        port = self.state["ports"]["postgres"]
+        return Postgres(Path(self.state["postgres_dir"]), self.host, port, self.state_dir / "pgpass", self.logs / "postgres.log")
+
+    def _store(self) -> ObjectStore:
+        ports, config = self.state["ports"], self.state_dir / "s3-identities.json"
+        return ObjectStore(self.state_dir / "seaweedfs", self.host, ports["s3"], ports, config, *self.s3_credentials)
+
+    def _pid(self, name: str) -> tuple[int | None, int | None]:
+        pid, ticks = ((self._read(self.state_file) or {}).get("pids") or {}).get(name) or (None, None)
+        return pid, ticks
+
+    def _running(self, name: str) -> bool:
+        if name == "postgres":
+            return self._postgres().running()
+        return alive(*self._pid(name))
+
+    def _check(self, name: str) -> None:
+        if name not in SERVICES:
+            raise ValueError(f"no service {name!r}: the team stack has {', '.join(SERVICES)}")
+
+    def _mlflow_env(self) -> dict[str, str]:
+        access, secret = self.s3_credentials
+        # The caller's MLflow, AWS and libpq settings would mix into the server's: leave them out.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "PG"))}
+        return env | CHECKSUM_ENV | {
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
+            "PGPASSFILE": str(self.state_dir / "pgpass"), "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": self._secrets()["flask_secret_key"],  # basic-auth's CSRF protection needs one
+            # No job runner: its 7 huey consumers (~1.5 GB) serve GenAI scorers and trace archival, nothing of ddpmlab's.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }  # fmt: skip
+
+    def _mlflow_command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.state["ports"]["mlflow"]),
+            "--backend-store-uri", self._postgres().uri("mlflow"), "--artifacts-destination", "s3://mlflow-artifacts/",
+            "--app-name", "basic-auth", "--workers", str(MLFLOW_WORKERS),
+        ]  # fmt: skip
+
+    def _mlflow_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=5) as response:
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def start_service(self, name: str, timeout_s: float = 180) -> None:
+        """Start one service (when it does not run) and wait until it answers; when it does not,
+        stop it again and fail with the end of its log."""
+        self._check(name)
+        if self._running(name):
+            return
+        self._check_ports(name)
+        start = {"postgres": self._start_postgres, "object_store": self._start_object_store, "mlflow": self._start_mlflow}[name]
+        try:
+            start(timeout_s)
+        except BaseException:
+            try:
+                self.stop_service(name)
+            except (TeamStackError, OSError, subprocess.SubprocessError) as e:  # the start's failure is the one to report
+                log.warning("team stack: could not stop %s after its failed start: %s", name, e)
+            raise
+        self._save()
+        log.info("team stack: %s started", name)
+
+    def _check_ports(self, name: str) -> None:
+        """Fail at once, naming it, when a port of service ``name`` is taken (e.g. 5000 by another `mlflow ui`)."""
+        ports = self.state["ports"]
+        wanted = {"postgres": [ports["postgres"]], "mlflow": [ports["mlflow"]]}.get(name)
+        if wanted is None:  # the object store: S3 and every internal http and gRPC port
+            wanted = [ports["s3"], ports["s3_grpc"], *(ports[n] + offset for n in INTERNAL for offset in (0, GRPC_OFFSET))]
+        taken = [port for port in wanted if not port_free(self.host, port)]
+        if taken:
+            raise TeamStackError(
+                f"{name}: port {', '.join(map(str, taken))} on {self.host} is in use by another program: stop it, or give the "
+                f"stack another port{' (--port)' if name == 'mlflow' else ''} or state folder"
+            )
+
+    def _start_postgres(self, timeout_s: float) -> None:
+        pg = self._postgres()
+        password = self._secrets()["postgres_password"]
+        if not pg.initialised():
+            pg.init(password)
+        pg.write_passfile(password)
+        pg.start(timeout_s)
+        wait_until(pg.healthy, timeout_s, "PostgreSQL", pg.log, pg.pid(), pg.ticks())
+        pg.create_databases()
+        self._save(postgres=[pg.pid(), pg.ticks()])
+
+    def _start_object_store(self, timeout_s: float) -> None:
+        store = self._store()
+        store.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store.write_config()
+        store.write_security()
+        log_file = self.logs / "object_store.log"
+        pid, ticks = spawn(store.command(), log_file, env=store.env(), cwd=store.data_dir)
+        self._save(object_store=[pid, ticks])  # another process can stop it from now on
+        wait_until(store.healthy, timeout_s, "SeaweedFS", log_file, pid, ticks)
+        store.ensure_buckets()
+
+    def _start_mlflow(self, timeout_s: float) -> None:
+        if not self.auth_config.is_file():
+            raise TeamStackError(f"{self.auth_config} is missing: `ddpmlab team up` writes it (MLflow's login settings)")
+        if not self._running("postgres"):
+            raise TeamStackError("MLflow needs PostgreSQL: start it first (`ddpmlab team start --service postgres`)")
+        log_file = self.logs / "mlflow.log"
+        pid, ticks = spawn(self._mlflow_command(), log_file, env=self._mlflow_env(), cwd=self.state_dir)
+        self._save(mlflow=[pid, ticks])
+        wait_until(self._mlflow_answers, timeout_s, "MLflow server", log_file, pid, ticks)
+
+    def stop_service(self, name: str) -> None:
+        """Stop one service (nothing happens when it does not run)."""
+        self._check(name)
+        if name == "postgres":
+            self._postgres().stop()
+        else:
+            stop_group(*self._pid(name))
+        if self.state_file.is_file():
+            self._save(**{name: None})
+
+    # -- the whole stack -----------------------------------------------------------------------
+
+    def up(self, admin_password: str, experiments: Iterable[str] = ("ddpmlab",), timeout_s: float = 180) -> bool:
+        """Start what does not run (PostgreSQL, the object store, MLflow, in that order), check the
+        admin's login and create ``experiments`` (as the admin) where missing. False when everything
+        ran already, and then nothing is done. On a failure, what this call started is stopped again
+        and the error carries the end of the failing service's log."""
+        check_admin_password(admin_password)
+        experiments = list(experiments)
+        if not all(isinstance(e, str) and e.strip() for e in experiments):
+            raise ValueError(f"experiment names must be non-empty: {experiments!r}")
+        if all(self._running(name) for name in SERVICES):
+            log.info("team stack in %s is running already: nothing to do", self.state_dir)
+            return False
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pg = self._postgres()
+        if not (self.state_dir / "secrets.json").is_file() and pg.initialised():
+            raise TeamStackError(
+                f"the PostgreSQL cluster {pg.data_dir} exists, but {self.state_dir} has no secrets.json (a deleted state "
+                f"folder?): restore the folder, or delete the cluster (rm -r {pg.data_dir}) to start afresh"
+            )
+        for name in SERVICES:  # all taken ports named before anything starts
+            if not self._running(name):
+                self._check_ports(name)
+        self._secrets(create=True)
+        self._save()
+        previous = self.auth_config.read_text() if self.auth_config.is_file() else None
+        if not self._running("mlflow"):
+            self._write_auth_config(admin_password)
+        started = []
+        try:
+            for name in SERVICES:
+                if not self._running(name):
+                    self.start_service(name, timeout_s)
+                    started.append(name)
+            try:
+                accounts.check_admin(self.tracking_uri, admin_password)
+                for name in experiments:
+                    accounts.ensure_experiment(self.tracking_uri, admin_password, name)
+            except accounts.AccountError as e:
+                if previous is not None:  # a wrong password: keep the ini holding the admin's real one
+                    write_private(self.auth_config, previous)
+                raise TeamStackError(f"{e} (the admin's password is the one of the first `up` of {self.state_dir})") from e
+        except BaseException:
+            for name in reversed(started):
+                try:
+                    self.stop_service(name)
+                except (TeamStackError, OSError, subprocess.SubprocessError) as e:  # report the original failure, not this one
+                    log.warning("team stack: could not stop %s: %s", name, e)
+            raise
+        return True
+
+    def down(self) -> None:
+        """Stop MLflow, then the object store, then PostgreSQL (pg_ctl stop -m fast)."""
+        errors = []
+        for name in reversed(SERVICES):
+            try:
+                self.stop_service(name)
+            except (TeamStackError, OSError, subprocess.SubprocessError) as e:  # still stop the others
+                errors.append(f"{name}: {e}")
+        if errors:
+            raise TeamStackError("; ".join(errors))
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per service: running, pid, port and url."""
+        ports = self.state["ports"]
+        pg = self._postgres()
+        urls = {"postgres": pg.uri("mlflow"), "object_store": self.s3_endpoint, "mlflow": self.tracking_uri}
+        port = {"postgres": ports["postgres"], "object_store": ports["s3"], "mlflow": ports["mlflow"]}
+        out = {}
+        for name in SERVICES:
+            running = self._running(name)
+            pid = (pg.pid() if name == "postgres" else self._pid(name)[0]) if running else None
+            out[name] = {"running": running, "pid": pid, "port": port[name], "url": urls[name]}
+        return out
+
+    def pids(self) -> dict[str, list[int]]:
+        """Every live process of each service (MLflow's workers, PostgreSQL's backends included)."""
+        out = {"postgres": self._postgres().processes()}
+        for name in ("object_store", "mlflow"):
+            pid, ticks = self._pid(name)
+            reused = pid is not None and alive(pid) and not alive(pid, ticks)  # then the group is someone else's
+            out[name] = group_members(pid) if pid and not reused else []  # workers may outlive their leader
+        return out
+
+    def destroy(self) -> None:
+        """down(), then delete the state folder and the PostgreSQL cluster: every run, artifact and login."""
+        try:
+            self.down()
+        finally:
+            self._postgres().remove()
+            shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -1,0 +1,164 @@
+"""A team on the real stack, the job-array recipe of docs/team.md: a lead runs the baseline and
+pushes it (git origin + the DVC remote on SeaweedFS); two worker clones `dvc pull`, run a different
+experiment each at the same time against the same MLflow server, and `dvc exp push` at the same
+time; a teammate's clone `dvc exp pull`s both and finds the same model and metrics, and
+`ddpmlab compare` against the server shows every run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, tiny_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("team_stack")]
+EXPERIMENTS = {"worker1": ("w1-seed1", "train.seed=1"), "worker2": ("w2-cosine", "schedule=cosine")}
+
+
+@pytest.fixture(autouse=True)
+def signed_in(team_writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's MlflowClient reads the server as the worker account does."""
+    user, password = team_writer
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+
+def run(cmd: list, cwd: Path, env: dict, timeout_s: float = 600) -> str:
+    result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed in {cwd}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+DVC = [sys.executable, "-m", "dvc"]
+DDPMLAB = [sys.executable, "-m", "ddpmlab.cli"]
+
+
+def team_env(stack, writer: tuple[str, str], home: Path) -> dict[str, str]:
+    user, password = writer
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DDPMLAB_"))}
+    return env | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in dvc.yaml = this interpreter
+        "DVC_NO_ANALYTICS": "1", "DDPMLAB_CACHE": str(home / "cache"), "OMP_NUM_THREADS": "1",
+        "MLFLOW_TRACKING_URI": stack.tracking_uri, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password,
+        "GIT_AUTHOR_NAME": "ddpmlab test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "ddpmlab test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }  # fmt: skip
+
+
+def clone(origin: Path, folder: Path, stack, env: dict) -> Path:
+    """A teammate's clone, with the DVC remote's credentials set locally (.dvc/config.local)."""
+    run(["git", "clone", "-q", origin, folder], folder.parent, env)
+    run([*DDPMLAB, "team", "dvc-remote", "--dir", stack.state_dir, "--repo", folder], folder, env)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def team(team_stack, team_writer, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The lead's baseline in a bare git origin and the DVC remote; then both workers at once."""
+    home = tmp_path_factory.mktemp("team")
+    env = team_env(team_stack, team_writer, home)
+    lead = home / "lead"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (lead / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, lead / name)
+    (lead / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(["git", "init", "-q", "-b", "main"], lead, env)
+    run([*DDPMLAB, "team", "dvc-remote", "--dir", team_stack.state_dir, "--repo", lead], lead, env)
+    run(["git", "add", "-A"], lead, env)
+    run(["git", "commit", "-q", "-m", "tiny params, team remote"], lead, env)
+    run([*DVC, "repro"], lead, env)
+    run([*DVC, "push"], lead, env)
+    run(["git", "commit", "-q", "-am", "baseline"], lead, env)
+    origin = home / "origin.git"
+    run(["git", "clone", "-q", "--bare", lead, origin], home, env)
+
+    workers = {name: clone(origin, home / name, team_stack, env) for name in EXPERIMENTS}
+
+    def work(name: str) -> str:
+        folder = workers[name]
+        run([*DVC, "pull"], folder, env)
+        exp_name, setting = EXPERIMENTS[name]
+        return run([*DVC, "exp", "run", "-n", exp_name, "-S", setting], folder, env, timeout_s=900)
+
+    with ThreadPoolExecutor(2) as pool:  # the two jobs of the array at the same time
+        outputs = dict(zip(EXPERIMENTS, pool.map(work, EXPERIMENTS)))
+    with ThreadPoolExecutor(2) as pool:  # and both push at the same time
+        list(pool.map(lambda name: run([*DVC, "exp", "push", "origin", EXPERIMENTS[name][0]], workers[name], env), EXPERIMENTS))
+    return {"home": home, "env": env, "origin": origin, "workers": workers, "outputs": outputs}
+
+
+def test_a_teammates_clone_gets_both_experiments_with_the_same_model_and_metrics(team, team_stack):
+    env, home = team["env"], team["home"]
+    mate = clone(team["origin"], home / "teammate", team_stack, env)
+    for exp_name, _ in EXPERIMENTS.values():
+        run([*DVC, "exp", "pull", "origin", exp_name], mate, env)
+    shown = json.loads(subprocess.run([*DVC, "exp", "show", "--json"], cwd=mate, env=env, capture_output=True, text=True, check=True).stdout)
+    names = {exp["name"] for entry in shown for exp in (entry.get("experiments") or [])}
+    assert {exp_name for exp_name, _ in EXPERIMENTS.values()} <= names, names
+    for worker, (exp_name, _) in EXPERIMENTS.items():
+        run([*DVC, "exp", "apply", exp_name], mate, env)
+        run([*DVC, "pull"], mate, env)
+        source = team["workers"][worker]
+        for output in ("models/ddpm/model.pt", "reports/metrics.json", "reports/steps.csv"):
+            assert (mate / output).read_bytes() == (source / output).read_bytes(), output
+
+
+def test_every_run_of_both_workers_is_on_the_server_and_compare_shows_them(team, team_stack):
+    client = MlflowClient(team_stack.tracking_uri)
+    experiment = client.get_experiment_by_name("ddpmlab").experiment_id
+    for worker, (exp_name, _) in EXPERIMENTS.items():
+        runs = client.search_runs([experiment], f"tags.`dvc.exp_name` = '{exp_name}'")
+        stages = sorted(r.data.tags["ddpmlab.stage"] for r in runs)
+        assert stages == ["evaluate"] * 4 + ["train"], stages
+        assert all(r.info.status == "FINISHED" for r in runs)
+        (train,) = [r for r in runs if r.data.tags["ddpmlab.stage"] == "train"]
+        source = team["workers"][worker]
+        log = (source / "reports" / "train_log.csv").read_text().splitlines()[1:]
+        assert [p.step for p in client.get_metric_history(train.info.run_id, "loss")] == [int(line.split(",")[0]) for line in log]
+        metrics = json.loads((source / "reports" / "metrics.json").read_text())
+        evaluations = {r.data.params["run_key"]: r.data.metrics["fid"] for r in runs if r.data.tags["ddpmlab.stage"] == "evaluate"}
+        assert evaluations == pytest.approx({k.removeprefix("fid@"): v for k, v in metrics.items() if k.startswith("fid@")})
+        assert {a.path for a in client.list_artifacts(train.info.run_id, "checkpoint")} >= {"checkpoint/model.pt"}
+    out = team["home"] / "compare"
+    run([*DDPMLAB, "compare", "--out", out], team["workers"]["worker1"], team["env"])
+    text = (out / "compare.md").read_text()
+    assert "cosine" in text and "seed" in text
+
+
+def test_no_password_lands_in_files_git_runs_or_logs(team, team_stack, team_writer):
+    """The worker's password (in its environment) and the admin's (in the stack's 0600 ini only) are
+    nowhere in the clones' files (params, dvc.lock, reports, the journal), in any git object of
+    any clone (experiment refs included), in the params and tags of any MLflow run, or in the
+    stack's logs."""
+    from conftest import TEAM_ADMIN_PASSWORD
+
+    secrets = [team_writer[1].encode(), TEAM_ADMIN_PASSWORD.encode()]
+    clones = [team["home"] / "lead", *team["workers"].values()]
+    searched = 0
+    for folder in clones:
+        for path in folder.rglob("*"):
+            if path.is_file() and ".git" not in path.parts and path.stat().st_size < 50_000_000:
+                data = path.read_bytes()
+                searched += 1
+                assert not any(s in data for s in secrets), path
+        objects = subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"], cwd=folder, capture_output=True, check=True).stdout
+        assert objects and not any(s in objects for s in secrets), f"a git object of {folder}"
+    for path in team_stack.logs.rglob("*"):
+        if path.is_file():
+            assert not any(s in path.read_bytes() for s in secrets), path
+    client = MlflowClient(team_stack.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("ddpmlab").experiment_id])
+    values = [v for r in runs for v in (*r.data.params.values(), *r.data.tags.values())]
+    assert len(runs) >= 10 and not [v for v in values if any(s.decode() in v for s in secrets)]
+    assert searched > 100  # params.yaml, dvc.lock, reports/, the journal's folder, ... of every clone
