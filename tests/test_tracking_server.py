@@ -215,3 +215,15 @@ def test_artifacts_go_through_the_server_and_come_back(served_pipeline: tuple[st
     assert grid.read_bytes() == (out / "samples" / "ddpm-30" / "grid.png").read_bytes()
     _, _, server_folder = mlflow_server
     assert list((server_folder / "server-artifacts").rglob("model.pt"))  # stored where the server keeps artifacts
+
+
+def test_the_credentials_probe_takes_no_answer_as_nothing_to_refuse():
+    """A server that stops answering between the health probe and the sign-in check is an outage
+    (the journal handles it), not a refusal and not a traceback."""
+    with socket.socket() as listener:  # accepts, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        start = time.monotonic()
+        tracking.check_credentials(f"http://127.0.0.1:{listener.getsockname()[1]}", "ddpmlab")
+        assert time.monotonic() - start < 15
+    tracking.check_credentials(f"http://127.0.0.1:{free_port()}", "ddpmlab")  # connection refused

@@ -136,7 +136,8 @@ def _auth_headers() -> dict[str, str]:
 
 
 def _api(uri: str, endpoint: str, payload: dict | None = None, timeout_s: float = 10.0) -> tuple[int, dict]:
-    """(HTTP status, JSON body) of one MLflow REST call made with the client's credentials."""
+    """(HTTP status, JSON body) of one MLflow REST call made with the client's credentials; status
+    0 when no answer came (the server went away or is slow: the outbox retries, nothing to refuse)."""
     headers = {"Content-Type": "application/json", **_auth_headers()}
     data = json.dumps(payload).encode() if payload is not None else None
     request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/{endpoint}", data=data, headers=headers)
@@ -145,6 +146,8 @@ def _api(uri: str, endpoint: str, payload: dict | None = None, timeout_s: float 
             return answer.status, json.load(answer)
     except urllib.error.HTTPError as e:
         return e.code, {}
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError):  # ValueError: a body that is not JSON
+        return 0, {}
 
 
 def check_credentials(uri: str, experiment: str | None) -> None:
