@@ -224,3 +224,11 @@ def team_writer(team_stack) -> tuple[str, str]:
     accounts.create_user(team_stack.tracking_uri, TEAM_ADMIN_PASSWORD, user, password)
     accounts.grant(team_stack.tracking_uri, TEAM_ADMIN_PASSWORD, user, "ddpmlab", "EDIT")
     return TEAM_WRITER
+
+
+@pytest.fixture
+def signed_in_as_writer(team_writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's MlflowClient (and ddpmlab's probes) use the worker account's credentials."""
+    user, password = team_writer
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)

@@ -22,15 +22,7 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT, evaluate_args, prepare_inputs, report_args, train_args, write_tiny_params
 
 STAGE_TIMEOUT_S = 300
-pytestmark = pytest.mark.usefixtures("team_stack")
-
-
-@pytest.fixture(autouse=True)
-def signed_in(team_writer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process's MlflowClient reads the server as the worker account does."""
-    user, password = team_writer
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+pytestmark = pytest.mark.usefixtures("team_stack", "signed_in_as_writer")
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -242,3 +234,16 @@ def test_a_stage_with_bad_credentials_fails_at_once_naming_the_server(team_stack
     assert "no checkpoint" not in done.stdout and not (tmp_path / "samples").exists()  # refused before reading its inputs
     if status == 403:
         assert "ddpmlab team user reader --permission edit --experiment ddpmlab" in done.stdout
+
+
+def test_compare_without_credentials_fails_at_once_naming_the_server(team_stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from click.testing import CliRunner
+
+    from ddpmlab.cli import main as ddpmlab_command
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_stack.tracking_uri)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    result = CliRunner().invoke(ddpmlab_command, ["compare", "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "reports")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"Error: MLflow tracking server {team_stack.tracking_uri} refused the credentials" in result.output and "(HTTP 401)" in result.output

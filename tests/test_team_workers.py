@@ -20,16 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, tiny_params
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("team_stack")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("team_stack", "signed_in_as_writer")]
 EXPERIMENTS = {"worker1": ("w1-seed1", "train.seed=1"), "worker2": ("w2-cosine", "schedule=cosine")}
-
-
-@pytest.fixture(autouse=True)
-def signed_in(team_writer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process's MlflowClient reads the server as the worker account does."""
-    user, password = team_writer
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
 
 
 def run(cmd: list, cwd: Path, env: dict, timeout_s: float = 600) -> str:

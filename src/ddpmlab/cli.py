@@ -185,12 +185,12 @@ def validate(path: Path) -> None:
 
 @contextmanager
 def tracking_errors() -> Iterator[None]:
-    """An unreachable tracking server as a one-line error, not a traceback."""
-    from ddpmlab.pipeline.tracking import TrackingUnavailable
+    """An unreachable tracking server, or one refusing the credentials, as a one-line error, not a traceback."""
+    from ddpmlab.pipeline.tracking import TrackingError
 
     try:
         yield
-    except TrackingUnavailable as e:
+    except TrackingError as e:
         raise click.ClickException(str(e)) from e
 
 

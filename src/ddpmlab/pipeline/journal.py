@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Any
 
 PENDING_PREFIX = "pending-"
+# The tag every experiment ddpmlab creates gets (whoever creates it: a stage, the outbox, the team
+# stack's admin): MLflow 3's UI opens an experiment without it in its GenAI (traces) view, where
+# training runs, their params and metric charts are hidden; this kind opens "Model training".
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def new_pending_id() -> str:

@@ -22,10 +22,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ddpmlab.pipeline.journal import Journal, RunIds, is_pending, journals
+from ddpmlab.pipeline.journal import EXPERIMENT_KIND, Journal, RunIds, is_pending, journals
 
 MAX_BACKOFF_S = 30.0
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # see tracking.EXPERIMENT_KIND
 # MLflow's limits on one log-batch call
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 

@@ -36,13 +36,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags as resolve_context_tags
 
 from ddpmlab.config import REPLICATE_SEEDS, Params, config_id, flatten
-from ddpmlab.pipeline.journal import RunIds, is_pending, journals, new_pending_id
+from ddpmlab.pipeline.journal import EXPERIMENT_KIND, RunIds, is_pending, journals, new_pending_id
 from ddpmlab.pipeline.outbox import Outbox, apply, is_unreachable
 
 PARENT_TAG = "mlflow.parentRunId"
-# MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view, where
-# training runs, their params and metric charts are hidden; this kind opens "Model training".
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def project_root() -> Path:
@@ -440,9 +437,13 @@ def finish(wait_s: float | None = None) -> None:
 
 
 def find_experiment(name: str) -> str | None:
-    """The id of experiment ``name`` in the project's store, or None; creates nothing."""
-    require_reachable()
-    mlflow.set_tracking_uri(tracking_uri())
+    """The id of experiment ``name`` in the project's store, or None; creates nothing. A server
+    that refuses the client's credentials raises :class:`TrackingRefused`."""
+    uri = tracking_uri()
+    require_reachable(uri)
+    if is_server(uri):
+        check_credentials(uri, None)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     return experiment.experiment_id if experiment else None
 

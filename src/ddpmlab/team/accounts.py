@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import requests
 
+from ddpmlab.pipeline.journal import EXPERIMENT_KIND  # the experiments the admin creates open in the model-training view
+
 ADMIN = "admin"
 PERMISSIONS = ("READ", "EDIT", "MANAGE")
 TIMEOUT_S = 30
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # opens in the UI's model-training view
 # MLflow's error codes of "no such user / experiment / grant" and "it exists already"
 MISSING, EXISTS = "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS"
 GET_USER = "/api/2.0/mlflow/users/get"
@@ -78,7 +79,8 @@ def ensure_experiment(uri: str, admin_password: str, name: str) -> str:
     found = experiment_id(uri, admin_password, name)
     if found is not None:
         return found
-    tags = [{"key": k, "value": v} for k, v in EXPERIMENT_KIND.items()]
+    key, kind = EXPERIMENT_KIND
+    tags = [{"key": key, "value": kind}]
     response = _call(uri, admin_password, "POST", CREATE_EXPERIMENT, json={"name": name, "tags": tags}, ok=EXISTS)
     if response is None:  # created in between by someone else
         return experiment_id(uri, admin_password, name)
