@@ -152,24 +152,25 @@ class Outbox:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.last_error: BaseException | None = None
-        self.down_since: float | None = None
         self.dropped = 0
         self.rejected: list[MlflowException] = []
         self.claimed: dict[Path, Journal] = {}  # leftovers this process holds the lock of
         self._thread: threading.Thread | None = None
 
+    def _own(self) -> Journal:
+        """This process's journal, created at its first record (call with the lock held)."""
+        if self.journal is None:
+            self.journal = Journal.create(self.folder, self.uri)
+        return self.journal
+
     def append(self, record: dict) -> None:
         with self.lock:
-            if self.journal is None:
-                self.journal = Journal.create(self.folder, self.uri)
-            self.journal.append(record)
+            self._own().append(record)
         self._start()
 
     def keep_file(self, path: Path) -> str:
         with self.lock:
-            if self.journal is None:
-                self.journal = Journal.create(self.folder, self.uri)
-            return str(self.journal.keep_file(path))
+            return str(self._own().keep_file(path))
 
     def _start(self) -> None:
         with self.lock:  # the thread decides to stop under the same lock: a record is never left without one
@@ -222,13 +223,12 @@ class Outbox:
             try:
                 for journal in self._pending_journals():
                     self._send(journal, client)
-                self.last_error, self.down_since, backoff = None, None, 1.0
+                self.last_error, backoff = None, 1.0
             except Blocked:
                 self.wake.wait(backoff)  # another live process has not created that run yet
                 continue
             except Exception as e:  # noqa: BLE001 - every failure is retried; drain() reports the last one
                 self.last_error = e
-                self.down_since = self.down_since or time.time()
                 self.wake.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
