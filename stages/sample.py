@@ -18,15 +18,14 @@ import click
 from tqdm import tqdm
 
 from ddpmlab.data import images
-from ddpmlab.data.image_set import to_uint8
 from ddpmlab.evaluation.inception import resolve_weights
+from ddpmlab.generation.draw import draw_images
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.pipeline import tracking
 from ddpmlab.pipeline.sampling_outputs import COMPARISON_IMAGES, comparison_figure, save_run
 from ddpmlab.pipeline.stage_io import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.sampling.guidance import class_labels
 from ddpmlab.sampling.plan import build_plan
-from ddpmlab.sampling.registry import sample_seeded
 from ddpmlab.sampling.trajectory import StepInfo, TrajectoryRecorder, image_seeds
 from ddpmlab.training.trained import TrainedDiffusion, learns_variance
 
@@ -49,7 +48,6 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
     if cfg.variance == "learned_range" and not learns_variance(trained.params):
         raise click.UsageError("sample.variance=learned_range, but the checkpoint was trained with train.learn_variance: false")
     network = trained.sampling_network(cfg.precision, cfg.compile)  # weights cast once, not per call
-    image_shape = (trained.model.in_channels, trained.model.image_size, trained.model.image_size)
     seeds = image_seeds(cfg.seed, 0, cfg.num_samples)
     num_classes = trained.model.num_classes
     labels = class_labels(cfg.num_samples, num_classes) if num_classes else None
@@ -67,13 +65,8 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
                 strip(info)
 
             started = time.perf_counter()
-            x0 = sample_seeded(
-                run.sampler, network, run.process(trained.process), seeds, image_shape, batch_size=cfg.batch_size,
-                objective=trained.params["objective"], clip_x0=cfg.clip_x0, device=device, callback=callback,
-                labels=labels, guidance=run.guidance or 0.0, **run.option_values,
-            )  # fmt: skip
+            samples = draw_images(trained, network, run, seeds, labels, clip_x0=cfg.clip_x0, batch_size=cfg.batch_size, device=device, callback=callback)
             seconds = time.perf_counter() - started
-            samples = to_uint8(x0).cpu().numpy()
             save_run(samples, strip, seeds, out / run.folder, images.display_scale(trained.model.image_size), labels)
             if run.guidance == plan[0].guidance:
                 firsts[run] = samples[:COMPARISON_IMAGES]

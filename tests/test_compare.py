@@ -123,6 +123,24 @@ def test_runs_selects_a_training_run_with_all_its_evaluations(schedules_store, t
     assert sorted(r[0] for r in body) == sorted(f"cosine-T30-seed0-{key}" for key in RUN_KEYS)
 
 
+def test_runs_takes_a_registered_model_alias_or_version_for_its_training_run(schedules_store, tmp_path, monkeypatch):
+    """The cosine model is the second registered version; an alias on it selects the same runs as its run id."""
+    import mlflow
+
+    folder, uri = schedules_store
+    cosine_run = json.loads((folder / "cosine" / "model" / "train.json").read_text())["run_id"]
+    client = mlflow.tracking.MlflowClient(uri)
+    (version,) = client.search_model_versions(f"name = 'ddpmlab' AND run_id = '{cosine_run}'")
+    client.set_registered_model_alias("ddpmlab", "challenger", version.version)
+    for reference in ("models:/ddpmlab@challenger", f"models:/ddpmlab/{version.version}"):
+        result = run_compare(monkeypatch, uri, "--out", tmp_path, "--runs", reference)
+        assert result.exit_code == 0, result.output
+        _header, *body = table_rows((tmp_path / "compare.md").read_text())
+        assert sorted(r[0] for r in body) == sorted(f"cosine-T30-seed0-{key}" for key in RUN_KEYS)
+    result = run_compare(monkeypatch, uri, "--out", tmp_path, "--runs", "models:/ddpmlab@nobody")
+    assert result.exit_code != 0 and "--runs: models:/ddpmlab@nobody: model 'ddpmlab' has no version or alias 'nobody'" in result.output
+
+
 def test_runs_with_an_evaluation_id_brings_its_training_run_for_time_and_loss(schedules_store, tmp_path, monkeypatch):
     _, uri = schedules_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -133,3 +133,27 @@ def test_compare_lists_every_run_and_w_with_its_class_accuracy(conditional: Path
         [("ddpm", "30", "30", "0.0"), ("ddpm", "5", "5", "0.0"), ("dpmpp_2m", "30", "30", "0.0"), ("dpmpp_2m", "5", "5", "0.0"), ("ddpm", "30", "60", "1.0"), ("ddpm", "30", "60", "3.0")]
     )  # fmt: skip
     assert all(0 <= number(r[accuracy]) <= 1 for r in rows)
+
+
+def test_generate_redraws_a_guided_run_and_asks_for_any_class(conditional: Path, tmp_path: Path):
+    """`ddpmlab generate` at w = 1 with every class in turn (the default) gives the stage's ddpm-30-w1
+    PNGs byte for byte; --class 7 asks every image for class 7 (the same seeds, other images); a class
+    the model does not know is named."""
+    from click.testing import CliRunner
+
+    from ddpmlab.cli import main as cli
+
+    with np.load(conditional / "samples" / "ddpm-30-w1" / "samples.npz") as f:
+        seeds = f["seeds"].tolist()
+    common = ["generate", "--model", str(conditional / "model"), "--seeds", f"{seeds[0]}-{seeds[-1]}", "--sampler", "ddpm", "--steps", "30",
+              "--guidance", "1", "--precision", "fp32", "--batch-size", "16", "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "all")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for i, seed in enumerate(seeds):
+        assert (tmp_path / "all" / f"{seed:06d}.png").read_bytes() == (conditional / "samples" / "ddpm-30-w1" / "images" / f"{i:06d}.png").read_bytes()
+    result = CliRunner().invoke(cli, [*common, "--class", "7", "--out", str(tmp_path / "seven")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "seven" / "generation.json").read_text())
+    assert record["classes"] == [7] and record["guidance"] == 1.0 and record["nfe"] == 60 and record["key"] == "ddpm-30-w1"
+    result = CliRunner().invoke(cli, [*common, "--class", "10", "--out", str(tmp_path / "ten")])
+    assert result.exit_code != 0 and "class 10: the model knows classes 0 to 9" in result.output

@@ -147,3 +147,42 @@ def test_grouping_by_config_id_puts_replicates_together(ui_link, schedules_store
             for name in names:
                 expect(page.get_by_text(name, exact=True).first).to_be_visible()
         page.screenshot(path=SCREENSHOTS / "mlflow_ui_grouped_by_config.png")
+
+
+def test_the_models_page_lists_the_registered_model_with_versions_tags_and_source_runs(ui_link, schedules_store, monkeypatch):
+    """Every training run of the store registered a version of "ddpmlab": the UI's Models page lists
+    the model with its latest version, its page lists every version, and a version's page shows its
+    tags (schedule, T, the headline FID) and links its source run."""
+    from playwright.sync_api import expect
+
+    from ddpmlab.pipeline import tracking
+
+    _, uri = schedules_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    trainings = tracking.search_runs(tracking.find_experiment("ddpmlab"), "tags.ddpmlab.stage = 'train'")
+    base = ui_link.split("#")[0]
+    with chromium_page(height=900) as page:
+        page.goto(f"{base}#/models")
+        model_link = page.get_by_role("link", name="ddpmlab", exact=True)
+        expect(model_link).to_be_visible(timeout=60_000)
+        welcome = page.get_by_role("dialog")  # MLflow's one-time note on the new registry UI
+        if welcome.count():
+            welcome.get_by_role("button", name="Try it now").click()
+            expect(welcome).to_have_count(0, timeout=10_000)
+        expect(page.get_by_text(f"Version {len(trainings)}", exact=True).first).to_be_visible(timeout=30_000)  # the latest
+        page.screenshot(path=SCREENSHOTS / "mlflow_ui_models.png")
+        model_link.click()
+        for version in range(1, len(trainings) + 1):
+            expect(page.get_by_role("link", name=f"Version {version}", exact=True)).to_be_visible(timeout=30_000)
+        page.screenshot(path=SCREENSHOTS / "mlflow_ui_model_versions.png")
+        page.get_by_role("link", name="Version 2", exact=True).click()  # the cosine model
+        expect(page.get_by_text("cosine", exact=True).first).to_be_visible(timeout=30_000)
+        for key in ("schedule", "T", "objective", "fid", "fid_interval", "config_id"):
+            expect(page.get_by_text(key, exact=True).first).to_be_visible()
+        source = page.get_by_role("link", name="cosine-T30-seed0-train")
+        expect(source).to_be_visible()
+        page.screenshot(path=SCREENSHOTS / "mlflow_ui_model_version.png")
+        source.click()
+        expect(page.get_by_text("cosine-T30-seed0-train", exact=True).first).to_be_visible(timeout=30_000)
+        page.get_by_role("tab", name="Artifacts").click()
+        expect(page.get_by_text("model", exact=True).first).to_be_visible(timeout=30_000)

@@ -200,11 +200,16 @@ def test_a_read_user_searches_but_cannot_log_and_an_edit_user_logs(stack: TeamSt
         with pytest.raises(MlflowException) as refused:
             client.log_metric(run_id, "loss", 1.0)
         assert refused.value.get_http_status_code() == 403
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        with pytest.raises(MlflowException) as refused:  # the experiment's registered model (made by `up`): READ too
+            client.create_model_version(EXPERIMENT, source, run_id=run_id)
+        assert refused.value.get_http_status_code() == 403
     with login("writer", writer):
         client = MlflowClient(stack.tracking_uri)
         client.log_metric(run_id, "loss", 2.0)
         own = client.create_run(experiment_id, run_name="writer's").info.run_id
         client.log_metric(own, "loss", 3.0)
+        assert client.create_model_version(EXPERIMENT, source, run_id=run_id).run_id == run_id
     with login("manager", manager):
         with pytest.raises(MlflowException) as refused:  # demoted to READ above
             MlflowClient(stack.tracking_uri).log_metric(run_id, "loss", 4.0)

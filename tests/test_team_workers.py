@@ -122,10 +122,34 @@ def test_every_run_of_both_workers_is_on_the_server_and_compare_shows_them(team,
         evaluations = {r.data.params["run_key"]: r.data.metrics["fid"] for r in runs if r.data.tags["ddpmlab.stage"] == "evaluate"}
         assert evaluations == pytest.approx({k.removeprefix("fid@"): v for k, v in metrics.items() if k.startswith("fid@")})
         assert {a.path for a in client.list_artifacts(train.info.run_id, "checkpoint")} >= {"checkpoint/model.pt"}
+        assert {a.path for a in client.list_artifacts(train.info.run_id, "model")} >= {"model/MLmodel", "model/artifacts", "model/code"}
     out = team["home"] / "compare"
     run([*DDPMLAB, "compare", "--out", out], team["workers"]["worker1"], team["env"])
     text = (out / "compare.md").read_text()
     assert "cosine" in text and "seed" in text
+
+
+def test_each_training_run_is_a_model_version_on_the_server_and_generate_draws_it(team, team_stack, tmp_path):
+    """Every training run (the lead's baseline, both workers') registered one version of "ddpmlab" on
+    the PostgreSQL-backed server, tagged with its params and headline FID; `ddpmlab generate` from a
+    models:/ URI (a version, then an alias) gives the same PNG bytes as from the worker's local model."""
+    client = MlflowClient(team_stack.tracking_uri)
+    experiment = client.get_experiment_by_name("ddpmlab").experiment_id
+    trainings = {r.info.run_id: r for r in client.search_runs([experiment], "tags.`ddpmlab.stage` = 'train'")}
+    versions = {v.run_id: v for v in client.search_model_versions("name = 'ddpmlab'")}
+    assert set(versions) == set(trainings) and len(versions) == 3
+    folder = team["workers"]["worker2"]
+    metrics = json.loads((folder / "reports" / "metrics.json").read_text())
+    run_id = json.loads((folder / "models" / "ddpm" / "train.json").read_text())["run_id"]
+    version = versions[run_id]
+    assert (version.tags["schedule"], version.tags["T"], float(version.tags["fid"])) == ("cosine", "30", pytest.approx(metrics["fid"], rel=1e-3))
+    client.set_registered_model_alias("ddpmlab", "champion", version.version)
+    drawn = {}
+    for name, model in [("local", "models/ddpm"), ("version", f"models:/ddpmlab/{version.version}"), ("alias", "models:/ddpmlab@champion")]:
+        out = tmp_path / name
+        run([*DDPMLAB, "generate", "--model", model, "--seeds", "0-7", "--steps", "5", "--precision", "fp32", "--device", "cpu", "--out", out], folder, team["env"])
+        drawn[name] = [(out / f"{seed:06d}.png").read_bytes() for seed in range(8)]
+    assert drawn["version"] == drawn["local"] and drawn["alias"] == drawn["local"]
 
 
 def test_no_password_lands_in_files_git_runs_or_logs(team, team_stack, team_writer):

@@ -118,6 +118,8 @@ MALFORMED = [
     ("train.weighting", "snr", "train.weighting: got 'snr'; allowed: min_snr, mse"),
     ("data.source", "imagenet", "data.source: got 'imagenet'; allowed: cifar10, digits, fashion_mnist, folder, mnist"),
     ("evaluate.feature_extractor", "clip", "evaluate.feature_extractor: got 'clip'; allowed: classifier, inception-v3-compat"),
+    ("tracking.model_name", "team/ddpm", "tracking.model_name: got 'team/ddpm'; allowed: null (the experiment's name) or a name without"),
+    ("tracking.register_model", "yes", "tracking.register_model: expected bool, got 'yes' (str)"),
 ]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import yaml
 
+from ddpmlab.generation.command import generate
 from ddpmlab.pipeline.sync import tracking_group
 from ddpmlab.team.commands import team
 
@@ -48,6 +49,7 @@ params_option = click.option(
     help="""Compare ddpmlab experiments, browse them in MLflow and check params files (no DVC needed).
 
 \b
+  ddpmlab generate  images from a trained model: a local folder, an MLflow run or models:/name@alias
   ddpmlab compare   one report comparing every evaluated run: configs over seeds, samplers, step counts
   ddpmlab ui        the MLflow UI on 127.0.0.1, opened at the runs' metric charts
   ddpmlab preset    the `dvc exp run -S ...` command of a preset (configs/cifar10.yaml)
@@ -65,7 +67,8 @@ def main() -> None:
 @experiment_option
 @params_option
 @click.option("--filter", "filter_string", default="", help="MLflow search filter, e.g. \"params.T = '1000'\" or \"params.sampler = 'ddim'\".")
-@click.option("--runs", "run_ids", multiple=True, help="Only these run ids (repeat or comma-separate); a training run brings all its evaluations.")
+@click.option("--runs", "run_ids", multiple=True,
+              help="Only these run ids or registered models (models:/ddpmlab@champion; repeat or comma-separate); a training run brings all its evaluations.")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True, help="Writes compare.md, compare.html, compare/*.png here.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default="data/prepared", show_default=True,
               help="Prepared data whose first test image shows the forward process (else a bundled digit).")  # fmt: skip
@@ -86,6 +89,13 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
     if experiment_id is None:
         raise click.ClickException(f"no MLflow experiment {name!r} in {tracking.tracking_uri()}: run the pipeline first (dvc repro)")
     wanted = [r.strip() for value in run_ids for r in value.split(",") if r.strip()]
+    if any(r.startswith("models:/") for r in wanted):
+        from ddpmlab.pipeline.model_registry import ModelNotFound, training_run_id
+
+        try:
+            wanted = [training_run_id(r) for r in wanted]  # a registered version stands for the run that trained it
+        except ModelNotFound as e:
+            raise click.ClickException(f"--runs: {e}") from e
     try:
         selection = cmp.select(selected_runs(experiment_id, filter_string, wanted))
     except tracking.BadSearch as e:
@@ -214,6 +224,7 @@ def selected_runs(experiment_id: str, filter_string: str, wanted: list[str]):
     return runs
 
 
+main.add_command(generate)  # generation/command.py
 main.add_command(tracking_group)  # ddpmlab tracking status / sync: pipeline/sync.py
 main.add_command(team)  # ddpmlab team ...: team/commands.py
 

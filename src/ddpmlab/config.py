@@ -118,6 +118,12 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     experiment: str = "ddpmlab"
+    register_model: bool = True
+    model_name: str | None = None  # None: the experiment's name
+
+    @property
+    def registered_name(self) -> str:
+        return self.model_name or self.experiment
 
 
 @dataclass(frozen=True)
@@ -360,6 +366,9 @@ def _check_values(p: Params) -> list[str]:
         p.evaluate.kid_subset_size,
         f"an integer in [2, sample.num_samples = {p.sample.num_samples}]",
     )
+    name = p.tracking.registered_name
+    require(bool(name.strip()) and not set(name) & set("/@:"), "tracking.model_name", p.tracking.model_name,
+            "null (the experiment's name) or a name without '/', '@' or ':' (they would break models:/<name>@<alias> URIs)")  # fmt: skip
     problems.extend(_check_architecture(p.model, p.data.image_size))
     return problems
 

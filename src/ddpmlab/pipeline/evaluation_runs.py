@@ -24,6 +24,16 @@ def protocol_params(protocol: dict) -> dict:
     return {**flatten(protocol), "reference_splits": ",".join(SPLITS)}
 
 
+def model_version_fid_tags(row: dict, run: Run, protocol: dict) -> dict[str, str]:
+    """The headline FID as tags of the training run's registered model versions: the value, its 95%
+    bootstrap interval, the run it comes from and how it was measured (comparable only under one protocol)."""
+    measured = f"{protocol['feature_extractor']} features, {protocol['num_generated']} generated vs the test split"
+    tags = {"fid": f"{row['fid']:.4g}", "fid_run": run.key, "fid_protocol": measured}
+    if row.get("fid_ci_low") is not None:
+        tags["fid_interval"] = f"[{row['fid_ci_low']:.4g}, {row['fid_ci_high']:.4g}]"
+    return tags
+
+
 def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[Run], rows: list[dict], evaluation: dict,
                    samples_dir: Path, metric_files: tuple[Path, ...], tables: tuple[Path, ...], curve: list[dict]) -> None:  # fmt: skip
     training_params = train_info["params"]
@@ -59,6 +69,7 @@ def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[
         # an `fid` chart there compares models (the latest evaluation of each).
         headline = metric_registry.headline(rows[0], rows[:1])
         tracking.log_metrics({k: v for k, v in headline.items() if "@" not in k and k != "seconds_per_sample"}, run_id=train_run)
+        tracking.tag_model_versions(train_run, model_version_fid_tags(rows[0], runs[0], evaluation["protocol"]))
         for table in tables:
             tracking.log_artifact(table, "evaluation", run_id=train_run)
         if nll:

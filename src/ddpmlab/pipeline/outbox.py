@@ -110,6 +110,12 @@ def apply(client: MlflowClient, records: list[dict], ids: RunIds) -> None:
                 metrics, params, tags = metrics[MAX_METRICS:], params[MAX_PARAMS:], tags[MAX_TAGS:]
         elif op == "artifact":
             client.log_artifact(run_id, first["file"], artifact_path=first.get("path"))
+        elif op == "register":
+            register_version(client, first["name"], run_id, first["path"], first["tags"], first["description"])
+        elif op == "version_tags":
+            for version in client.search_model_versions(f"run_id = '{run_id}'"):
+                for key, value in first["tags"].items():
+                    client.set_model_version_tag(version.name, version.version, key, value)
         elif op == "resume":
             client.update_run(run_id, status="RUNNING")
         elif op == "end":
@@ -120,6 +126,21 @@ def apply(client: MlflowClient, records: list[dict], ids: RunIds) -> None:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise RunGone(first["run"]) from e
         raise
+
+
+def register_version(client: MlflowClient, name: str, run_id: str, artifact_path: str, tags: dict[str, str], description: str) -> None:
+    """A new version of registered model ``name`` (created if missing) from the run's ``artifact_path``.
+    Idempotent, as records may be sent twice: a run with a version of ``name`` already gets none."""
+    try:
+        client.create_registered_model(name, description="DDPM models trained by ddpmlab; every version is one training run")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    quoted = name.replace("'", "\\'")
+    if client.search_model_versions(f"name = '{quoted}' AND run_id = '{run_id}'"):
+        return
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    client.create_model_version(name, source, run_id=run_id, tags=tags, description=description)
 
 
 def batches(unsent: list[tuple[int, dict]], limit: int = 200) -> list[list[tuple[int, dict]]]:

@@ -387,6 +387,17 @@ def log_artifacts(folder: str | Path, artifact_path: str | None = None, run_id: 
         _artifact(path, joined, target)
 
 
+def register_model(run_id: str, name: str, artifact_path: str, tags: dict[str, str], description: str) -> None:
+    """Register run ``run_id``'s model folder ``artifact_path`` (logged before) as a new version of
+    ``name``, created if missing; a run registered under ``name`` already is not registered twice."""
+    _record({"op": "register", "run": _run(run_id), "name": name, "path": artifact_path, "tags": tags, "description": description})
+
+
+def tag_model_versions(run_id: str, tags: dict[str, str]) -> None:
+    """Set ``tags`` on every registered version of training run ``run_id``'s model (none: nothing happens)."""
+    _record({"op": "version_tags", "run": _run(run_id), "tags": tags})
+
+
 def run_exists(run_id: str) -> bool:
     """Whether logging to ``run_id`` makes sense: True for a run still pending in the journal, and
     while the server does not answer (the outbox drops records of a run the server lacks)."""

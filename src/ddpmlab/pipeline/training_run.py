@@ -24,7 +24,7 @@ from ddpmlab.core.losses import TrainingLoss
 from ddpmlab.data.image_set import ImageSet
 from ddpmlab.nn.acceleration import resolve_precision
 from ddpmlab.nn.unet import count_parameters
-from ddpmlab.pipeline import tracking
+from ddpmlab.pipeline import model_registry, tracking
 from ddpmlab.pipeline.stage_io import read_json, write_json
 from ddpmlab.training import checkpoint, distributed
 from ddpmlab.training.distributed import Distributed
@@ -164,6 +164,7 @@ def run_training(
         tracking.log_metrics({"train_seconds": seconds})
         tracking.log_artifact(out / "model.pt", "checkpoint")
         tracking.log_artifact(out / "train.json", "checkpoint")
+        model_registry.log_model(out / "model.pt", run_id, params)  # the pyfunc (model/), and a registry version if asked
         # Kept until the server has every record: if it fails the stage, a rerun resumes at the last step
         # (no retraining), in the same MLflow run, and the journal's leftovers go first.
         save_training(state, training_params, in_channels, image_size, folder / f"step-{state.step:07d}.pt", {"log": log_rows, "run_id": run_id})

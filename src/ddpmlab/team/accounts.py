@@ -1,5 +1,5 @@
 """Logins of an MLflow server run with `--app-name basic-auth`, through its REST API as the admin
-user: users, their permission on an experiment, the experiments themselves."""
+user: users, their permission on an experiment and its registered model, the experiments themselves."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ GET_EXPERIMENT = "/api/2.0/mlflow/experiments/get-by-name"
 CREATE_EXPERIMENT = "/api/2.0/mlflow/experiments/create"
 GRANT = "/api/3.0/mlflow/users/permissions/grant"  # MLflow 3 with unified per-user grants
 REVOKE = "/api/3.0/mlflow/users/permissions/revoke"
-CREATE_PERMISSION = "/api/2.0/mlflow/experiments/permissions/create"  # older MLflow 3
-UPDATE_PERMISSION = "/api/2.0/mlflow/experiments/permissions/update"
+EXPERIMENT_PERMISSION = "/api/2.0/mlflow/experiments/permissions"  # older MLflow 3: .../create, .../update
+MODEL_PERMISSION = "/api/2.0/mlflow/registered-models/permissions"
+CREATE_REGISTERED_MODEL = "/api/2.0/mlflow/registered-models/create"
 
 
 class AccountError(RuntimeError):
@@ -94,9 +95,17 @@ def normalise_permission(permission: str) -> str:
     return value
 
 
+def ensure_registered_model(uri: str, admin_password: str, name: str) -> None:
+    """Create registered model ``name`` as the admin if missing: the train stage registers its models
+    under the experiment's name (tracking.model_name: null), and a permission needs the model to exist."""
+    body = {"name": name, "description": "DDPM models trained by ddpmlab; every version is one training run"}
+    _call(uri, admin_password, "POST", CREATE_REGISTERED_MODEL, json=body, ok=EXISTS)
+
+
 def grant(uri: str, admin_password: str, username: str, experiment_name: str, permission: str) -> None:
-    """Give ``username`` ``permission`` (READ, EDIT or MANAGE) on experiment ``experiment_name``,
-    replacing what it had there."""
+    """Give ``username`` ``permission`` (READ, EDIT or MANAGE) on experiment ``experiment_name`` and on
+    the registered model of the same name (created if missing), replacing what it had on them:
+    EDIT lets a user log runs and register their models as new versions."""
     value = normalise_permission(permission)
     found = experiment_id(uri, admin_password, experiment_name)
     if found is None:
@@ -105,9 +114,17 @@ def grant(uri: str, admin_password: str, username: str, experiment_name: str, pe
         )
     if not user_exists(uri, admin_password, username):
         raise AccountError(f"no user {username!r} on {uri}: create it first (`ddpmlab team user {username} ...`)")
-    target = {"username": username, "resource_type": "experiment", "resource_id": found}
+    ensure_registered_model(uri, admin_password, experiment_name)
+    _grant(uri, admin_password, username, "experiment", found, value, (EXPERIMENT_PERMISSION, {"experiment_id": found}))
+    _grant(uri, admin_password, username, "registered_model", experiment_name, value, (MODEL_PERMISSION, {"name": experiment_name}))
+
+
+def _grant(uri: str, admin_password: str, username: str, resource_type: str, resource_id: str, value: str, legacy: tuple[str, dict]) -> None:
+    """One grant on one resource; ``legacy`` = (the per-resource permissions endpoint, its resource key)
+    for an MLflow 3 without the unified grant API."""
+    target = {"username": username, "resource_type": resource_type, "resource_id": resource_id}
     try:
-        # One grant per (user, experiment): to change it, revoke it and grant anew (in between,
+        # One grant per (user, resource): to change it, revoke it and grant anew (in between,
         # the user has the server's default permission, READ).
         if _call(uri, admin_password, "POST", GRANT, json=target | {"permission": value}, ok=EXISTS) is None:
             _call(uri, admin_password, "POST", REVOKE, json=target, ok=MISSING)
@@ -116,7 +133,8 @@ def grant(uri: str, admin_password: str, username: str, experiment_name: str, pe
     except AccountError as e:
         if "HTTP 404" not in str(e) or MISSING in str(e):
             raise  # not "no such endpoint"
-    # An older MLflow 3 without the grant API: per-experiment permissions, created once, then updated.
-    body = {"experiment_id": found, "username": username, "permission": value}
-    if _call(uri, admin_password, "POST", CREATE_PERMISSION, json=body, ok=EXISTS) is None:
-        _call(uri, admin_password, "PATCH", UPDATE_PERMISSION, json=body)
+    # An older MLflow 3 without the grant API: per-resource permissions, created once, then updated.
+    endpoint, key = legacy
+    body = {**key, "username": username, "permission": value}
+    if _call(uri, admin_password, "POST", f"{endpoint}/create", json=body, ok=EXISTS) is None:
+        _call(uri, admin_password, "PATCH", f"{endpoint}/update", json=body)

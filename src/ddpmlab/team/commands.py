@@ -174,13 +174,14 @@ def team_start(state_dir: Path | None, service: str | None, timeout_s: int) -> N
 @team.command("user", short_help="A login with READ, EDIT or MANAGE on experiments.")
 @click.argument("name")
 @click.option("--permission", required=True, type=click.Choice(["read", "edit", "manage"], case_sensitive=False),
-              help="read: see runs; edit: also log runs; manage: also change the experiment's permissions.")  # fmt: skip
+              help="read: see runs and models; edit: also log runs and register model versions; manage: also change permissions.")  # fmt: skip
 @click.option("--experiment", "experiments", multiple=True, default=("ddpmlab",), show_default=True,
               help="Experiment the permission is on (repeat for several).")  # fmt: skip
 @team_dir_option
 def team_user(name: str, permission: str, experiments: tuple[str, ...], state_dir: Path | None) -> None:
     """Create MLflow login NAME (if it does not exist) and give it --permission on each
-    --experiment, replacing what it had there. The new login's password comes from
+    --experiment and on the registered model of the same name (where the train stage registers
+    models by default), replacing what it had there. The new login's password comes from
     $DDPMLAB_TEAM_USER_PASSWORD, else a hidden prompt (12+ characters); the admin's from
     $DDPMLAB_TEAM_ADMIN_PASSWORD. Without a permission of their own, users can read every
     experiment (the server's default is READ)."""
@@ -198,7 +199,7 @@ def team_user(name: str, permission: str, experiments: tuple[str, ...], state_di
         for experiment in experiments:
             accounts.grant(uri, admin, name, experiment, permission)
     what = "created" if created else "exists (password unchanged)"
-    click.echo(f"user {name!r} {what}: {permission.upper()} on {', '.join(experiments)} at {uri}")
+    click.echo(f"user {name!r} {what}: {permission.upper()} on {', '.join(experiments)} (each experiment and its registered model) at {uri}")
 
 
 @team.command("dvc-remote", short_help="Make the stack's dvc bucket a DVC repository's default remote.")

@@ -388,6 +388,7 @@ class TeamStack:
                 accounts.check_admin(self.tracking_uri, admin_password)
                 for name in experiments:
                     accounts.ensure_experiment(self.tracking_uri, admin_password, name)
+                    accounts.ensure_registered_model(self.tracking_uri, admin_password, name)  # where its runs register models
             except accounts.AccountError as e:
                 if previous is not None:  # a wrong password: keep the ini holding the admin's real one
                     write_private(self.auth_config, previous)

@@ -49,6 +49,56 @@ def _shape(model: torch.nn.Module, training_params: dict[str, Any], in_channels:
     return {"params": training_params, "in_channels": in_channels, "image_size": image_size, "num_classes": getattr(model, "num_classes", 0)}
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a checkpoint says about its model without building the network: enough to check a
+    sampling request (steps against T, classes, learned variance) before any expensive work."""
+
+    params: dict[str, Any]  # the training params (Params.training_dict())
+    in_channels: int
+    image_size: int
+    num_classes: int  # 0: unconditional
+    step: int  # training steps behind the weights
+
+    @property
+    def T(self) -> int:
+        return int(self.params["T"])
+
+    @property
+    def learns_variance(self) -> bool:
+        return learns_variance(self.params)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def summary(self) -> dict[str, Any]:
+        """The params that define the model, flat: what generate's JSON and the registry's tags record."""
+        data, train = self.params["data"], self.params["train"]
+        return {"schedule": self.params["schedule"], "T": self.T, "objective": self.params["objective"], "data.source": data["source"],
+                "data.image_size": self.image_size, "channels": self.in_channels, "num_classes": self.num_classes,
+                "train.steps": self.step, "train.seed": train["seed"]}  # fmt: skip
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> ModelInfo:
+        return cls(payload["params"], int(payload["in_channels"]), int(payload["image_size"]), int(payload.get("num_classes", 0)), int(payload["step"]))
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelInfo, dict[str, Any]]:
+    """(what the model is, the checkpoint's payload): the file read once, no network built."""
+    payload = checkpoint.load(path, KIND)
+    return ModelInfo.from_payload(payload), payload
+
+
+def export_for_sampling(source: str | Path, destination: str | Path) -> None:
+    """Write the EMA weights of checkpoint ``source`` (model.pt, or a snapshot) with what rebuilds
+    the network, and nothing for resuming (optimizer, RNG, log): what a registered model carries.
+    The tensors are copied unchanged, so the weights stay bit-identical."""
+    payload = checkpoint.load(source, KIND)
+    kept = {k: payload[k] for k in ("params", "in_channels", "image_size", "ema", "step")}
+    checkpoint.save({**kept, "num_classes": payload.get("num_classes", 0)}, destination, KIND)
+
+
 @dataclass
 class TrainedDiffusion:
     model: UNet  # EMA weights, eval mode
@@ -58,12 +108,16 @@ class TrainedDiffusion:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device) -> TrainedDiffusion:
-        payload = checkpoint.load(path, KIND)
-        params = payload["params"]
-        model = build_unet(params["model"], payload["in_channels"], payload["image_size"], learns_variance(params), payload.get("num_classes", 0))
+        info, payload = read_checkpoint(path)
+        return cls.from_payload(info, payload, device, path)
+
+    @classmethod
+    def from_payload(cls, info: ModelInfo, payload: dict[str, Any], device: torch.device, path: str | Path = "checkpoint") -> TrainedDiffusion:
+        """The network of a checkpoint already read (:func:`read_checkpoint`)."""
+        model = build_unet(info.params["model"], info.in_channels, info.image_size, info.learns_variance, info.num_classes)
         checkpoint.load_weights(model, payload["ema"], path, "EMA")
-        process = DiffusionProcess.from_schedule(params["schedule"], params["T"])
-        return cls(model.to(device, memory_format=torch.channels_last).eval(), process, params, int(payload["step"]))
+        process = DiffusionProcess.from_schedule(info.params["schedule"], info.T)
+        return cls(model.to(device, memory_format=torch.channels_last).eval(), process, info.params, info.step)
 
     def sampling_network(self, precision: str = "fp32", compile: bool = False) -> acceleration.InferenceNetwork:
         """The EMA network prepared once for sampling (``sample.precision`` / ``sample.compile``)."""
