@@ -138,7 +138,7 @@ def test_runs_takes_a_registered_model_alias_or_version_for_its_training_run(sch
         _header, *body = table_rows((tmp_path / "compare.md").read_text())
         assert sorted(r[0] for r in body) == sorted(f"cosine-T30-seed0-{key}" for key in RUN_KEYS)
     result = run_compare(monkeypatch, uri, "--out", tmp_path, "--runs", "models:/ddpmlab@nobody")
-    assert result.exit_code != 0 and "--runs: models:/ddpmlab@nobody: model 'ddpmlab' has no version or alias 'nobody'" in result.output
+    assert result.exit_code != 0 and "--runs models:/ddpmlab@nobody: model 'ddpmlab' has no version or alias 'nobody'" in result.output
 
 
 def test_runs_with_an_evaluation_id_brings_its_training_run_for_time_and_loss(schedules_store, tmp_path, monkeypatch):

@@ -92,10 +92,13 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
     if any(r.startswith("models:/") for r in wanted):
         from ddpmlab.pipeline.model_registry import ModelNotFound, training_run_id
 
-        try:
-            wanted = [training_run_id(r) for r in wanted]  # a registered version stands for the run that trained it
-        except ModelNotFound as e:
-            raise click.ClickException(f"--runs: {e}") from e
+        def run_of(reference: str) -> str:  # a registered version stands for the run that trained it
+            try:
+                return training_run_id(reference)
+            except ModelNotFound as e:
+                raise click.ClickException(f"--runs {reference}: {e}") from e
+
+        wanted = [run_of(r) for r in wanted]
     try:
         selection = cmp.select(selected_runs(experiment_id, filter_string, wanted))
     except tracking.BadSearch as e:

@@ -48,7 +48,8 @@ class Request:
 
     def to_dict(self) -> dict[str, Any]:
         """What was run, as generate's JSON records it."""
-        return {**self.run.to_dict(), "seeds": list(self.seeds), "classes": None if self.classes is None else list(self.classes),
+        run = {k: v for k, v in self.run.to_dict().items() if k != "folder"}  # the sample stage's folder name: no meaning here
+        return {**run, "seeds": list(self.seeds), "classes": None if self.classes is None else list(self.classes),
                 "clip_x0": self.clip_x0, "precision_asked": self.precision, "batch_size": self.batch_size}  # fmt: skip
 
 

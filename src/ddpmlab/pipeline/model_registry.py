@@ -32,6 +32,7 @@ from ddpmlab.training.trained import ModelInfo, export_for_sampling, read_checkp
 ARTIFACT_PATH = "model"  # the pyfunc's folder among a training run's artifacts
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"  # runs from before models were logged have this only
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+PYFUNC_CODE = "generation.mlflow_model"  # the model's code, run by MLflow at load time (models-from-code)
 
 
 class ModelNotFound(LookupError):
@@ -49,9 +50,6 @@ def _bundle_code(folder: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
     return folder / "ddpmlab"
-
-
-PYFUNC_CODE = "generation.mlflow_model"  # the model's code, run by MLflow at load time (models-from-code)
 
 
 def _param_type(value: Any) -> str:
@@ -74,8 +72,8 @@ def save_pyfunc(checkpoint: Path, folder: Path, work: Path) -> ModelInfo:
     export_for_sampling(checkpoint, weights)
     info, _ = read_checkpoint(weights)
     with warnings.catch_warnings():
-        # MLflow's advice for models without type hints or an input example: the signature is explicit, and an
-        # example would run predict (draw images) at every save.
+        # MLflow's advice to give an input example (one would run predict, drawing images, at every save; the
+        # signature is explicit) and its notes on its own type hints, which say nothing about this model.
         warnings.filterwarnings("ignore", message=".*(type hint|input example was not provided).*", category=UserWarning)
         mlflow.pyfunc.save_model(
             str(folder), python_model=str(code_deps.module_path(PYFUNC_CODE)), artifacts={"checkpoint": str(weights)},
@@ -99,9 +97,9 @@ def log_model(checkpoint: Path, run_id: str, params: Params) -> None:
         tracking.register_model(run_id, params.tracking.registered_name, ARTIFACT_PATH, version_tags(info, config_id(params)), description)
 
 
-def version_tags(info: ModelInfo, config_id: str) -> dict[str, str]:
-    """The params that define a model version, as registry tags (searchable: tags.schedule = 'cosine')."""
-    return {**{k: str(v) for k, v in info.summary().items()}, "config_id": config_id}
+def version_tags(info: ModelInfo, config: str) -> dict[str, str]:
+    """The params that define a model version and its config id, as registry tags (searchable: tags.schedule = 'cosine')."""
+    return {**{k: str(v) for k, v in info.summary().items()}, "config_id": config}
 
 
 def _client() -> mlflow.tracking.MlflowClient:
@@ -114,20 +112,20 @@ def _registry_version(uri: str) -> Any:
     name, alias = body.split("@", 1) if "@" in body else (body.rsplit("/", 1) + [""])[:2]
     client = _client()
     if not name or not alias:
-        raise ModelNotFound(f"{uri!r} is not a registry URI; expected models:/<name>/<version>, models:/<name>/<alias> or models:/<name>@<alias>")
+        raise ModelNotFound("not a registry URI; expected models:/<name>/<version>, models:/<name>/<alias> or models:/<name>@<alias>")
     try:
         client.get_registered_model(name)
     except MlflowException as e:
         names = sorted(m.name for m in client.search_registered_models())
         known = f"registered models: {', '.join(names)}" if names else "no models are registered"
-        raise ModelNotFound(f"{uri}: no registered model {name!r} in {tracking.tracking_uri()} ({known})") from e
+        raise ModelNotFound(f"no registered model {name!r} in {tracking.tracking_uri()} ({known})") from e
     try:
         return client.get_model_version(name, alias) if alias.isdigit() else client.get_model_version_by_alias(name, alias)
     except MlflowException as e:
         versions = client.search_model_versions(f"name = '{name}'")
         listed = ", ".join(sorted((str(v.version) for v in versions), key=int)) or "none"
         aliases = ", ".join(f"{a} -> {v.version}" for v in versions for a in v.aliases) or "none"
-        raise ModelNotFound(f"{uri}: model {name!r} has no version or alias {alias!r} (versions: {listed}; aliases: {aliases})") from e
+        raise ModelNotFound(f"model {name!r} has no version or alias {alias!r} (versions: {listed}; aliases: {aliases})") from e
 
 
 def training_run_id(reference: str) -> str:
@@ -161,7 +159,7 @@ def download(reference: str, destination: Path) -> tuple[Path, dict[str, Any]]:
         return folder, described
     run_id = reference.removeprefix("runs:/").split("/")[0]
     if not RUN_ID.match(run_id):
-        raise ModelNotFound(f"{reference!r} is not a local folder or file, an MLflow run id (32 hex digits) or a models:/ URI")
+        raise ModelNotFound("not a local folder or file, an MLflow run id (32 hex digits) or a models:/ URI")
     run = _training_run(run_id)
     described = {"run_id": run.info.run_id, "run_name": run.info.run_name}
     names = {a.path for a in _client().list_artifacts(run.info.run_id)}
