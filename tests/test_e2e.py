@@ -114,6 +114,13 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
         assert Path(downloaded).stat().st_size > 0
     for run_id in evaluations["run_id"]:
         assert client.list_artifacts(run_id), f"evaluation run {run_id} has no artifacts"
+    # One registered version per training run (the re-sampled baseline was not retrained), the two workers'
+    # registrations into the one store included, each tagged with its run's params and evaluated FID.
+    versions = {v.run_id: v for v in client.search_model_versions("name = 'ddpmlab'")}
+    assert versions.keys() == set(trains["run_id"]) and sorted(int(v.version) for v in versions.values()) == [1, 2, 3, 4, 5]
+    for run_id, schedule, T in zip(trains["run_id"], trains["params.schedule"], trains["params.T"]):
+        tags = versions[run_id].tags
+        assert (tags["schedule"], tags["T"], tags["fid_run"]) == (schedule, T, "ddpm-30") and float(tags["fid"]) > 0
     queued = evaluations[evaluations["params.schedule"] != "linear"]
     assert queued["tags.dvc.exp_name"].notna().all() and queued["tags.dvc.exp_name"].nunique() == 4
     train_ids = set(trains["run_id"])
