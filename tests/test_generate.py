@@ -7,6 +7,8 @@ models and a second linear replicate, registered in that order as versions 1 to 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -120,6 +122,31 @@ def test_the_registered_weights_are_bit_identical_and_the_pyfunc_draws_the_stage
     np.testing.assert_array_equal(images, stage_images)
     with pytest.raises(Exception, match="steps 31"):
         model.predict(pd.DataFrame({"seed": [0]}), params={"steps": 31})
+
+
+RUN_BUNDLED = """
+import sys, numpy as np, pandas as pd, mlflow
+model = mlflow.pyfunc.load_model(sys.argv[1])
+images = model.predict(pd.DataFrame({"seed": [int(s) for s in sys.argv[3].split(",")]}),
+                       params={"sampler": "dpmpp_2m", "steps": 5, "precision": "fp32", "batch_size": 16, "device": "cpu"})
+np.save(sys.argv[2], images)
+print("\\n".join(sorted({m.__file__ for name, m in sys.modules.items() if name.split(".")[0] == "ddpmlab"})))
+"""
+
+
+def test_a_fresh_process_runs_the_model_on_its_bundled_code(store, tmp_path):
+    """In a new process the model's own copy of ddpmlab (its code/ folder) is what runs, not the
+    installed package, and it draws the stage's images: the model does not need a ddpmlab install."""
+    linear, run_id = store
+    (version,) = mlflow.tracking.MlflowClient().search_model_versions(f"name = '{MODEL}' AND run_id = '{run_id}'")
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}/{version.version}", dst_path=str(tmp_path)))
+    seeds, _, stage_images = stage_run(linear, "dpmpp_2m-5")
+    result = subprocess.run([sys.executable, "-c", RUN_BUNDLED, str(folder), str(tmp_path / "images.npy"), ",".join(map(str, seeds))],
+                            cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = result.stdout.split()
+    assert loaded and all(Path(f).resolve().is_relative_to((folder / "code").resolve()) for f in loaded), loaded
+    np.testing.assert_array_equal(np.load(tmp_path / "images.npy"), stage_images)
 
 
 @pytest.fixture
