@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 _ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -19,7 +20,7 @@ def parse_numbers(text: str, what: str = "--seeds") -> list[int]:
         if last < first:
             raise ValueError(f"{what} {text!r}: the range {part.strip()!r} runs backwards")
         values.extend(range(first, last + 1))
-    repeated = sorted({v for v in values if values.count(v) > 1}) if len(set(values)) != len(values) else []
+    repeated = sorted(v for v, n in Counter(values).items() if n > 1)
     if repeated:
         raise ValueError(f"{what} {text!r}: {', '.join(map(str, repeated[:5]))} listed more than once")
     return values
