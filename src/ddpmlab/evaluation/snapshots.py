@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from ddpmlab.config import Params
-from ddpmlab.data.image_set import to_uint8
+from ddpmlab.generation.draw import draw_images
 from ddpmlab.sampling.guidance import class_labels
 from ddpmlab.sampling.plan import build_plan
-from ddpmlab.sampling.registry import sample_seeded
 from ddpmlab.sampling.trajectory import image_seeds
 from ddpmlab.training.trained import TrainedDiffusion
 
@@ -35,11 +34,7 @@ def sample_checkpoint(path: Path, params: Params, device: torch.device) -> tuple
     cfg, count = params.sample, params.evaluate.snapshot_samples
     num_classes = trained.model.num_classes
     run = dataclasses.replace(build_plan(cfg, conditional=bool(num_classes))[0], steps=params.evaluate.snapshot_steps)
-    conditioning = {"labels": class_labels(count, num_classes), "guidance": run.guidance} if num_classes else {}
-    shape = (trained.model.in_channels, trained.model.image_size, trained.model.image_size)
-    x0 = sample_seeded(
-        run.sampler, trained.sampling_network(cfg.precision, cfg.compile), run.process(trained.process), image_seeds(cfg.seed, 0, count),
-        shape, batch_size=cfg.batch_size, device=device, clip_x0=cfg.clip_x0, objective=trained.params["objective"],
-        **run.option_values, **conditioning,
-    )  # fmt: skip
-    return trained.step, to_uint8(x0).cpu().numpy()
+    labels = class_labels(count, num_classes) if num_classes else None
+    network = trained.sampling_network(cfg.precision, cfg.compile)
+    seeds = image_seeds(cfg.seed, 0, count)
+    return trained.step, draw_images(trained, network, run, seeds, labels, clip_x0=cfg.clip_x0, batch_size=cfg.batch_size, device=device)

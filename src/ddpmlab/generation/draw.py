@@ -1,4 +1,4 @@
-"""Drawing seeded images with a trained model: the one code path of the `sample` stage,
+"""Drawing seeded images with a trained model: the one code path of the `sample` stage, the FID-over-training snapshots,
 `ddpmlab generate` and the MLflow model, so the same seed and settings give the same image."""
 
 from __future__ import annotations

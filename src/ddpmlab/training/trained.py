@@ -73,11 +73,12 @@ class ModelInfo:
         return (self.in_channels, self.image_size, self.image_size)
 
     def summary(self) -> dict[str, Any]:
-        """The params that define the model, flat: what generate's JSON and the registry's tags record."""
+        """The params that define the model, flat: what generate's JSON and the registry's tags record
+        (a snapshot's own step is ``step``, recorded beside it)."""
         data, train = self.params["data"], self.params["train"]
         return {"schedule": self.params["schedule"], "T": self.T, "objective": self.params["objective"], "data.source": data["source"],
                 "data.image_size": self.image_size, "channels": self.in_channels, "num_classes": self.num_classes,
-                "train.steps": self.step, "train.seed": train["seed"]}  # fmt: skip
+                "train.steps": train["steps"], "train.seed": train["seed"]}  # fmt: skip
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ModelInfo:
