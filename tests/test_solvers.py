@@ -42,7 +42,8 @@ def ode_solution(x_T: torch.Tensor, abar_T: float, abar: float) -> torch.Tensor:
 # ddim 1.00; heun 2.01; dpmpp_2m 2.1 (-> 2); plms 1.9-2.0 (its equal-step Adams-Bashforth weights on a grid
 # uneven in sigma / alpha cap it at 2); dpmpp_3m 2.87 (third order per step; the first-order warm-up step
 # would cap it at 2 only far below these errors).
-EXPECTED_ORDER = {"ddim": (0.9, 1.1), "heun": (1.9, 2.2), "dpmpp_2m": (1.9, 2.4), "plms": (1.7, 2.2), "dpmpp_3m": (2.6, 3.3)}
+# ipndm 3.89 (measured 2026-12-06): its variable-step weights keep the four-point order on this grid.
+EXPECTED_ORDER = {"ddim": (0.9, 1.1), "heun": (1.9, 2.2), "dpmpp_2m": (1.9, 2.4), "plms": (1.7, 2.2), "dpmpp_3m": (2.6, 3.3), "ipndm": (3.6, 4.3)}
 DETERMINISTIC = [name for name, spec in SAMPLERS.items() if not spec.stochastic]
 
 
@@ -148,3 +149,16 @@ def test_stochastic_samplers_reproduce_the_gaussian_marginal(sampler, options):
 def test_heun_costs_two_evaluations_per_step_but_one_on_the_last():
     assert [SAMPLERS["heun"].nfe(n) for n in (1, 5, 10)] == [1, 9, 19]
     assert math.isclose(Run("ddim", 10, guidance=3.0).nfe, 20)
+
+
+def test_adams_bashforth_weights_are_the_textbook_ones_on_equal_steps():
+    """Equal steps: 1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24, -59/24, 37/24, -9/24 (newest first)."""
+    from ddpmlab.sampling.solvers import adams_bashforth_weights
+
+    for nodes, expected in [([0.0], [1]), ([0, -1], [3 / 2, -1 / 2]), ([0, -1, -2], [23 / 12, -16 / 12, 5 / 12]),
+                            ([0, -1, -2, -3], [55 / 24, -59 / 24, 37 / 24, -9 / 24])]:  # fmt: skip
+        assert adams_bashforth_weights(nodes, 0.0, 1.0) == pytest.approx(expected, abs=1e-12)
+    # Variable steps: exact for a cubic through four uneven nodes.
+    nodes, f = [0.0, -0.5, -2.0, -3.5], lambda s: 2 - s + 3 * s**2 - 0.5 * s**3
+    exact = (lambda s: 2 * s - s**2 / 2 + s**3 - s**4 / 8)(0.7) - 0.0
+    assert sum(w * f(n) for w, n in zip(adams_bashforth_weights(nodes, 0.0, 0.7), nodes)) == pytest.approx(exact, rel=1e-12)

@@ -112,7 +112,7 @@ def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline:
     steps_rows = (pipeline / "steps.csv").read_text().splitlines()
     assert steps_rows[0].startswith("key,sampler,spacing,steps,nfe,guidance,fid,fid_ci_low,fid_ci_high,fid_train,fid_train_ci_low") and [r.split(",")[0] for r in steps_rows[1:]] == RUNS
     nfe_rows = (pipeline / "fid_vs_nfe.csv").read_text().splitlines()
-    assert nfe_rows[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun"
+    assert nfe_rows[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun,ipndm"
     assert [r.split(",")[0] for r in nfe_rows[1:]] == ["5", "30"]
     assert float(nfe_rows[1].split(",")[5]) == metrics["by_run"]["dpmpp_2m-5"]["fid"] and nfe_rows[1].split(",")[2] == ""  # ddim not run
 

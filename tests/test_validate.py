@@ -53,7 +53,7 @@ def problem_key(line: str) -> str:
     return line.removeprefix("  - ").split(":")[0]
 
 
-SAMPLER_NAMES = "a non-empty list of distinct names among ddpm, ddim, euler_ancestral, plms, dpmpp_2m, dpmpp_3m, heun"
+SAMPLER_NAMES = "a non-empty list of distinct names among ddpm, ddim, euler_ancestral, plms, dpmpp_2m, dpmpp_3m, heun, ipndm"
 SPACING_NAMES = "a non-empty list of distinct names among uniform, trailing, quadratic, logsnr, karras"
 
 # (key changed, its new value, a line of the report naming the key and the value)

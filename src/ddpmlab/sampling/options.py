@@ -45,6 +45,7 @@ SAMPLER_OPTIONS: dict[str, type] = {
     "dpmpp_2m": NoOptions,
     "dpmpp_3m": NoOptions,
     "heun": NoOptions,
+    "ipndm": NoOptions,
 }
 
 

@@ -25,7 +25,7 @@ from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.sampling.ancestral import ddim_sample, ddpm_sample, euler_ancestral_sample
 from ddpmlab.sampling.guidance import check_labels, guided
 from ddpmlab.sampling.options import SAMPLER_OPTIONS, options_from
-from ddpmlab.sampling.solvers import dpmpp_2m_sample, dpmpp_3m_sample, heun_sample, plms_sample
+from ddpmlab.sampling.solvers import dpmpp_2m_sample, dpmpp_3m_sample, heun_sample, ipndm_sample, plms_sample
 from ddpmlab.sampling.trajectory import SeededNoise, StepCallback, StepInfo
 
 
@@ -70,6 +70,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("dpmpp_2m", dpmpp_2m_sample, "DPM-Solver++(2M), Lu et al. 2022", order=2),
         SamplerSpec("dpmpp_3m", dpmpp_3m_sample, "DPM-Solver++(3M), Lu et al. 2022", order=3),
         SamplerSpec("heun", heun_sample, "EDM's Heun, Karras et al. 2022 Algorithm 1 (NFE = 2N - 1)", order=2, evaluations=heun_evaluations),
+        SamplerSpec("ipndm", ipndm_sample, "iPNDM, Zhang & Chen 2023, variable-step Adams-Bashforth in sigma (4 points)", order=4),
     )
 }
 
