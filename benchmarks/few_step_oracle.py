@@ -12,12 +12,11 @@ import sys
 import torch
 
 sys.path.insert(0, "tests")
-from test_solvers import gaussian_eps, ode_solution  # noqa: E402
-
-from ddpmlab.core.denoiser import Denoiser, Prediction  # noqa: E402
-from ddpmlab.core.diffusion import DiffusionProcess  # noqa: E402
-from ddpmlab.sampling.registry import SAMPLERS  # noqa: E402
-from ddpmlab.sampling.trajectory import SeededNoise  # noqa: E402
+from ddpmlab.core.denoiser import Denoiser, Prediction
+from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.sampling.registry import SAMPLERS
+from ddpmlab.sampling.trajectory import SeededNoise
+from test_solvers import gaussian_eps, ode_solution
 
 
 class AnalyticFirst:

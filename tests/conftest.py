@@ -161,13 +161,14 @@ def report_args(out: Path, data: Path) -> list:
 def run_pipeline(p: Path, out: Path, data: Path | None = None) -> None:
     """Every stage with params ``p`` into ``out``; with ``data``, reuse its prepared data and classifier
     (a folder that :func:`prepare_inputs` filled)."""
-    from stages import evaluate, report, sample, train
+    from stages import evaluate, report, sample, search, train
 
     if data is None:
         data = out
         prepare_inputs(p, out)
     invoke(train, *train_args(p, out, data))
-    invoke(sample, "--params", p, "--model", out / "model", "--out", out / "samples")
+    invoke(search, "--params", p, "--model", out / "model", "--out", out / "searched_grids.json")
+    invoke(sample, "--params", p, "--model", out / "model", "--grids", out / "searched_grids.json", "--out", out / "samples")
     invoke(evaluate, *evaluate_args(p, data / "data", out / "samples", out / "model", data, out))
     invoke(report, *report_args(out, data))
 

@@ -67,7 +67,7 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     assert {"fid", "is_mean", "kid_mean", "real_fid", *(f"fid@{key}" for key in RUN_KEYS)} <= metrics.keys()
     assert metrics["run"] == "ddpm-30" and metrics["fid"] == metrics["fid@ddpm-30"]
     assert (clone / "reports" / "report.html").is_file() and (clone / "reports" / "figures" / "comparison.png").is_file()
-    assert (clone / "reports" / "fid_vs_nfe.csv").read_text().splitlines()[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun,ipndm"
+    assert (clone / "reports" / "fid_vs_nfe.csv").read_text().splitlines()[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun,ipndm,unipc,unipc_3,ddim_afs,plms_afs,dpmpp_2m_afs,dpmpp_3m_afs,heun_afs,ipndm_afs,unipc_afs,unipc_3_afs"
     assert json.loads(run([*dvc, "status", "--json"], clone, env)) == {}
     plots = json.loads(run([*dvc, "plots", "show", "--json", "-o", str(clone / "dvc_plots")], clone, env))["data"]
     assert {"training loss", "FID vs network evaluations", "noise schedule alpha-bar", "reports/figures/samples_grid.png", "reports/figures/comparison.png"} <= plots.keys()

@@ -112,7 +112,7 @@ def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline:
     steps_rows = (pipeline / "steps.csv").read_text().splitlines()
     assert steps_rows[0].startswith("key,sampler,spacing,steps,nfe,guidance,fid,fid_ci_low,fid_ci_high,fid_train,fid_train_ci_low") and [r.split(",")[0] for r in steps_rows[1:]] == RUNS
     nfe_rows = (pipeline / "fid_vs_nfe.csv").read_text().splitlines()
-    assert nfe_rows[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun,ipndm"
+    assert nfe_rows[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun,ipndm,unipc,unipc_3,ddim_afs,plms_afs,dpmpp_2m_afs,dpmpp_3m_afs,heun_afs,ipndm_afs,unipc_afs,unipc_3_afs"
     assert [r.split(",")[0] for r in nfe_rows[1:]] == ["5", "30"]
     assert float(nfe_rows[1].split(",")[5]) == metrics["by_run"]["dpmpp_2m-5"]["fid"] and nfe_rows[1].split(",")[2] == ""  # ddim not run
 
@@ -262,8 +262,8 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
 def test_report_has_every_section_and_embeds_images(pipeline: Path):
     md = (pipeline / "reports" / "report.md").read_text()
     figures = ("loss.png", "schedule.png", "forward_strip.png", "real_grid.png", "samples_grid.png", "denoise_strip.png", "nfe.png", "comparison.png",
-               "memorisation_panel.png", "memorisation_distances.png", "nll.png", "fid_over_training.png")  # fmt: skip
-    for text in ("## Metrics", "## Sampling", "lowest FID", "tied with it", "Headline: ddpm-30 scores FID ", "the real-data floor", "## Memorisation", "held-out test images", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
+               "memorisation_panel.png", "memorisation_distances.png", "nll.png", "fid_over_training.png", "grids.png")  # fmt: skip
+    for text in ("Endpoint error (deterministic runs)", "## Metrics", "## Sampling", "lowest FID", "tied with it", "Headline: ddpm-30 scores FID ", "the real-data floor", "## Memorisation", "held-out test images", "## Likelihood", "real floor vs test", "generated vs train", "50,000", "EMA weights at training step 4", "bits/dim", *(f"figures/{f}" for f in figures)):
         assert text in md
     for name in figures:
         assert (pipeline / "reports" / "figures" / name).stat().st_size > 0

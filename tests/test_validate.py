@@ -53,8 +53,8 @@ def problem_key(line: str) -> str:
     return line.removeprefix("  - ").split(":")[0]
 
 
-SAMPLER_NAMES = "a non-empty list of distinct names among ddpm, ddim, euler_ancestral, plms, dpmpp_2m, dpmpp_3m, heun, ipndm"
-SPACING_NAMES = "a non-empty list of distinct names among uniform, trailing, quadratic, logsnr, karras"
+SAMPLER_NAMES = "a non-empty list of distinct names among ddpm, ddim, euler_ancestral, plms, dpmpp_2m, dpmpp_3m, heun, ipndm, unipc, unipc_3, ddim_afs, plms_afs, dpmpp_2m_afs, dpmpp_3m_afs, heun_afs, ipndm_afs, unipc_afs, unipc_3_afs"
+SPACING_NAMES = "a non-empty list of distinct names among uniform, trailing, quadratic, logsnr, karras, arctan, searched"
 
 # (key changed, its new value, a line of the report naming the key and the value)
 MALFORMED = [

@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddpmlab.core.choices import OBJECTIVES, SCHEDULES, SPACINGS, WEIGHTINGS
+from ddpmlab.core.choices import OBJECTIVES, SAMPLE_SPACINGS, SCHEDULES, WEIGHTINGS
 from ddpmlab.data.choices import SOURCES
 from ddpmlab.evaluation.choices import FEATURE_EXTRACTORS
 from ddpmlab.nn.choices import DEVICES, PRECISIONS
@@ -92,6 +92,14 @@ class SampleConfig:
     precision: str = "auto"
     compile: bool = False
     guidance: tuple[float, ...] = (0.0, 1.0, 3.0)
+    endpoint_images: int = 100
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    samples: int = 64
+    seed: int = 2
+    max_runs: int = 100
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,7 @@ class Params:
     model: UNetConfig = field(default_factory=UNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -272,7 +281,7 @@ def _check_values(p: Params) -> list[str]:
     one_of("data.source", p.data.source, SOURCES)
     require(p.data.channels in (None, 1, 3), "data.channels", p.data.channels, "null (the source's own), 1 (grayscale) or 3 (RGB)")
     require(bool(p.data.root.strip()), "data.root", p.data.root, "a directory path (dataset files, or the images of data.source=folder)")
-    for key, values, allowed in (("sample.sampler", p.sample.sampler, SAMPLER_OPTIONS), ("sample.spacing", p.sample.spacing, SPACINGS)):
+    for key, values, allowed in (("sample.sampler", p.sample.sampler, SAMPLER_OPTIONS), ("sample.spacing", p.sample.spacing, SAMPLE_SPACINGS)):
         require(
             len(values) > 0 and all(v in allowed for v in values) and len(set(values)) == len(values),
             key, list(values), f"a non-empty list of distinct names among {', '.join(allowed)}",
@@ -334,6 +343,9 @@ def _check_values(p: Params) -> list[str]:
     require(p.evaluate.bootstrap == 0 or p.sample.num_samples <= MAX_BOOTSTRAP_SAMPLES, "evaluate.bootstrap", p.evaluate.bootstrap,
             f"0 when sample.num_samples = {p.sample.num_samples} > {MAX_BOOTSTRAP_SAMPLES}: the resampled KID keeps N x N kernel "
             f"matrices ({8 * p.sample.num_samples**2 / 1e9:.0f} GB each at this N)")  # fmt: skip
+    require(p.sample.endpoint_images >= 0, "sample.endpoint_images", p.sample.endpoint_images,
+            "an integer >= 0 (images with an endpoint error, at most sample.num_samples are used; 0 = none)")  # fmt: skip
+    require(p.search.max_runs >= 0, "search.max_runs", p.search.max_runs, "an integer >= 0 (0 = the best closed-form grid, no descent)")
     require(p.evaluate.nll_images >= 0, "evaluate.nll_images", p.evaluate.nll_images, "an integer >= 0 (0 skips the NLL)")
     require(0 < p.data.test_fraction < 1, "data.test_fraction", p.data.test_fraction, "a fraction in (0, 1)")
     for key, value in [
@@ -345,6 +357,7 @@ def _check_values(p: Params) -> list[str]:
         ("sample.num_samples", p.sample.num_samples),
         ("sample.batch_size", p.sample.batch_size),
         ("sample.strip_columns", p.sample.strip_columns),
+        ("search.samples", p.search.samples),
         ("classifier.steps", p.classifier.steps),
         ("classifier.batch_size", p.classifier.batch_size),
         ("evaluate.batch_size", p.evaluate.batch_size),

@@ -78,6 +78,19 @@ def karras(alpha_bars: torch.Tensor, steps: int) -> list[int]:
     return _nearest(lam, -targets.log())
 
 
+def arctan(alpha_bars: torch.Tensor, steps: int) -> list[int]:
+    """sigma_i = tan(atan(sigma_max) + i / (N - 1) (atan(sigma_min) - atan(sigma_max))): even in the angle
+    atan(sigma) = arccos(sqrt(abar)) between t = T and t = 1, the closed form that approximates Align Your
+    Steps' optimised grids (Sabour et al. 2024) and the time of a cosine schedule; rounded to the nearest
+    timestep in log sigma."""
+    lam = half_log_snr(alpha_bars)
+    if steps == 1:
+        return [len(alpha_bars) - 1]
+    angle = torch.atan(torch.exp(-lam))
+    targets = torch.tan(torch.linspace(float(angle[-1]), float(angle[0]), steps, dtype=torch.float64))
+    return _nearest(lam, -targets.log())
+
+
 def _nearest(lam: torch.Tensor, targets: torch.Tensor) -> list[int]:
     """The timestep whose lambda is closest to each target lambda, made distinct."""
     indices = (lam[None, :] - targets[:, None]).abs().argmin(dim=1)
@@ -101,6 +114,7 @@ GRID_FUNCTIONS: dict[str, Callable[[torch.Tensor, int], list[int]]] = {
     "quadratic": quadratic,
     "logsnr": logsnr,
     "karras": karras,
+    "arctan": arctan,
 }
 
 

@@ -57,6 +57,7 @@ METRICS = (
     Metric("nn_ratio_pixels", "nearest-training distance / test's (pixels)", in_table=False),
     Metric("cond_accuracy", "class accuracy", "max", headline=("",), swept_as="acc", conditional=True, interval=True),
     Metric("per_class_fid", "per-class FID", "min", conditional=True, in_table=False),
+    Metric("endpoint_error", "endpoint error (RMS vs many-step)", "min", interval=True),  # deterministic runs
     Metric("seconds_per_sample", "s / sample", "min", headline=("",)),
     Metric("images_per_s", "images / s", "max", in_table=False),
 )

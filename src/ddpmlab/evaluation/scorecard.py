@@ -45,6 +45,7 @@ def score_row(run: Run, entry: dict, scores: dict[str, float], floor: dict[str, 
         "is_ratio": ratio(scores["is_mean"], floor["is_mean"]),
         "seconds_per_sample": entry["seconds_per_sample"],
         "images_per_s": round(1 / entry["seconds_per_sample"], 2),
+        **{k: v for k, v in entry.items() if k.startswith("endpoint_error")},  # measured while sampling (sampling.endpoint)
     }
     if replicates:
         ratios = {

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from ddpmlab.config import Params
+from ddpmlab.core.choices import SEARCHED
 from ddpmlab.generation.draw import draw_images
 from ddpmlab.sampling.guidance import class_labels
-from ddpmlab.sampling.plan import build_plan
+from ddpmlab.sampling.plan import DEFAULT_SPACING, build_plan
 from ddpmlab.sampling.trajectory import image_seeds
 from ddpmlab.training.trained import TrainedDiffusion
 
@@ -33,7 +34,10 @@ def sample_checkpoint(path: Path, params: Params, device: torch.device) -> tuple
     trained = TrainedDiffusion.load(path, device)
     cfg, count = params.sample, params.evaluate.snapshot_samples
     num_classes = trained.model.num_classes
-    run = dataclasses.replace(build_plan(cfg, conditional=bool(num_classes))[0], steps=params.evaluate.snapshot_steps)
+    # Searched grids exist for the final model only: snapshots take the first closed-form spacing (uniform if none).
+    closed_form = tuple(s for s in cfg.spacing if s != SEARCHED) or (DEFAULT_SPACING,)
+    plan = build_plan(dataclasses.replace(cfg, spacing=closed_form), conditional=bool(num_classes))
+    run = dataclasses.replace(plan[0], steps=params.evaluate.snapshot_steps)
     labels = class_labels(count, num_classes) if num_classes else None
     network = trained.sampling_network(cfg.precision, cfg.compile)
     seeds = image_seeds(cfg.seed, 0, count)

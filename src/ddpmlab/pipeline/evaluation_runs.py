@@ -42,7 +42,7 @@ def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[
     real = {f"real_{k}": v for k, v in evaluation["real"].items()}
     accuracy = {"classifier_accuracy": evaluation["classifier_accuracy"]} if evaluation.get("classifier_accuracy") is not None else {}
     sample_params = flatten({"sample": params.to_dict()["sample"], "evaluate": params.to_dict()["evaluate"]})
-    for run, row in zip(runs, rows):
+    for run, row, entry in zip(runs, rows, sampling["runs"]):
         tags = tracking.config_tags(params, run.key)
         with tracking.start_run(params.tracking.experiment, run_name(training_params, run), "evaluate", parent_run_id=train_info["run_id"], tags=tags):
             tracking.log_params(flatten(training_params))
@@ -54,6 +54,7 @@ def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[
                     **({} if run.guidance is None else {"guidance": run.guidance}),
                     **{f"sampler.{k}": v for k, v in run.option_values.items()},
                     "train_run_id": train_info["run_id"], "sampling_device": sampling["device"],
+                    **({"timesteps": ",".join(map(str, entry["timesteps"]))} if "timesteps" in entry else {}),  # the grid, searched or not
                 }
             )  # fmt: skip
             scores = {c: row[c] for m in metric_registry.METRICS for c in m.columns + m.interval_columns if row.get(c) is not None}

@@ -123,6 +123,31 @@ def nfe_figure(runs: pd.DataFrame, real: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def grids_figure(entries: list[dict], T: int, path: Path, max_steps: int = 10) -> bool:
+    """The timesteps of every grid of at most ``max_steps`` steps, one row each: a closed-form spacing
+    once per step count (the same for every sampler), a searched grid per sampler. entries: sampling.json's
+    runs. False (nothing drawn) when no run is that short."""
+    rows: dict[str, list[int]] = {}
+    for e in sorted(entries, key=lambda e: (e["steps"], e["spacing"] == "searched", e["spacing"], e["sampler"])):
+        if e["steps"] <= max_steps and "timesteps" in e:
+            label = f"{e['steps']} steps, {e['spacing']}" + (f" ({e['sampler']})" if e["spacing"] == "searched" else "")
+            rows.setdefault(label, e["timesteps"])
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.2))
+    for i, (label, timesteps) in enumerate(rows.items()):
+        searched = "searched" in label
+        ax.plot([t + 1 for t in timesteps], [i] * len(timesteps), marker="D" if searched else "o", linestyle="-", alpha=0.8,
+                color="tab:red" if searched else "tab:blue", markersize=5)  # fmt: skip
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, T + 1)
+    ax.set(xlabel=f"timestep t (1 = least noise, {T} = pure noise); the sampler starts at the right", title="Step grids (red: searched on this model)")
+    ax.grid(True, axis="x", alpha=0.3)
+    save_figure(fig, path)
+    return True
+
+
 def guidance_figure(sweep: pd.DataFrame, real: dict, path: Path) -> None:
     """Classifier-free guidance: FID and conditional accuracy against w, and the FID-vs-accuracy trade-off, each point a w."""
     ordered = sweep.sort_values("guidance")

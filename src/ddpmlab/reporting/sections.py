@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ddpmlab.reporting.document import Document, Estimate
-from ddpmlab.reporting.figures import class_grid_figure, guidance_figure, nfe_figure
+from ddpmlab.reporting.figures import class_grid_figure, grids_figure, guidance_figure, nfe_figure
 from ddpmlab.sampling.plan import Run, guidance_sweep, step_sweep
 
 
@@ -151,12 +151,25 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
         doc.table(["NFE budget", "best run", "NFE", "FID", "FID / real"], best_by_budget(rows))
     floor = comparisons["vs_floor"] if comparisons else {}
     doc.table(
-        ["run", "sampler", "spacing", "steps", "NFE", "FID [95% CI]", "vs real floor", "FID / real", "FID vs train", "IS", "KID", "precision", "recall", "ms per image"],
+        ["run", "sampler", "spacing", "steps", "NFE", "FID [95% CI]", "vs real floor", "FID / real", "FID vs train", "IS", "KID", "precision", "recall",
+         "endpoint error", "ms per image"],
         [[r["key"], r["sampler"], r["spacing"], r["steps"], r["nfe"], Estimate.of(r, "fid"), FLOOR_LABELS.get(floor.get(r["key"], {}).get("verdict"), ""),
           Estimate.of(r, "fid_ratio"), Estimate.of(r, "fid_train"), Estimate.of(r, "is_mean"), Estimate.of(r, "kid_mean"),
-          Estimate.of(r, "precision"), Estimate.of(r, "recall"), round(r["seconds_per_sample"] * 1000, 2)]
+          Estimate.of(r, "precision"), Estimate.of(r, "recall"), Estimate.of(r, "endpoint_error") if pd.notna(r.get("endpoint_error")) else "",
+          round(r["seconds_per_sample"] * 1000, 2)]
          for _, r in rows.sort_values(["sampler", "spacing", "nfe"]).iterrows()],
     )  # fmt: skip
+    reference = sampling.get("endpoint_reference") or {}
+    if reference.get("images"):
+        doc.paragraph(
+            f"Endpoint error (deterministic runs): root-mean-square pixel distance, in the data range [-1, 1], between a run's image and "
+            f"the {reference['sampler']} solution on {reference['steps']} steps from the same x_T, mean over the first {reference['images']} "
+            "images with a 95% bootstrap interval (`ddpmlab.sampling.endpoint`). It measures the solver's error alone and keeps "
+            "separating samplers where FID sits at the floor."
+        )
+    if grids_figure(sampling["runs"], sampling["T"], figures / "grids.png"):
+        doc.image("figures/grids.png", "The timesteps each few-step run visits; searched grids (sample.spacing searched) were found on this "
+                  "model by the `search` stage, by lowest endpoint error on its own x_T")  # fmt: skip
     doc.paragraph(f"Times are wall-clock seconds of the `sample` stage on {sampling['device']}, divided by the {sampling['num_samples']} images.")
     doc.image("figures/comparison.png", "The first images of every run: one row per sampler, one column per step count (same seeds everywhere)")
 

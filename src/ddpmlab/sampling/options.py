@@ -46,7 +46,14 @@ SAMPLER_OPTIONS: dict[str, type] = {
     "dpmpp_3m": NoOptions,
     "heun": NoOptions,
     "ipndm": NoOptions,
+    "unipc": NoOptions,
+    "unipc_3": NoOptions,
 }
+
+# The deterministic samplers that also come with the analytic first step, as "<name>_afs"
+# (sampling.analytic_first_step): the same options, one network evaluation fewer.
+ANALYTIC_FIRST_STEP = ("ddim", "plms", "dpmpp_2m", "dpmpp_3m", "heun", "ipndm", "unipc", "unipc_3")
+SAMPLER_OPTIONS.update({f"{name}_afs": SAMPLER_OPTIONS[name] for name in ANALYTIC_FIRST_STEP})
 
 
 def options_from(options: type, values: Any) -> Any:

@@ -22,11 +22,13 @@ import torch
 
 from ddpmlab.core.denoiser import Denoiser, Network
 from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.sampling import analytic_first_step as afs
 from ddpmlab.sampling.ancestral import ddim_sample, ddpm_sample, euler_ancestral_sample
 from ddpmlab.sampling.guidance import check_labels, guided
-from ddpmlab.sampling.options import SAMPLER_OPTIONS, options_from
+from ddpmlab.sampling.options import ANALYTIC_FIRST_STEP, SAMPLER_OPTIONS, options_from
 from ddpmlab.sampling.solvers import dpmpp_2m_sample, dpmpp_3m_sample, heun_sample, ipndm_sample, plms_sample
 from ddpmlab.sampling.trajectory import SeededNoise, StepCallback, StepInfo
+from ddpmlab.sampling.unipc import unipc_3_sample, unipc_sample
 
 
 def one_per_step(steps: int) -> int:
@@ -41,6 +43,7 @@ class SamplerSpec:
     stochastic: bool = False
     order: int = 1  # convergence order of the deterministic solver (stochastic samplers: 1, weak)
     evaluations: Callable[[int], int] = one_per_step  # network evaluations per image for N steps, unguided
+    analytic_first_step: bool = False  # the first evaluation is analytic (sampling.analytic_first_step)
 
     def nfe(self, steps: int, passes: int = 1) -> int:
         """Network evaluations per image for ``steps`` steps; ``passes`` = 2 with classifier-free guidance."""
@@ -71,8 +74,20 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("dpmpp_3m", dpmpp_3m_sample, "DPM-Solver++(3M), Lu et al. 2022", order=3),
         SamplerSpec("heun", heun_sample, "EDM's Heun, Karras et al. 2022 Algorithm 1 (NFE = 2N - 1)", order=2, evaluations=heun_evaluations),
         SamplerSpec("ipndm", ipndm_sample, "iPNDM, Zhang & Chen 2023, variable-step Adams-Bashforth in sigma (4 points)", order=4),
+        SamplerSpec("unipc", unipc_sample, "UniPC-bh2 order 2, Zhao et al. 2023 (predictor-corrector, no extra evaluations)", order=3),
+        SamplerSpec("unipc_3", unipc_3_sample, "UniPC-bh2 order 3, Zhao et al. 2023", order=4),
     )
 }
+
+
+def _with_analytic_first_step(spec: SamplerSpec) -> SamplerSpec:
+    return SamplerSpec(
+        spec.name + afs.SUFFIX, afs.with_analytic_first_step(spec.function), f"{spec.summary}; first step analytic (NFE - 1)",
+        spec.stochastic, spec.order, afs.one_fewer(spec.evaluations), analytic_first_step=True,
+    )  # fmt: skip
+
+
+SAMPLERS.update({spec.name: spec for spec in map(_with_analytic_first_step, (SAMPLERS[n] for n in ANALYTIC_FIRST_STEP))})
 
 
 def sampler_spec(name: str) -> SamplerSpec:
