@@ -9,6 +9,7 @@ are the method here: bh2, data prediction, lower_order_final, the corrector on e
 
 from __future__ import annotations
 
+import diffusers  # the dev extra installs it
 import pytest
 import torch
 
@@ -17,8 +18,6 @@ from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.sampling.registry import SAMPLERS
 from ddpmlab.sampling.trajectory import SeededNoise
 from test_solvers import gaussian_eps
-
-diffusers = pytest.importorskip("diffusers", reason="the dev extra installs diffusers")
 
 
 def diffusers_unipc(base: DiffusionProcess, grid: list[int], order: int, x_T: torch.Tensor) -> torch.Tensor:
