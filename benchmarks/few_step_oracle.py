@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-from test_solvers import gaussian_eps, ode_solution
 
 from ddpmlab.core.choices import SPACINGS
 from ddpmlab.core.denoiser import Denoiser
@@ -21,6 +20,7 @@ from ddpmlab.sampling.endpoint import endpoint_errors
 from ddpmlab.sampling.grid_search import search_grid
 from ddpmlab.sampling.registry import SAMPLERS
 from ddpmlab.sampling.trajectory import SeededNoise
+from test_solvers import gaussian_eps, ode_solution
 
 CALIBRATION, EVALUATION = range(64), range(10_000, 10_256)
 
