@@ -137,21 +137,38 @@ SAMPLER_SETTINGS = [(name, {}) for name in SAMPLERS if name not in ("ddpm", "ddi
 ]
 
 
+# The analytic first step answers x0_hat ~ 0 where the exact one is the point. Every sampler but plms ends
+# on a fresh network x0_hat and still lands on the point; plms extrapolates eps (3/2 e_new - 1/2 e_old on its
+# second step), which turns that x0_hat into 3/2 the point and carries it on (its own test below).
+EXACT_SETTINGS = [(name, options) for name, options in SAMPLER_SETTINGS if name != "plms_afs"]
+
+
 def test_the_settings_cover_every_registered_sampler():
     assert {name for name, _ in SAMPLER_SETTINGS} == set(SAMPLERS)
 
 
-@pytest.mark.parametrize("sampler,options", SAMPLER_SETTINGS)
+@pytest.mark.parametrize("sampler,options", EXACT_SETTINGS)
 @pytest.mark.parametrize("steps", [1000, 100, 10, 1])
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
 def test_every_sampler_at_every_step_count_returns_the_single_data_point(sampler, options, steps, objective):
     base = DiffusionProcess.from_schedule("linear", 1000)
     process = base.respaced(spaced_timesteps(1000, steps))
     x = draw(sampler, exact_oracle(base, POINT, objective), process, SeededNoise(range(3), (1, 4, 4)), objective=objective, **options)
-    assert torch.allclose(x, POINT.expand(3, -1, -1, -1), atol=1e-4)
+    if SAMPLERS[sampler].analytic_first_step and steps == 1:  # no network call at all: eq. 4's x0_hat of eps_hat = x_T
+        abar = float(process.alpha_bars[-1])
+        assert torch.allclose(x, (1 - (1 - abar) ** 0.5) / abar**0.5 * SeededNoise(range(3), (1, 4, 4))(), atol=5e-5)  # float32 sigma-space rounding: 2e-5
+    else:
+        assert torch.allclose(x, POINT.expand(3, -1, -1, -1), atol=1e-4)
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_plms_with_the_analytic_first_step_lands_on_three_halves_of_a_single_point():
+    """Two steps: x0_hat = 0 analytically, then eps' = 3/2 e_2 - 1/2 x_T with the exact e_2 gives 3/2 the point (to O(sqrt(abar_T)))."""
+    base = DiffusionProcess.from_schedule("linear", 1000)
+    x = draw("plms_afs", exact_oracle(base, POINT, "eps"), base.respaced(spaced_timesteps(1000, 2)), SeededNoise(range(3), (1, 4, 4)))
+    assert torch.allclose(x, 1.5 * POINT.expand(3, -1, -1, -1), atol=0.02)
+
+
+@pytest.mark.parametrize("sampler", [name for name, _ in EXACT_SETTINGS if name not in ("ddpm", "ddim")] + ["ddpm", "ddim"])
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("clip", [True, False])
 def test_every_sampler_on_every_grid_returns_the_single_data_point(sampler, spacing, clip):
