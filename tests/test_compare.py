@@ -37,7 +37,7 @@ def number(cell: str) -> float:
 # The tiny pipeline's run plan (conftest.TINY_OVERRIDES): every sampler at every step count.
 RUN_KEYS = ("ddpm-30", "ddpm-5", "dpmpp_2m-30", "dpmpp_2m-5")
 TABLE_START = ["run", "schedule", "T", "objective", "sampler", "spacing", "steps", "NFE"]
-METRIC_HEADERS = ["FID", "FID / real floor", "IS", "KID", "precision", "recall", "copy rate (features)", "NLL (bits/dim)", "train steps", "train time (min)", "s / sample"]
+METRIC_HEADERS = ["FID", "FID / real floor", "IS", "KID", "precision", "recall", "copy rate (features)", "endpoint error (RMS vs many-step)", "NLL (bits/dim)", "train steps", "train time (min)", "s / sample"]
 
 
 def cells(header: list[str], row: list[str], *names: str) -> tuple[str, ...]:

@@ -79,7 +79,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     sampler: tuple[str, ...] = ("ddpm", "ddim", "dpmpp_2m")
-    steps: tuple[int, ...] = (50, 10, 5)
+    steps: tuple[int, ...] = (50, 10, 5, 4, 3)
     spacing: tuple[str, ...] = ("uniform", "quadratic")
     variance: str = "fixed_large"
     eta: float = 0.0
