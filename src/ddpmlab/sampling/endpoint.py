@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ddpmlab.evaluation.bootstrap import interval
 from ddpmlab.sampling.plan import Run
 
 REFERENCE_SAMPLER = "dpmpp_3m"  # third order, data prediction: stable on every grid
@@ -29,10 +30,8 @@ def endpoint_errors(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 def summary(errors: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """Mean error with a 95% percentile-bootstrap interval over images."""
+    """Mean error with the project's 95% bootstrap interval over images (``evaluation.bootstrap.interval``)."""
     values = errors.cpu().numpy()
     draws = np.random.default_rng(seed).integers(0, len(values), size=(RESAMPLES, len(values)))
-    means = values[draws].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"endpoint_error": round(float(values.mean()), 5), "endpoint_error_ci_low": round(float(low), 5),
-            "endpoint_error_ci_high": round(float(high), 5)}  # fmt: skip
+    mean, band = float(values.mean()), interval(float(values.mean()), values[draws].mean(axis=1))
+    return {"endpoint_error": round(mean, 5), "endpoint_error_ci_low": round(band.low, 5), "endpoint_error_ci_high": round(band.high, 5)}

@@ -29,12 +29,8 @@ import torch
 
 from ddpmlab.core.denoiser import Denoiser
 from ddpmlab.sampling.ancestral import report, reverse_indices
+from ddpmlab.sampling.solvers import _lambda
 from ddpmlab.sampling.trajectory import SeededNoise, StepCallback
-
-
-def _lambda(denoiser: Denoiser, index: int) -> float:
-    abar = denoiser.alpha_bar(index)
-    return 0.5 * (math.log(abar) - math.log1p(-abar))
 
 
 def _phi_targets(h: float, count: int) -> list[float]:
