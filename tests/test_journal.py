@@ -83,6 +83,29 @@ os._exit(9)
     assert not list(folder.glob("*.jsonl"))  # the leftover went once it was all sent
 
 
+def test_drain_returns_only_once_the_leftovers_it_sent_are_removed(store, monkeypatch):
+    """`ddpmlab tracking sync` exits right after drain(): a leftover whose last record went but whose
+    file the thread has not removed yet would stay on disk. Removal is
+    slowed here so the window is wide."""
+    uri, folder = store
+    run = new_pending_id()
+    leftover = Journal.create(folder, uri)
+    for record in [create(run), *points(run, range(3))]:
+        leftover.append(record)
+    leftover.close()
+    slow_remove = Journal.remove
+
+    def remove(self: Journal) -> None:
+        time.sleep(1.0)
+        slow_remove(self)
+
+    monkeypatch.setattr(Journal, "remove", remove)
+    box = Outbox(folder, uri)
+    assert box.drain(60)
+    assert not list(folder.glob("*.jsonl"))
+    assert [p.step for p in MlflowClient(uri).get_metric_history(RunIds(folder).get(run), "loss")] == [0, 1, 2]
+
+
 def test_a_later_journal_refers_to_a_run_an_earlier_one_started(store):
     """evaluate nests its runs under the training run that train started during an outage: the
     pending id in the parent tag and in a param becomes the server's id."""

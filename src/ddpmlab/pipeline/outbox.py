@@ -232,9 +232,9 @@ class Outbox:
                 click.echo(f"warning: {self.uri} refused {len(batch)} record(s) ({str(e)[:200]}); kept in {journal.path.with_suffix('.rejected')}", err=True)
             journal.mark_sent(batch[-1][0] + 1)
         if journal is not self.journal:
+            journal.remove()  # a leftover, all sent; gone from disk before drain() may count it done
             with self.lock:
                 self.claimed.pop(journal.path, None)
-            journal.remove()  # a leftover, all sent
 
     def _loop(self) -> None:
         client = MlflowClient(self.uri)
@@ -273,12 +273,18 @@ class Outbox:
         return self.ids.get(run_id) or run_id
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until every record this process can send is on the server; False at the timeout."""
+        """Wait until every record this process can send is on the server and every leftover it
+        sent is removed (the process may exit next, and the thread with it); False at the timeout."""
         deadline = time.monotonic() + timeout_s
         self._start()
         while True:
             if self.pending() == 0:
-                return True
+                with self.lock:
+                    if not self.claimed:
+                        return True
+                    idle = self._thread is None
+                if idle:  # a sent leftover pending() claimed after the thread went idle
+                    self._start()
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.1)
