@@ -140,25 +140,23 @@ class Protocol:
             fid = resampled_scores.frechet_low_rank(features, reference["features"], counts, reference["counts"])
         else:
             fid = resampled_scores.frechet(resampled_scores.weighted_moments(features, counts), self._reference_moments(split))
-        kernel = resampled_scores.polynomial_kernel
         n = len(inside_real)
         return {
             "fid": fid,
-            "kid_mean": resampled_scores.kid(
-                kernel(features, features), reference["kernel"], kernel(features, reference["features"]), counts, reference["counts"]
-            ),
+            "kid_mean": resampled_scores.kid(features, reference["features"], counts, reference["counts"], reference["within"]),
             "precision": resampled_scores.proportion(inside_real, resample.counts(role, n)),
             "recall": resampled_scores.proportion(inside_generated, resample.counts(f"{split}-subset", n)),
         }
 
     def _resampled_reference(self, split: str) -> dict:
-        """A split's features, resample counts and kernel matrix: once per split, shared by every run."""
+        """A split's features, resample counts and KID within-set term: once per split, shared by every run."""
         if split not in self._resampled_references:
             features = self.references[split].features
+            counts = self.resampler.counts(split, len(features))
             self._resampled_references[split] = {
                 "features": features,
-                "counts": self.resampler.counts(split, len(features)),
-                "kernel": resampled_scores.polynomial_kernel(features, features),
+                "counts": counts,
+                "within": resampled_scores.within_mean(features, counts),
             }
         return self._resampled_references[split]
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 CHUNK = 64  # resamples per batch: bounds the (chunk, D, D) covariances in memory
+WEIGHTED_BYTES = 1 << 28  # bounds weighted_moments' (chunk, N, D) weighted copy: a 60,000-image split goes 4 resamples at a time
 LOW_RANK_CHUNK = 16  # the same for frechet_low_rank's (chunk, M, N) cross-Gram matrices
 
 
@@ -34,10 +35,11 @@ def weighted_moments(features: torch.Tensor, counts: torch.Tensor, with_sqrt: bo
     n = counts.sum(1)[0].item()
     mean = counts @ x / n  # (B, D)
     covs, roots = [], []
-    for start in range(0, len(counts), CHUNK):
-        w = counts[start : start + CHUNK]
+    chunk = max(1, min(CHUNK, WEIGHTED_BYTES // (x.numel() * x.element_size())))
+    for start in range(0, len(counts), chunk):
+        w = counts[start : start + chunk]
         weighted = x[None] * w[:, :, None].sqrt()  # (b, N, D)
-        m = mean[start : start + CHUNK]
+        m = mean[start : start + chunk]
         cov = (weighted.transpose(1, 2) @ weighted - n * m[:, :, None] * m[:, None, :]) / (n - 1)
         covs.append(cov)
         if with_sqrt:
@@ -94,19 +96,38 @@ def polynomial_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.double() @ b.double().T / a.shape[1] + 1) ** 3
 
 
-def kid(k_gg: torch.Tensor, k_rr: torch.Tensor, k_gr: torch.Tensor, w_g: torch.Tensor, w_r: torch.Tensor) -> torch.Tensor:
-    """Unbiased MMD^2 per resample from kernel matrices (N, N), (M, M), (N, M) and counts (B, N), (B, M).
+KERNEL_ROWS = 1024  # rows of a kernel matrix held at once: a 60,000-image reference needs 0.5 GB, not its 28.8 GB whole
 
-    The within-set terms average k over pairs of *different* original images: pairs of an
-    image with a copy of itself are left out, as the U-statistic leaves out i = j, so a resample
-    estimates the same quantity as the original set. Returns (B,)."""
 
-    def within(k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        pairs = w.sum(1) ** 2 - (w**2).sum(1)
-        return (((w @ k) * w).sum(1) - (w**2) @ torch.diagonal(k)) / pairs
+def within_mean(features: torch.Tensor, counts: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """KID's within-set term per resample: the weighted mean of k over pairs of *different* original
+    images, sum_{i != j} w_i w_j k(x_i, x_j) / sum_{i != j} w_i w_j. features (M, D), counts (B, M) -> (B,).
 
-    n, m = w_g.sum(1), w_r.sum(1)
-    return within(k_gg, w_g) + within(k_rr, w_r) - 2 * ((w_g @ k_gr) * w_r).sum(1) / (n * m)
+    Pairs of an image with a copy of itself are left out, as the U-statistic leaves out i = j, so a
+    resample estimates the same quantity as the original set. The (M, M) kernel is built ``rows`` rows
+    at a time (default KERNEL_ROWS) and never held whole."""
+    rows = rows or KERNEL_ROWS
+    w = counts.double()
+    total = torch.zeros(len(w), dtype=torch.float64)  # sum_{i, j} w_i w_j k_ij
+    diagonal = torch.empty(len(features), dtype=torch.float64)
+    for start in range(0, len(features), rows):
+        block = polynomial_kernel(features[start : start + rows], features)  # (b, M)
+        total += ((w[:, start : start + rows] @ block) * w).sum(1)
+        diagonal[start : start + len(block)] = block.diagonal(offset=start)
+    pairs = w.sum(1) ** 2 - (w**2).sum(1)
+    return (total - (w**2) @ diagonal) / pairs
+
+
+def kid(generated: torch.Tensor, reference: torch.Tensor, w_g: torch.Tensor, w_r: torch.Tensor, within_r: torch.Tensor | None = None) -> torch.Tensor:
+    """Unbiased MMD^2 (KID, Binkowski et al. 2018) per resample of features (N, D) and (M, D) with
+    counts (B, N) and (B, M). ``within_r``: ``within_mean(reference, w_r)`` when the caller keeps it
+    (a reference shared by every run). Returns (B,)."""
+    within_r = within_mean(reference, w_r) if within_r is None else within_r
+    w_g, w_r = w_g.double(), w_r.double()
+    cross = torch.zeros(len(w_g), dtype=torch.float64)  # sum_{i, j} w_g,i w_r,j k(g_i, r_j), KERNEL_ROWS rows at a time
+    for start in range(0, len(generated), KERNEL_ROWS):
+        cross += ((w_g[:, start : start + KERNEL_ROWS] @ polynomial_kernel(generated[start : start + KERNEL_ROWS], reference)) * w_r).sum(1)
+    return within_mean(generated, w_g) + within_r - 2 * cross / (w_g.sum(1) * w_r.sum(1))
 
 
 def inception_score(logits: torch.Tensor, indices: torch.Tensor, splits: int) -> torch.Tensor:
