@@ -80,6 +80,10 @@ def main() -> None:
     torch.set_grad_enabled(False)
     params = read_params(args.project / "params.yaml")
     cfg = params.sample
+    if params.evaluate.feature_extractor != "classifier":
+        raise SystemExit(
+            f"evaluate.feature_extractor is {params.evaluate.feature_extractor!r}; this benchmark scores classifier features only"
+        )
     searched = {(g["sampler"], g["steps"]): g["grid"] for g in json.loads(args.grids.read_text())["grids"]} if args.grids else {}
     reference = parse_run(args.reference, cfg, searched)
     runs = [reference] + [parse_run(text, cfg, searched) for text in args.runs]
@@ -90,6 +94,8 @@ def main() -> None:
 
     device = resolve_device(params.device)
     trained = TrainedDiffusion.load(args.project / "models/ddpm/model.pt", device)
+    if trained.model.num_classes:
+        raise SystemExit("models/ddpm is class-conditional; this benchmark draws unconditional samples only")
     network = trained.sampling_network(cfg.precision, cfg.compile)
     extractor = Extractor(
         params.evaluate.feature_extractor, args.project / "models/classifier.pt", device, params.evaluate.batch_size

@@ -85,8 +85,7 @@ os._exit(9)
 
 def test_drain_returns_only_once_the_leftovers_it_sent_are_removed(store, monkeypatch):
     """`ddpmlab tracking sync` exits right after drain(): a leftover whose last record went but whose
-    file the thread has not removed yet would stay on disk. Removal is
-    slowed here so the window is wide."""
+    file the thread has not removed yet would stay on disk. Removal is slowed here to widen the window."""
     uri, folder = store
     run = new_pending_id()
     leftover = Journal.create(folder, uri)
