@@ -23,7 +23,9 @@ from ddpmlab.sampling.trajectory import SeededNoise, StepCallback
 LOWER_ORDER_FINAL_BELOW = 15
 
 
-def _lambda(denoiser: Denoiser, index: int) -> float:
+def half_log_snr(denoiser: Denoiser, index: int) -> float:
+    """lambda_t = log(alpha_t / sigma_t) = log(abar_t / (1 - abar_t)) / 2 at grid ``index``: the time
+    variable of DPM-Solver (Lu et al. 2022) and UniPC."""
     abar = denoiser.alpha_bar(index)
     return 0.5 * (math.log(abar) - math.log1p(-abar))
 
@@ -35,7 +37,7 @@ def _dpmpp_update(x: torch.Tensor, denoiser: Denoiser, i: int, history: list[tup
 
     history: [(lambda, x0_hat)], oldest first; history[-1] is at index i.
     """
-    lam_t = _lambda(denoiser, i - 1)
+    lam_t = half_log_snr(denoiser, i - 1)
     lam_s0, m0 = history[-1]
     h = lam_t - lam_s0
     alpha_t = denoiser.alpha_bar(i - 1) ** 0.5
@@ -66,7 +68,7 @@ def _dpmpp_multistep(denoiser: Denoiser, noise: SeededNoise, order: int, callbac
     history: list[tuple[float, torch.Tensor]] = []
     for step, i in reverse_indices(denoiser):
         pred = denoiser(x, i)
-        history = (history + [(_lambda(denoiser, i), pred.x0)])[-order:]
+        history = (history + [(half_log_snr(denoiser, i), pred.x0)])[-order:]
         if i == 0:
             x = pred.x0  # to sigma = 0 every order reduces to the first-order step: x0_hat
         else:

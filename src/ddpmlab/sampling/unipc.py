@@ -29,7 +29,7 @@ import torch
 
 from ddpmlab.core.denoiser import Denoiser
 from ddpmlab.sampling.ancestral import report, reverse_indices
-from ddpmlab.sampling.solvers import _lambda
+from ddpmlab.sampling.solvers import half_log_snr
 from ddpmlab.sampling.trajectory import SeededNoise, StepCallback
 
 
@@ -51,7 +51,7 @@ def _unipc_update(
     """x at index t from x at index s > t: the predictor (``new`` None) or the corrector (``new`` = m_t
     at the predictor's x_t). history: [(lambda, m)], oldest first, history[-1] at s; its length is the order."""
     lam_s, m_s = history[-1]
-    lam_t = _lambda(denoiser, t)
+    lam_t = half_log_snr(denoiser, t)
     h = lam_t - lam_s
     alpha_t = denoiser.alpha_bar(t) ** 0.5
     sigma_ratio = ((1 - denoiser.alpha_bar(t)) / (1 - denoiser.alpha_bar(s))) ** 0.5
@@ -82,7 +82,7 @@ def _unipc(denoiser: Denoiser, noise: SeededNoise, order: int, callback: StepCal
         if before is not None:
             x_s, s, used = before
             x = _unipc_update(x_s, denoiser, s, i, used, new=pred.x0)
-        history = (history + [(_lambda(denoiser, i), pred.x0)])[-order:]
+        history = (history + [(half_log_snr(denoiser, i), pred.x0)])[-order:]
         if i == 0:
             x = pred.x0  # order 1 to sigma = 0: x0_hat
         else:
