@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from ddpmlab.core.choices import SEARCHED
 from ddpmlab.data.image_set import ImageSet
@@ -35,6 +34,7 @@ from ddpmlab.evaluation.protocol import SPLITS, Protocol
 from ddpmlab.generation.draw import draw_images
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.pipeline.stage_io import read_params
+from ddpmlab.reporting.replicates import pool
 from ddpmlab.sampling.plan import Run
 from ddpmlab.sampling.registry import sampler_spec
 from ddpmlab.sampling.trajectory import image_seeds
@@ -57,10 +57,9 @@ def parse_run(text: str, sample_cfg, searched: dict[tuple[str, int], list[int]])
 
 
 def t_interval(values: np.ndarray) -> tuple[float, float, float]:
-    """(mean, low, high): the 95% Student-t interval of the mean of ``values``."""
-    mean = float(values.mean())
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return mean, mean - half, mean + half
+    """(mean, low, high): the 95% Student-t interval of the mean, as `ddpmlab compare` pools replicates."""
+    pooled = pool(list(values))
+    return pooled.mean, pooled.low, pooled.high
 
 
 def main() -> None:
