@@ -12,9 +12,9 @@ import argparse
 
 import torch
 
-from ddpmlab.core.choices import SPACINGS
 from ddpmlab.core.denoiser import Denoiser
 from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.core.math_names import SPACINGS
 from ddpmlab.core.step_grids import step_grid
 from ddpmlab.sampling.endpoint import endpoint_errors
 from ddpmlab.sampling.grid_search import search_grid

@@ -27,18 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmlab.core.choices import SEARCHED
+from ddpmlab.core.math_names import SEARCHED
 from ddpmlab.data.image_set import ImageSet
 from ddpmlab.evaluation.metrics import Extractor, frechet_distance
 from ddpmlab.evaluation.protocol import SPLITS, Protocol
-from ddpmlab.generation.draw import draw_images
+from ddpmlab.model.draw import draw_images
+from ddpmlab.model.trained import TrainedDiffusion
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.pipeline.stage_io import read_params
 from ddpmlab.reporting.replicates import pool
 from ddpmlab.sampling.plan import Run
 from ddpmlab.sampling.registry import sampler_spec
 from ddpmlab.sampling.trajectory import image_seeds
-from ddpmlab.training.trained import TrainedDiffusion
 
 
 def parse_run(text: str, sample_cfg, searched: dict[tuple[str, int], list[int]]) -> Run:

@@ -61,7 +61,7 @@ from ddpmlab.core.denoiser import Denoiser
 from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.core.step_grids import step_grid
 from ddpmlab.nn.unet import UNet
-from ddpmlab.sampling.registry import SAMPLERS, sample_seeded
+from ddpmlab.sampling.registry import SAMPLERS, sample_seeded, sampler_spec
 from ddpmlab.sampling.trajectory import SeededNoise, StepInfo
 
 IMAGE_SHAPE = (1, 16, 16)
@@ -480,7 +480,7 @@ class SpeedPair:
         self.seeds = list(range(batch))
 
     def ours(self) -> torch.Tensor:
-        return sample_seeded(self.sampler, self.net, self.process, self.seeds, IMAGE_SHAPE, batch_size=self.batch, clip_x0=False)
+        return sample_seeded(sampler_spec(self.sampler), self.net, self.process, self.seeds, IMAGE_SHAPE, batch_size=self.batch, clip_x0=False)
 
     @torch.no_grad()
     def diffusers(self) -> torch.Tensor:

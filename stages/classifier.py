@@ -13,9 +13,9 @@ from tqdm import tqdm
 from ddpmlab.data.image_set import ImageSet
 from ddpmlab.evaluation.classifier import CHECKPOINT_KIND as CLASSIFIER_KIND
 from ddpmlab.evaluation.classifier import check_accuracy, train_classifier
+from ddpmlab.model import checkpoint
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.pipeline.stage_io import params_option, read_json, read_params, stage_errors, write_json
-from ddpmlab.training import checkpoint
 
 
 @click.command(help=__doc__)

@@ -19,9 +19,10 @@ import click
 import torch
 from tqdm import tqdm
 
-from ddpmlab.core.choices import SPACINGS
+from ddpmlab.core.math_names import SPACINGS
 from ddpmlab.core.step_grids import step_grid
-from ddpmlab.generation.draw import draw_tensor
+from ddpmlab.model.draw import draw_tensor
+from ddpmlab.model.trained import TrainedDiffusion
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.pipeline.stage_io import params_option, read_json, read_params, stage_errors, write_json
 from ddpmlab.sampling.endpoint import endpoint_errors, reference_run
@@ -29,7 +30,6 @@ from ddpmlab.sampling.grid_search import search_grid
 from ddpmlab.sampling.guidance import class_labels
 from ddpmlab.sampling.plan import search_targets
 from ddpmlab.sampling.trajectory import image_seeds
-from ddpmlab.training.trained import TrainedDiffusion
 
 
 @click.command(help=__doc__)

@@ -1,10 +1,13 @@
 """The package's shape, held by parsing every module (``ast``; nothing is imported):
 
+- layers: a package imports only from packages in lower layers (:data:`LAYERS`, docs/architecture.md),
+  never from a peer or a higher one; config's leaf modules of names are the one exception;
 - no import cycles;
 - one owner per outside boundary: only the tracking modules import mlflow, only
-  ``training/checkpoint.py`` calls torch.save / torch.load, only ``evaluation/metrics.py`` imports
+  ``model/checkpoint.py`` calls torch.save / torch.load, only ``evaluation/metrics.py`` imports
   torch-fidelity;
-- the math (core, sampling, nn) imports no click, mlflow, pandas, matplotlib or pathlib;
+- the math (core, sampling, nn) imports no click, mlflow, pandas, matplotlib or pathlib; only
+  ``reporting/figures/`` imports matplotlib;
 - ``config.py`` imports only leaf modules of names and options, and subpackage ``__init__`` files
   import nothing, so a stage's DVC deps stay what it runs.
 """
@@ -22,7 +25,11 @@ PACKAGE_DIR = code_deps.PACKAGE_DIR
 MODULES = sorted(PACKAGE_DIR.rglob("*.py"))
 MATH_PACKAGES = ("core", "sampling", "nn")
 FORBIDDEN_IN_MATH = ("click", "mlflow", "pandas", "matplotlib", "pathlib")
-CONFIG_LEAVES = {"core.choices", "data.choices", "nn.choices", "nn.unet_config", "evaluation.choices", "sampling.options"}
+# The package order, lowest first (docs/architecture.md). Packages on one line are peers: neither imports the other.
+# "" is ddpmlab/__init__.py (the version), "config" and "cli" are the modules config.py and cli.py.
+LAYERS = (("",), ("core", "nn", "data"), ("sampling",), ("config",), ("model",), ("training", "evaluation"), ("reporting",),
+          ("pipeline",), ("generation", "team"), ("cli",))  # fmt: skip
+CONFIG_LEAVES = {"core.math_names", "data.source_names", "nn.hardware_names", "nn.unet_config", "evaluation.extractor_names", "sampling.catalog"}
 
 
 def _name(path: Path) -> str:
@@ -57,6 +64,79 @@ def _torch_io_calls(path: Path) -> list[str]:
 
 def test_the_package_has_subpackages_and_every_module_is_seen():
     assert len(MODULES) > 40 and {p.parent.name for p in MODULES} >= {"core", "sampling", "nn", "data", "training", "evaluation", "reporting", "pipeline"}
+
+
+def _package(module: str) -> str:
+    """"sampling.plan" -> "sampling"; "config" -> "config"; "" (ddpmlab itself) -> ""."""
+    return module.split(".")[0]
+
+
+def _every_import(path: Path) -> set[str]:
+    """The ddpmlab modules ``path`` imports, those under ``if TYPE_CHECKING:`` included: a type
+    annotation that points up the layers is as much a tangle for a reader as a run-time import."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "ddpmlab":
+            inner = node.module.split(".")[1:]
+            found.add(".".join(inner))
+            found |= {".".join([*inner, a.name]) for a in node.names if code_deps.module_path(".".join([*inner, a.name])).is_file()}
+        elif isinstance(node, ast.Import):
+            found |= {".".join(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "ddpmlab"}
+    # importing a.b runs the package a's empty __init__ first, which is no real edge; ddpmlab's own (the version) is one
+    return {m for m in found if code_deps.module_path(m).is_file() and (m == "" or code_deps.module_path(m).name != "__init__.py")}
+
+
+def upward_imports(modules: list[Path], layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:
+    """Every import from a package to one in the same layer or a higher one, as "a.b -> c.d"."""
+    rank = {package: i for i, peers in enumerate(layers) for package in peers}
+    found = []
+    for path in modules:
+        module = code_deps.module_name(path)
+        for dep in sorted(_every_import(path)):
+            a, b = _package(module), _package(dep)
+            if a == b:
+                continue
+            if a not in rank or b not in rank:
+                found.append(f"{module} -> {dep} (package not in LAYERS)")
+            elif module == "config" and dep in CONFIG_LEAVES:
+                continue  # config reads the leaf modules of names (standard library only): the one exception
+            elif rank[b] >= rank[a]:
+                found.append(f"{module} -> {dep}")
+    return found
+
+
+def test_every_package_is_in_a_layer():
+    packages = {_package(code_deps.module_name(path)) for path in MODULES}
+    assert packages == {p for peers in LAYERS for p in peers}
+
+
+def test_imports_point_down_the_layers_only():
+    upward = upward_imports(MODULES)
+    assert not upward, "imports from a package to a peer or a higher layer (docs/architecture.md):\n" + "\n".join(upward)
+
+
+def test_the_layer_check_finds_an_upward_import(tmp_path, monkeypatch):
+    """The check above can fail: in a scratch package, a lazy import from the low layer to the high
+    one, a peer import, and an upward import hidden under TYPE_CHECKING are each reported; the
+    downward import is not."""
+    package = tmp_path / "ddpmlab"
+    for name in ("low", "peer", "high"):
+        (package / name).mkdir(parents=True)
+        (package / name / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "low" / "a.py").write_text("def f():\n    from ddpmlab.high import b\n")
+    (package / "low" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ddpmlab.high.b import X\n")
+    (package / "peer" / "d.py").write_text("from ddpmlab.low import a\n")
+    (package / "high" / "b.py").write_text("from ddpmlab.low.a import f\nfrom ddpmlab.peer import d\n")
+    monkeypatch.setattr(code_deps, "PACKAGE_DIR", package)
+    modules = sorted(package.rglob("*.py"))
+    layers = (("",), ("low", "peer"), ("high",))
+    assert upward_imports(modules, layers) == ["low.a -> high.b", "low.c -> high.b", "peer.d -> low.a"]
+
+
+def test_only_the_figures_import_matplotlib():
+    """Figures live in reporting/figures/ only, so a stage that draws none never depends on matplotlib code."""
+    assert {m for m in _importers_of("matplotlib") if not m.startswith("reporting/figures/")} == set()
 
 
 def _import_graph(modules: list[Path]) -> dict[str, set[str]]:
@@ -117,7 +197,7 @@ def test_only_the_metrics_module_imports_torch_fidelity():
 
 def test_only_checkpoint_io_calls_torch_save_and_load():
     callers = {_name(path): calls for path in MODULES if (calls := _torch_io_calls(path))}
-    assert set(callers) == {"training/checkpoint.py"}, callers
+    assert set(callers) == {"model/checkpoint.py"}, callers
 
 
 def test_the_torch_io_check_sees_both_spellings(tmp_path):
@@ -138,7 +218,7 @@ def test_config_imports_only_leaf_modules_of_names_and_options():
     for leaf in CONFIG_LEAVES:  # a leaf reads at most other leaves, and nothing heavier than the standard library
         deps = {d for d in code_deps.direct_imports(code_deps.module_path(leaf)) if code_deps.module_path(d).name != "__init__.py"}
         assert deps <= CONFIG_LEAVES, (leaf, deps)
-        assert not _outside_imports(code_deps.module_path(leaf)) - {"__future__", "dataclasses", "typing"}, leaf
+        assert not _outside_imports(code_deps.module_path(leaf)) - {"__future__", "collections", "dataclasses", "typing"}, leaf
 
 
 def test_config_closure_is_config_and_its_leaves():

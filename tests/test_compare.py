@@ -15,6 +15,7 @@ from conftest import COMPARED_SCHEDULES
 from ddpmlab.cli import main, runs_link
 from ddpmlab.pipeline import tracking
 from ddpmlab.reporting import compare
+from ddpmlab.reporting.figures.compare import fid_figure
 
 
 def run_compare(monkeypatch: pytest.MonkeyPatch, uri: str, *args: object):
@@ -227,7 +228,7 @@ def test_the_table_and_the_fid_figure_count_network_evaluations_not_steps(tmp_pa
         ("dpmpp_2m", 5, 5), ("dpmpp_2m", 10, 10), ("heun", 5, 9), ("heun", 10, 19),
     ]  # fmt: skip
     assert {label: rows_["nfe"].tolist() for label, rows_ in selection.curves} == {"linear, dpmpp_2m": [5, 10], "linear, heun": [9, 19]}
-    compare.fid_figure(selection, tmp_path / "fid.png")
+    fid_figure(selection, tmp_path / "fid.png")
     assert (tmp_path / "fid.png").is_file()
 
 
@@ -274,7 +275,7 @@ def test_hundreds_of_models_fill_the_table_and_the_figures_show_the_best(tmp_pat
     shown = selection.best_models()
     assert set(shown.evaluations["params.train_run_id"]) == {f"t{m}" for m in np.argsort(fids)[: compare.MAX_PLOTTED_MODELS]}
     assert len(compare.grid_choices(shown)) == compare.MAX_PLOTTED_MODELS * 4
-    compare.fid_figure(shown, tmp_path / "fid.png")
+    fid_figure(shown, tmp_path / "fid.png")
     assert len(shown.curves) == compare.MAX_PLOTTED_MODELS and (tmp_path / "fid.png").is_file()
     doc = compare.document(selection, {"fid": "fid.png"}, "a test", plotted_models=compare.MAX_PLOTTED_MODELS)
     md = doc.to_markdown()

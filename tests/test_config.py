@@ -77,6 +77,13 @@ def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
     assert expected in str(info.value)
 
 
+def test_zero_norm_groups_is_a_problem_not_a_crash():
+    # the architecture check takes every level's width modulo model.norm_groups: 0 must not raise ZeroDivisionError
+    with pytest.raises(ConfigError) as info:
+        Params.from_dict({"model": {"norm_groups": 0}})
+    assert info.value.problems == ["model.norm_groups: got 0; allowed: an integer >= 1"]
+
+
 def test_unknown_keys_suggest_the_closest_one():
     raw = default_raw()
     raw["train"]["stpes"] = 10
@@ -105,7 +112,7 @@ def test_training_dict_excludes_sampling_and_evaluation():
 
 
 def test_config_lists_exactly_the_extractors_metrics_implements():
-    from ddpmlab.evaluation.choices import FEATURE_EXTRACTORS
+    from ddpmlab.evaluation.extractor_names import FEATURE_EXTRACTORS
     from ddpmlab.evaluation.metrics import EXTRACTORS
 
     assert set(FEATURE_EXTRACTORS) == set(EXTRACTORS)  # config stays free of torch-fidelity, so it keeps its own copy

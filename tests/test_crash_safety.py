@@ -23,8 +23,9 @@ from stages import train as train_stage
 
 from conftest import ROOT, invoke, isolate_stores, write_tiny_params
 from ddpmlab.core.losses import TrainingLoss
-from ddpmlab.training import checkpoint, resume
-from ddpmlab.training.trained import KIND, TrainedDiffusion
+from ddpmlab.model import checkpoint
+from ddpmlab.model.trained import KIND, TrainedDiffusion
+from ddpmlab.training import resume
 
 
 @pytest.fixture(scope="module")

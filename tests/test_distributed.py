@@ -89,7 +89,7 @@ def test_train_stage_with_two_processes_matches_one_and_loads_in_one(tmp_path: P
     from stages import prepare
     from stages import train as train_stage
 
-    from ddpmlab.training.trained import TrainedDiffusion
+    from ddpmlab.model.trained import TrainedDiffusion
 
     isolate_stores(monkeypatch, tmp_path)
     single_params = write_tiny_params(tmp_path / "single.yaml", model={"dropout": 0.0}, train={"steps": 6, "log_every": 1, "checkpoint_every": 3, "precision": "fp32"})

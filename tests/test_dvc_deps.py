@@ -76,7 +76,7 @@ def test_stages_that_run_the_trained_network_depend_on_its_code(stage):
     """sample (the samples) and evaluate (the NLL) run the saved network and its diffusion process,
     with cpu_kernels on the bf16 CPU path, and trained loads and casts the EMA weights: a change to
     that code must rerun them, even when it leaves the trained weights alone."""
-    network = _code("nn/unet", "nn/cpu_kernels", "core/diffusion", "core/schedules", "training/trained", "nn/acceleration")
+    network = _code("nn/unet", "nn/cpu_kernels", "core/diffusion", "core/schedules", "model/trained", "nn/acceleration")
     assert network <= _closure(SCRIPT_STAGES[stage]) == _listed_code(stage)
 
 
@@ -95,15 +95,15 @@ def test_the_closure_follows_lazy_imports_and_skips_type_checking_ones(tmp_path)
 
 
 def test_the_closure_tells_modules_of_one_name_in_two_packages_apart(tmp_path):
-    """evaluation/memorisation.py (the scores) and reporting/memorisation.py (their report section)
+    """evaluation/memorisation.py (the scores) and reporting/memorisation_section.py (their report section)
     share a file name: deps are full paths, so each is listed for what imports it."""
     script = tmp_path / "script.py"
     script.write_text("from ddpmlab.evaluation import memorisation\n")
     found = {_relative(path) for path in code_deps.import_closure(script)}
-    assert f"{PACKAGE}evaluation/memorisation.py" in found and f"{PACKAGE}reporting/memorisation.py" not in found
-    script.write_text("from ddpmlab.reporting.memorisation import memorisation_section\n")
+    assert f"{PACKAGE}evaluation/memorisation.py" in found and f"{PACKAGE}reporting/memorisation_section.py" not in found
+    script.write_text("from ddpmlab.reporting.memorisation_section import memorisation_section\n")
     found = {_relative(path) for path in code_deps.import_closure(script)}
-    assert {f"{PACKAGE}evaluation/memorisation.py", f"{PACKAGE}reporting/memorisation.py"} <= found
+    assert {f"{PACKAGE}evaluation/memorisation.py", f"{PACKAGE}reporting/memorisation_section.py"} <= found
 
 
 def test_a_package_init_counts_only_once_it_imports_something(tmp_path, monkeypatch):
@@ -174,7 +174,7 @@ def test_editing_reporting_code_reruns_the_report_only(path):
 
 
 def test_the_report_stage_runs_the_reporting_code():
-    assert _code("reporting/document", "reporting/figures", "reporting/sections", "reporting/memorisation") <= _listed_code("report")
+    assert _code("reporting/run_report", "reporting/document", "reporting/figures/report", "reporting/sections", "reporting/memorisation_section") <= _listed_code("report")
 
 
 def test_the_sampling_stages_never_depend_on_the_training_loop():

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from conftest import isolate_stores, run_pipeline, write_tiny_params
 from ddpmlab.cli import main as cli
 from ddpmlab.generation.numbers import parse_numbers
-from ddpmlab.training import checkpoint
-from ddpmlab.training.trained import KIND, TrainedDiffusion
+from ddpmlab.model import checkpoint
+from ddpmlab.model.trained import KIND, TrainedDiffusion
 
 MODEL = "ddpmlab"  # tracking.model_name: null registers under the experiment's name
 

@@ -11,7 +11,7 @@ from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.nn.unet import UNet, count_parameters
 from ddpmlab.nn.unet_config import UNetConfig
 from ddpmlab.sampling.guidance import LabelError, class_labels, guided
-from ddpmlab.sampling.registry import SAMPLERS, sample_seeded
+from ddpmlab.sampling.registry import SAMPLERS, sample_seeded, sampler_spec
 from ddpmlab.sampling.trajectory import SeededNoise, image_seeds
 from ddpmlab.training.loop import new_train_state, train
 
@@ -62,10 +62,10 @@ def test_w_zero_is_the_plain_conditional_sampler(sampler):
     net, process = conditional_unet(), DiffusionProcess.from_schedule("linear", 20)
     seeds, labels = image_seeds(0, 0, 6), torch.as_tensor(class_labels(6, NUM_CLASSES))
     plain = SAMPLERS[sampler].function(Denoiser(lambda x, t: net(x, t, y=labels), process), SeededNoise(seeds, SHAPE))
-    one_batch = sample_seeded(sampler, net, process, seeds, SHAPE, batch_size=6, labels=labels, guidance=0.0)
+    one_batch = sample_seeded(sampler_spec(sampler), net, process, seeds, SHAPE, batch_size=6, labels=labels, guidance=0.0)
     assert torch.equal(one_batch, plain)  # same batch, same kernels: w = 0 is exactly one conditional pass
     # Other batch sizes may pick other CPU kernels, so only rounding may differ; labels follow their images.
-    two_batches = sample_seeded(sampler, net, process, seeds, SHAPE, batch_size=4, labels=labels, guidance=0.0)
+    two_batches = sample_seeded(sampler_spec(sampler), net, process, seeds, SHAPE, batch_size=4, labels=labels, guidance=0.0)
     assert torch.allclose(two_batches, plain, atol=1e-4)
     assert labels.tolist() == [0, 1, 2, 3, 0, 1]
 
@@ -84,13 +84,13 @@ def test_a_label_outside_the_classes_is_a_clear_error(bad):
     net = conditional_unet()
     labels = torch.tensor([0, bad])
     with pytest.raises(LabelError, match=rf"class label {bad} is outside \[0, {NUM_CLASSES}\)"):
-        sample_seeded("ddpm", net, DiffusionProcess.from_schedule("linear", 5), [0, 1], SHAPE, batch_size=2, labels=labels)
+        sample_seeded(sampler_spec("ddpm"), net, DiffusionProcess.from_schedule("linear", 5), [0, 1], SHAPE, batch_size=2, labels=labels)
 
 
 def test_labels_for_an_unconditional_model_are_an_error():
     net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=4), 1, 8)
     with pytest.raises(LabelError, match="unconditional"):
-        sample_seeded("ddpm", net, DiffusionProcess.from_schedule("linear", 5), [0], SHAPE, batch_size=1, labels=[0])
+        sample_seeded(sampler_spec("ddpm"), net, DiffusionProcess.from_schedule("linear", 5), [0], SHAPE, batch_size=1, labels=[0])
 
 
 def train_conditional(p_uncond: float) -> tuple[UNet, torch.Tensor, list[torch.Tensor]]:

@@ -23,7 +23,7 @@ from ddpmlab.evaluation.metrics import (
     precision_recall,
 )
 from ddpmlab.evaluation.protocol import Protocol
-from ddpmlab.training import checkpoint
+from ddpmlab.model import checkpoint
 
 CPU = torch.device("cpu")
 

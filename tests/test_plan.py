@@ -6,7 +6,7 @@ import pytest
 
 from ddpmlab.config import Params, SampleConfig
 from ddpmlab.evaluation import metric_registry
-from ddpmlab.sampling.options import DDIMOptions, DDPMOptions
+from ddpmlab.sampling.catalog import DDIMOptions, DDPMOptions
 from ddpmlab.sampling.plan import Run, build_plan, guidance_sweep, step_sweep
 from ddpmlab.sampling.registry import SAMPLERS
 

@@ -6,9 +6,9 @@ import yaml
 from click.testing import CliRunner
 
 from ddpmlab.cli import main
+from ddpmlab.model.trained import build_unet
 from ddpmlab.nn.unet import count_parameters
 from ddpmlab.pipeline import presets
-from ddpmlab.training.trained import build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / "configs" / "cifar10.yaml"

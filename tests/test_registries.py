@@ -9,39 +9,50 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from ddpmlab.config import Params, SampleConfig
-from ddpmlab.core import choices as core_choices
+from ddpmlab.core import math_names as core_choices
 from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.core.losses import TrainingLoss
 from ddpmlab.core.schedules import SCHEDULE_FUNCTIONS
 from ddpmlab.core.step_grids import GRID_FUNCTIONS
-from ddpmlab.data.choices import SOURCES
+from ddpmlab.data.source_names import SOURCES
 from ddpmlab.data.sources import LOADERS
-from ddpmlab.evaluation.choices import FEATURE_EXTRACTORS
+from ddpmlab.evaluation.extractor_names import FEATURE_EXTRACTORS
 from ddpmlab.evaluation.metrics import EXTRACTORS
 from ddpmlab.nn.acceleration import resolve_precision
-from ddpmlab.nn.choices import PRECISIONS
+from ddpmlab.nn.hardware_names import PRECISIONS
 from ddpmlab.nn.unet import UNet
 from ddpmlab.nn.unet_config import UNetConfig
-from ddpmlab.sampling.options import SAMPLER_OPTIONS
-from ddpmlab.sampling.registry import SAMPLERS
+from ddpmlab.sampling.catalog import SAMPLER_CARDS, SamplerCard
+from ddpmlab.sampling.registry import SAMPLERS, _bind
 
 
 def test_schedules_spacings_sources_samplers_and_extractors_match_their_names():
     assert tuple(SCHEDULE_FUNCTIONS) == core_choices.SCHEDULES
     assert tuple(GRID_FUNCTIONS) == core_choices.SPACINGS
     assert tuple(LOADERS) == SOURCES
-    assert tuple(SAMPLERS) == tuple(SAMPLER_OPTIONS)
+    assert tuple(SAMPLERS) == tuple(SAMPLER_CARDS)
     assert set(EXTRACTORS) == set(FEATURE_EXTRACTORS)
 
 
 def test_every_sampler_takes_the_options_config_validates():
     for name, spec in SAMPLERS.items():
-        assert spec.options is SAMPLER_OPTIONS[name]
+        assert spec.card is SAMPLER_CARDS[name] and spec.options is SAMPLER_CARDS[name].options
         fields = {f.name for f in dataclasses.fields(spec.options)}
         assert fields <= {f.name for f in dataclasses.fields(SampleConfig)}, (name, fields)  # each a sample.* key
+
+
+def test_a_sampler_card_without_a_function_fails_at_binding():
+    """The registry binds each card to ``<name>_sample``; a card that names no function (a typo, a
+    forgotten import) is refused with its name, not left to fail at the first draw."""
+    with pytest.raises(RuntimeError, match="without a function: \\['dpmpp_2s'\\]"):
+        _bind({**SAMPLER_CARDS, "dpmpp_2s": SamplerCard("dpmpp_2s", "not implemented")})
+    without_ddim = {name: card for name, card in SAMPLER_CARDS.items() if "ddim" not in (name, card.base)}
+    with pytest.raises(RuntimeError, match="functions without a card: \\['ddim'\\]"):
+        _bind(without_ddim)
 
 
 def test_every_objective_and_variance_is_implemented_by_the_process():

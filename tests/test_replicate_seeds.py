@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from conftest import COMPARED_SCHEDULES, ROOT, invoke, write_tiny_params
-from ddpmlab.training import checkpoint
-from ddpmlab.training.trained import KIND
+from ddpmlab.model import checkpoint
+from ddpmlab.model.trained import KIND
 
 
 def test_prepare_does_not_read_train_seed_and_writes_the_same_bytes(tmp_path):

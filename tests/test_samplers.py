@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ddpmlab.core.choices import SPACINGS
 from ddpmlab.core.denoiser import Denoiser
 from ddpmlab.core.diffusion import DiffusionProcess, spaced_timesteps
+from ddpmlab.core.math_names import SPACINGS
 from ddpmlab.nn.unet import UNet
 from ddpmlab.nn.unet_config import UNetConfig
 from ddpmlab.sampling.registry import SAMPLERS
@@ -93,7 +93,7 @@ def test_fixed_large_final_sample_spread_matches_data_for_gaussian_data():
 
 
 def test_sample_seeded_batches_and_trajectory_recorder():
-    from ddpmlab.sampling.registry import sample_seeded
+    from ddpmlab.sampling.registry import sample_seeded, sampler_spec
     from ddpmlab.sampling.trajectory import TrajectoryRecorder
 
     process = DiffusionProcess.from_schedule("cosine", 12)
@@ -106,7 +106,7 @@ def test_sample_seeded_batches_and_trajectory_recorder():
 
     seeds = [5, 6, 7]
     zero_model = lambda x, t: torch.zeros_like(x)
-    x0 = sample_seeded("ddpm", zero_model, process, seeds, (1, 2, 2), batch_size=2, callback=callback)
+    x0 = sample_seeded(sampler_spec("ddpm"), zero_model, process, seeds, (1, 2, 2), batch_size=2, callback=callback)
     assert x0.shape == (3, 1, 2, 2)
     assert sorted(set(starts)) == [0, 2] and starts.count(0) == 13  # x_T and 12 steps per batch
     strip = recorder.strip().reshape(2, 4, 1, 2, 2)

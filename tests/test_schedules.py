@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.core.choices import SCHEDULES
+from ddpmlab.core.math_names import SCHEDULES
 from ddpmlab.core.schedules import cosine_betas, linear_betas, make_betas, quadratic_betas, sigmoid_betas
 
 

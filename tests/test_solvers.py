@@ -15,7 +15,7 @@ import torch
 from ddpmlab.core.denoiser import Denoiser
 from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.sampling.plan import Run
-from ddpmlab.sampling.registry import SAMPLERS, sample_seeded
+from ddpmlab.sampling.registry import SAMPLERS, sample_seeded, sampler_spec
 from ddpmlab.sampling.trajectory import SeededNoise, image_seeds
 
 MU, S = 0.3, 0.5
@@ -118,7 +118,7 @@ def test_reported_nfe_is_the_number_of_network_evaluations(sampler, steps, spaci
     network, images = CountingNetwork(), 5
     run = Run(sampler, steps, spacing, guidance)
     labels = [0, 1, 2, 0, 1] if guidance is not None else None
-    sample_seeded(sampler, network, run.process(DiffusionProcess.from_schedule("linear", 50)), image_seeds(0, 0, images), (1, 3, 3),
+    sample_seeded(sampler_spec(sampler), network, run.process(DiffusionProcess.from_schedule("linear", 50)), image_seeds(0, 0, images), (1, 3, 3),
                   batch_size=2, labels=labels, guidance=guidance or 0.0)  # fmt: skip
     assert network.rows == run.nfe * images
 
@@ -127,11 +127,11 @@ def test_reported_nfe_is_the_number_of_network_evaluations(sampler, steps, spaci
 def test_image_i_depends_only_on_its_seed(sampler):
     process = DiffusionProcess.from_schedule("cosine", 40).with_steps(8, "uniform")
     network, seeds = CountingNetwork(), image_seeds(3, 0, 5)
-    whole = sample_seeded(sampler, network, process, seeds, (1, 4, 4), batch_size=5)
-    split = sample_seeded(sampler, network, process, seeds, (1, 4, 4), batch_size=2)
-    alone = sample_seeded(sampler, network, process, seeds[3:4], (1, 4, 4), batch_size=1)
+    whole = sample_seeded(sampler_spec(sampler), network, process, seeds, (1, 4, 4), batch_size=5)
+    split = sample_seeded(sampler_spec(sampler), network, process, seeds, (1, 4, 4), batch_size=2)
+    alone = sample_seeded(sampler_spec(sampler), network, process, seeds[3:4], (1, 4, 4), batch_size=1)
     assert torch.allclose(whole, split, atol=1e-6) and torch.allclose(whole[3:4], alone, atol=1e-6)
-    other = sample_seeded(sampler, network, process, image_seeds(4, 0, 5), (1, 4, 4), batch_size=5)
+    other = sample_seeded(sampler_spec(sampler), network, process, image_seeds(4, 0, 5), (1, 4, 4), batch_size=5)
     assert not torch.allclose(whole, other, atol=1e-3)
 
 
@@ -145,7 +145,7 @@ def test_stochastic_samplers_reproduce_the_gaussian_marginal(sampler, options):
     """With the exact denoiser of N(MU, S^2) data, 200 steps of each stochastic sampler give samples
     whose mean and standard deviation match MU and S (12,800 values: standard errors ~0.005)."""
     base = DiffusionProcess.from_schedule("linear", 1000)
-    x = sample_seeded(sampler, gaussian_eps(base), base.with_steps(200), range(200), (1, 8, 8), batch_size=200, clip_x0=False, **options)
+    x = sample_seeded(sampler_spec(sampler), gaussian_eps(base), base.with_steps(200), range(200), (1, 8, 8), batch_size=200, clip_x0=False, **options)
     assert x.mean().item() == pytest.approx(MU, abs=0.02)
     assert x.std().item() == pytest.approx(S, abs=0.02)
 

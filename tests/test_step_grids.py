@@ -5,8 +5,8 @@ documented push-apart of merged neighbours)."""
 import pytest
 import torch
 
-from ddpmlab.core.choices import SPACINGS
 from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.core.math_names import SPACINGS
 from ddpmlab.core.step_grids import step_grid
 
 GOLDEN = {

@@ -82,6 +82,13 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
     from ddpmlab.pipeline import tracking
     from ddpmlab.pipeline.stage_io import write_text_atomic
     from ddpmlab.reporting import compare as cmp
+    from ddpmlab.reporting.figures.compare import (
+        compared_schedules_figure,
+        fid_figure,
+        forward_figure,
+        loss_curves_figure,
+        sample_grids_figure,
+    )
 
     name = experiment_name(params_path, experiment)
     with tracking_errors():
@@ -114,19 +121,19 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
         figures[name] = f"compare/{name}.png"
 
     shown = selection.best_models()  # figures stay readable with hundreds of runs; the table has them all
-    figure("fid", lambda p: cmp.fid_figure(shown, p))
+    figure("fid", lambda p: fid_figure(shown, p))
     histories = cmp.loss_histories(shown, tracking.metric_histories)
     if histories:
-        figure("loss", lambda p: cmp.loss_figure(histories, p))
+        figure("loss", lambda p: loss_curves_figure(histories, p))
     processes = cmp.schedule_processes(shown)
-    figure("schedules", lambda p: cmp.schedules_figure(processes, p))
-    figure("forward", lambda p: cmp.forward_figure(cmp.first_image(data_dir), processes, p))
+    figure("schedules", lambda p: compared_schedules_figure(processes, p))
+    figure("forward", lambda p: forward_figure(cmp.first_image(data_dir), processes, p))
     choices = cmp.grid_choices(shown)
     with tempfile.TemporaryDirectory() as tmp:
         paths = tracking.download_artifacts([(run_id, "samples/grid.png") for _, _, run_id in choices], Path(tmp))
         grids = {(label, steps): path for (label, steps, _), path in zip(choices, paths) if path is not None}
         if grids:
-            figure("grids", lambda p: cmp.grids_figure(grids, p))
+            figure("grids", lambda p: sample_grids_figure(grids, p))
     doc = cmp.document(selection, figures, f"MLflow experiment {name!r} ({tracking.tracking_uri()})", shown.evaluations["label"].nunique())
     write_text_atomic(out / "compare.md", doc.to_markdown())
     write_text_atomic(out / "compare.html", doc.to_html(out))

@@ -1,8 +1,8 @@
 """Typed, validated view of params.yaml: frozen dataclasses, no I/O, no globals.
 
 Imports no domain code: the allowed names and the samplers' options come from leaf modules
-(``core.choices``, ``data.choices``, ``nn.choices``, ``nn.unet_config``, ``evaluation.choices``,
-``sampling.options``), so every stage can read params without depending on what other stages run.
+(``core.math_names``, ``data.source_names``, ``nn.hardware_names``, ``nn.unet_config``, ``evaluation.extractor_names``,
+``sampling.catalog``), so every stage can read params without depending on what other stages run.
 
 Every default equals the repository's params.yaml (``tests/test_config.py`` holds them equal),
 so a key left out of a params file means the same as in the project's own.
@@ -23,12 +23,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddpmlab.core.choices import OBJECTIVES, SAMPLE_SPACINGS, SCHEDULES, WEIGHTINGS
-from ddpmlab.data.choices import SOURCES
-from ddpmlab.evaluation.choices import FEATURE_EXTRACTORS
-from ddpmlab.nn.choices import DEVICES, PRECISIONS
+from ddpmlab.core.math_names import OBJECTIVES, SAMPLE_SPACINGS, SCHEDULES, WEIGHTINGS
+from ddpmlab.data.source_names import SOURCES
+from ddpmlab.evaluation.extractor_names import FEATURE_EXTRACTORS
+from ddpmlab.nn.hardware_names import DEVICES, PRECISIONS
 from ddpmlab.nn.unet_config import UNetConfig
-from ddpmlab.sampling.options import SAMPLER_OPTIONS, options_from
+from ddpmlab.sampling.catalog import SAMPLER_CARDS
 
 
 class ConfigError(ValueError):
@@ -265,129 +265,65 @@ def _coerce(value: Any, expected: Any, key: str, problems: list[str]) -> Any:
     return float(value) if expected is float else value
 
 
-def _check_values(p: Params) -> list[str]:
-    problems: list[str] = []
+class _Problems(list):
+    """Problem lines, one per invalid value, and the ways a check adds one."""
 
-    def require(condition: bool, key: str, value: Any, allowed: str) -> None:
+    def require(self, condition: bool, key: str, value: Any, allowed: str) -> None:
         if not condition:
-            problems.append(f"{key}: got {value!r}; allowed: {allowed}")
+            self.append(f"{key}: got {value!r}; allowed: {allowed}")
 
-    def one_of(key: str, value: Any, choices: Any) -> None:
-        require(value in choices, key, value, ", ".join(sorted(choices)))
+    def one_of(self, key: str, value: Any, choices: Any) -> None:
+        self.require(value in choices, key, value, ", ".join(sorted(choices)))
 
-    one_of("schedule", p.schedule, SCHEDULES)
-    one_of("objective", p.objective, OBJECTIVES)
-    one_of("device", p.device, DEVICES)
-    one_of("data.source", p.data.source, SOURCES)
-    require(p.data.channels in (None, 1, 3), "data.channels", p.data.channels, "null (the source's own), 1 (grayscale) or 3 (RGB)")
-    require(bool(p.data.root.strip()), "data.root", p.data.root, "a directory path (dataset files, or the images of data.source=folder)")
-    for key, values, allowed in (("sample.sampler", p.sample.sampler, SAMPLER_OPTIONS), ("sample.spacing", p.sample.spacing, SAMPLE_SPACINGS)):
-        require(
-            len(values) > 0 and all(v in allowed for v in values) and len(set(values)) == len(values),
-            key, list(values), f"a non-empty list of distinct names among {', '.join(allowed)}",
-        )  # fmt: skip
-    for options in SAMPLER_OPTIONS.values():  # every sampler's options, swept or not: a bad value never waits in params.yaml
-        problems.extend(problem for problem in options_from(options, p.sample).problems() if problem not in problems)
-    one_of("train.weighting", p.train.weighting, WEIGHTINGS)
-    one_of("evaluate.feature_extractor", p.evaluate.feature_extractor, FEATURE_EXTRACTORS)
-    one_of("train.precision", p.train.precision, PRECISIONS)
-    one_of("sample.precision", p.sample.precision, PRECISIONS)
-    require(
-        p.train.grad_accum >= 1 and p.train.batch_size % p.train.grad_accum == 0,
-        "train.grad_accum",
-        p.train.grad_accum,
-        f"an integer >= 1 that divides train.batch_size = {p.train.batch_size} (micro-batches of batch_size / grad_accum)",
-    )
-    require(
-        p.train.processes >= 1 and p.train.grad_accum >= 1 and p.train.batch_size % (p.train.processes * p.train.grad_accum) == 0,
-        "train.processes",
-        p.train.processes,
-        f"an integer >= 1 such that processes x train.grad_accum = {p.train.processes} x {p.train.grad_accum} divides "
-        f"train.batch_size = {p.train.batch_size} (each process trains on an equal share of every batch)",
-    )
-    require(
-        1 <= p.evaluate.isc_splits <= p.sample.num_samples,
-        "evaluate.isc_splits",
-        p.evaluate.isc_splits,
-        f"an integer in [1, sample.num_samples = {p.sample.num_samples}]",
-    )
-    require(0 <= p.classifier.min_accuracy <= 1, "classifier.min_accuracy", p.classifier.min_accuracy, "a fraction in [0, 1]")
-    require(p.T >= 1, "T", p.T, "an integer >= 1")
-    require(
-        p.sample.variance != "learned_range" or p.train.learn_variance,
-        "sample.variance",
-        p.sample.variance,
-        "fixed_large or fixed_small, or learned_range together with train.learn_variance: true",
-    )
-    steps = list(p.sample.steps)
-    require(
-        len(steps) > 0 and all(1 <= s <= p.T for s in steps) and len(set(steps)) == len(steps),
-        "sample.steps",
-        steps,
-        f"a non-empty list of distinct step counts in [1, T = {p.T}]",
-    )
-    require(0 <= p.train.p_uncond <= 1, "train.p_uncond", p.train.p_uncond, "a probability in [0, 1] (0.1 in Ho & Salimans 2022)")
-    guidance = list(p.sample.guidance)
-    require(
-        len(guidance) > 0 and all(w >= 0 for w in guidance) and len(set(guidance)) == len(guidance),
-        "sample.guidance",
-        guidance,
-        "a non-empty list of distinct guidance weights w >= 0 (0 = plain conditional sampling)",
-    )
-    require(p.train.min_snr_gamma > 0, "train.min_snr_gamma", p.train.min_snr_gamma, "a number > 0 (5 in Hang et al. 2023)")
-    require(p.train.vlb_weight >= 0, "train.vlb_weight", p.train.vlb_weight, "a number >= 0 (0.001 in Improved DDPM)")
-    require(p.evaluate.snapshot_samples >= 0, "evaluate.snapshot_samples", p.evaluate.snapshot_samples, "an integer >= 0 (0 skips the curve)")
-    require(1 <= p.evaluate.snapshot_steps <= p.T, "evaluate.snapshot_steps", p.evaluate.snapshot_steps, f"an integer in [1, T = {p.T}]")
-    require(p.evaluate.bootstrap == 0 or p.evaluate.bootstrap >= 20, "evaluate.bootstrap", p.evaluate.bootstrap,
-            "0 (no intervals) or an integer >= 20 (resamples per score; 2.5% tails need tens of them)")  # fmt: skip
-    require(p.evaluate.bootstrap == 0 or p.sample.num_samples <= MAX_BOOTSTRAP_SAMPLES, "evaluate.bootstrap", p.evaluate.bootstrap,
-            f"0 when sample.num_samples = {p.sample.num_samples} > {MAX_BOOTSTRAP_SAMPLES}: the resampled KID keeps N x N kernel "
-            f"matrices ({8 * p.sample.num_samples**2 / 1e9:.0f} GB each at this N)")  # fmt: skip
-    require(p.sample.endpoint_images >= 0, "sample.endpoint_images", p.sample.endpoint_images,
-            "an integer >= 0 (images with an endpoint error, at most sample.num_samples are used; 0 = none)")  # fmt: skip
-    require(p.search.max_runs >= 0, "search.max_runs", p.search.max_runs, "an integer >= 0 (0 = the best closed-form grid, no descent)")
-    require(p.evaluate.nll_images >= 0, "evaluate.nll_images", p.evaluate.nll_images, "an integer >= 0 (0 skips the NLL)")
-    require(0 < p.data.test_fraction < 1, "data.test_fraction", p.data.test_fraction, "a fraction in (0, 1)")
-    for key, value in [
-        ("train.steps", p.train.steps),
-        ("train.batch_size", p.train.batch_size),
-        ("train.log_every", p.train.log_every),
-        ("train.checkpoint_every", p.train.checkpoint_every),
-        ("train.keep_checkpoints", p.train.keep_checkpoints),
-        ("sample.num_samples", p.sample.num_samples),
-        ("sample.batch_size", p.sample.batch_size),
-        ("sample.strip_columns", p.sample.strip_columns),
-        ("search.samples", p.search.samples),
-        ("classifier.steps", p.classifier.steps),
-        ("classifier.batch_size", p.classifier.batch_size),
-        ("evaluate.batch_size", p.evaluate.batch_size),
-        ("model.channels", p.model.channels),
-        ("model.num_res_blocks", p.model.num_res_blocks),
-        ("model.norm_groups", p.model.norm_groups),
-    ]:
-        require(value >= 1, key, value, "an integer >= 1")
-    require(p.train.warmup_steps >= 0, "train.warmup_steps", p.train.warmup_steps, "an integer >= 0")
-    require(p.sample.strip_images >= 0, "sample.strip_images", p.sample.strip_images, "an integer >= 0")
-    for key, value in [("train.lr", p.train.lr), ("classifier.lr", p.classifier.lr), ("train.grad_clip", p.train.grad_clip)]:
-        require(value > 0, key, value, "a number > 0")
-    require(p.train.weight_decay >= 0, "train.weight_decay", p.train.weight_decay, "a number >= 0")
-    require(0 <= p.train.ema_decay < 1, "train.ema_decay", p.train.ema_decay, "a number in [0, 1)")
-    require(0 <= p.model.dropout < 1, "model.dropout", p.model.dropout, "a number in [0, 1)")
-    require(
-        2 <= p.evaluate.kid_subset_size <= p.sample.num_samples,
-        "evaluate.kid_subset_size",
-        p.evaluate.kid_subset_size,
-        f"an integer in [2, sample.num_samples = {p.sample.num_samples}]",
-    )
-    name = p.tracking.registered_name
-    require(bool(name.strip()) and not set(name) & set("/@:"), "tracking.model_name", p.tracking.model_name,
-            "null (the experiment's name) or a name without '/', '@' or ':' (they would break models:/<name>@<alias> URIs)")  # fmt: skip
-    problems.extend(_check_architecture(p.model, p.data.image_size))
+    def at_least(self, key: str, value: int, minimum: int) -> None:
+        self.require(value >= minimum, key, value, f"an integer >= {minimum}")
+
+
+def _check_values(p: Params) -> list[str]:
+    """Every invalid value of ``p`` (whose keys and types are already right), one line each, section by section
+    in params.yaml's order. A check that relates two sections lives in the section of the key it reports."""
+    return [
+        *_top_level_problems(p),
+        *_data_problems(p.data),
+        *_model_problems(p.model, p.data.image_size),
+        *_train_problems(p.train),
+        *_sample_problems(p.sample, p.T, p.train.learn_variance),
+        *_search_problems(p.search),
+        *_classifier_problems(p.classifier),
+        *_evaluate_problems(p.evaluate, p.T, p.sample.num_samples),
+        *_tracking_problems(p.tracking),
+    ]
+
+
+def _top_level_problems(p: Params) -> list[str]:
+    """The keys above the sections: the diffusion (schedule, T, objective) and the device (seed takes any integer)."""
+    problems = _Problems()
+    problems.one_of("schedule", p.schedule, SCHEDULES)
+    problems.at_least("T", p.T, 1)
+    problems.one_of("objective", p.objective, OBJECTIVES)
+    problems.one_of("device", p.device, DEVICES)
     return problems
 
 
-def _check_architecture(m: UNetConfig, image_size: int) -> list[str]:
-    problems = []
+def _data_problems(d: DataConfig) -> list[str]:
+    """The dataset and its split (data.image_size is the model's check: the U-Net must be able to halve it)."""
+    problems = _Problems()
+    problems.one_of("data.source", d.source, SOURCES)
+    problems.require(bool(d.root.strip()), "data.root", d.root,
+                     "a directory path (dataset files, or the images of data.source=folder)")  # fmt: skip
+    problems.require(d.channels in (None, 1, 3), "data.channels", d.channels, "null (the source's own), 1 (grayscale) or 3 (RGB)")
+    problems.require(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a fraction in (0, 1)")
+    return problems
+
+
+def _model_problems(m: UNetConfig, image_size: int) -> list[str]:
+    """The U-Net's sizes, then that it fits the images: valid channel_mult, an image size it can halve, norm groups
+    and attention levels that exist (each of these only once the ones before it hold)."""
+    problems = _Problems()
+    problems.at_least("model.channels", m.channels, 1)
+    problems.at_least("model.num_res_blocks", m.num_res_blocks, 1)
+    problems.require(0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+    problems.at_least("model.norm_groups", m.norm_groups, 1)
     levels = len(m.channel_mult)
     if levels == 0 or any(c < 1 for c in m.channel_mult):
         problems.append(f"model.channel_mult: got {list(m.channel_mult)}; allowed: a non-empty list of integers >= 1")
@@ -398,10 +334,134 @@ def _check_architecture(m: UNetConfig, image_size: int) -> list[str]:
             f"(the U-Net halves it {levels - 1} times for model.channel_mult={list(m.channel_mult)})"
         )
         return problems
-    bad_groups = sorted({m.channels * c for c in m.channel_mult if (m.channels * c) % m.norm_groups})
+    widths = sorted({m.channels * c for c in m.channel_mult})
+    bad_groups = [w for w in widths if m.norm_groups and w % m.norm_groups]  # 0 groups: the ">= 1" line says so
     if bad_groups:
         problems.append(f"model.norm_groups: got {m.norm_groups}; allowed: a divisor of every level's width {bad_groups}")
     levels_at = ", ".join(f"{i} ({size}x{size})" for i, size in enumerate(m.resolutions(image_size)))
     if any(level not in range(levels) for level in m.attention_levels):
-        problems.append(f"model.attention_levels: got {list(m.attention_levels)}; allowed: levels among {levels_at} at data.image_size={image_size}")
+        problems.append(
+            f"model.attention_levels: got {list(m.attention_levels)}; "
+            f"allowed: levels among {levels_at} at data.image_size={image_size}"
+        )
+    return problems
+
+
+def _train_problems(t: TrainConfig) -> list[str]:
+    """Training: its length and optimiser, logs and checkpoints, the loss's weights, precision, how every batch is split."""
+    problems = _Problems()
+    problems.at_least("train.steps", t.steps, 1)
+    problems.at_least("train.batch_size", t.batch_size, 1)
+    problems.require(t.lr > 0, "train.lr", t.lr, "a number > 0")
+    problems.at_least("train.warmup_steps", t.warmup_steps, 0)
+    problems.require(t.grad_clip > 0, "train.grad_clip", t.grad_clip, "a number > 0")
+    problems.require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    problems.require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in [0, 1)")
+    problems.at_least("train.log_every", t.log_every, 1)
+    problems.at_least("train.checkpoint_every", t.checkpoint_every, 1)
+    problems.at_least("train.keep_checkpoints", t.keep_checkpoints, 1)
+    problems.one_of("train.weighting", t.weighting, WEIGHTINGS)
+    problems.require(t.min_snr_gamma > 0, "train.min_snr_gamma", t.min_snr_gamma, "a number > 0 (5 in Hang et al. 2023)")
+    problems.require(t.vlb_weight >= 0, "train.vlb_weight", t.vlb_weight, "a number >= 0 (0.001 in Improved DDPM)")
+    problems.one_of("train.precision", t.precision, PRECISIONS)
+    problems.require(
+        t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
+        "train.grad_accum",
+        t.grad_accum,
+        f"an integer >= 1 that divides train.batch_size = {t.batch_size} (micro-batches of batch_size / grad_accum)",
+    )
+    problems.require(
+        t.processes >= 1 and t.grad_accum >= 1 and t.batch_size % (t.processes * t.grad_accum) == 0,
+        "train.processes",
+        t.processes,
+        f"an integer >= 1 such that processes x train.grad_accum = {t.processes} x {t.grad_accum} divides "
+        f"train.batch_size = {t.batch_size} (each process trains on an equal share of every batch)",
+    )
+    problems.require(0 <= t.p_uncond <= 1, "train.p_uncond", t.p_uncond, "a probability in [0, 1] (0.1 in Ho & Salimans 2022)")
+    return problems
+
+
+def _sample_problems(s: SampleConfig, T: int, learn_variance: bool) -> list[str]:
+    """The sweep lists (samplers, spacings, step counts up to T, guidance weights), every sampler's options, the budget;
+    sample.variance learned_range needs a model trained with train.learn_variance."""
+    problems = _Problems()
+    for key, names, allowed in (("sample.sampler", s.sampler, SAMPLER_CARDS), ("sample.spacing", s.spacing, SAMPLE_SPACINGS)):
+        problems.require(len(names) > 0 and all(n in allowed for n in names) and len(set(names)) == len(names),
+                         key, list(names), f"a non-empty list of distinct names among {', '.join(allowed)}")  # fmt: skip
+    steps = list(s.steps)
+    problems.require(len(steps) > 0 and all(1 <= n <= T for n in steps) and len(set(steps)) == len(steps),
+                     "sample.steps", steps, f"a non-empty list of distinct step counts in [1, T = {T}]")  # fmt: skip
+    # Every sampler's options, swept or not (a bad value never waits in params.yaml); an option shared by samplers is told once.
+    problems.extend(dict.fromkeys(line for card in SAMPLER_CARDS.values() for line in card.options_from(s).problems()))
+    problems.require(s.variance != "learned_range" or learn_variance, "sample.variance", s.variance,
+                     "fixed_large or fixed_small, or learned_range together with train.learn_variance: true")  # fmt: skip
+    problems.at_least("sample.num_samples", s.num_samples, 1)
+    problems.at_least("sample.batch_size", s.batch_size, 1)
+    problems.at_least("sample.strip_images", s.strip_images, 0)
+    problems.at_least("sample.strip_columns", s.strip_columns, 1)
+    problems.one_of("sample.precision", s.precision, PRECISIONS)
+    problems.require(
+        s.endpoint_images >= 0,
+        "sample.endpoint_images",
+        s.endpoint_images,
+        "an integer >= 0 (images with an endpoint error, at most sample.num_samples are used; 0 = none)",
+    )
+    guidance = list(s.guidance)
+    problems.require(len(guidance) > 0 and all(w >= 0 for w in guidance) and len(set(guidance)) == len(guidance),
+                     "sample.guidance", guidance,
+                     "a non-empty list of distinct guidance weights w >= 0 (0 = plain conditional sampling)")  # fmt: skip
+    return problems
+
+
+def _search_problems(search: SearchConfig) -> list[str]:
+    """The step-grid search: images per candidate grid and how many descent runs."""
+    problems = _Problems()
+    problems.at_least("search.samples", search.samples, 1)
+    problems.require(search.max_runs >= 0, "search.max_runs", search.max_runs,
+                     "an integer >= 0 (0 = the best closed-form grid, no descent)")  # fmt: skip
+    return problems
+
+
+def _classifier_problems(c: ClassifierConfig) -> list[str]:
+    """The dataset classifier's training and the accuracy it must reach."""
+    problems = _Problems()
+    problems.at_least("classifier.steps", c.steps, 1)
+    problems.at_least("classifier.batch_size", c.batch_size, 1)
+    problems.require(c.lr > 0, "classifier.lr", c.lr, "a number > 0")
+    problems.require(0 <= c.min_accuracy <= 1, "classifier.min_accuracy", c.min_accuracy, "a fraction in [0, 1]")
+    return problems
+
+
+def _evaluate_problems(e: EvaluateConfig, T: int, num_samples: int) -> list[str]:
+    """The protocol: the feature extractor, the KID and IS splits (at most sample.num_samples), the NLL, the snapshot
+    curve (steps up to T) and the bootstrap (kernel matrices of sample.num_samples squared)."""
+    problems = _Problems()
+    problems.one_of("evaluate.feature_extractor", e.feature_extractor, FEATURE_EXTRACTORS)
+    problems.at_least("evaluate.batch_size", e.batch_size, 1)
+    problems.require(2 <= e.kid_subset_size <= num_samples, "evaluate.kid_subset_size", e.kid_subset_size,
+                     f"an integer in [2, sample.num_samples = {num_samples}]")  # fmt: skip
+    problems.require(1 <= e.isc_splits <= num_samples, "evaluate.isc_splits", e.isc_splits,
+                     f"an integer in [1, sample.num_samples = {num_samples}]")  # fmt: skip
+    problems.require(e.nll_images >= 0, "evaluate.nll_images", e.nll_images, "an integer >= 0 (0 skips the NLL)")
+    problems.require(e.snapshot_samples >= 0, "evaluate.snapshot_samples", e.snapshot_samples,
+                     "an integer >= 0 (0 skips the curve)")  # fmt: skip
+    problems.require(1 <= e.snapshot_steps <= T, "evaluate.snapshot_steps", e.snapshot_steps, f"an integer in [1, T = {T}]")
+    problems.require(e.bootstrap == 0 or e.bootstrap >= 20, "evaluate.bootstrap", e.bootstrap,
+                     "0 (no intervals) or an integer >= 20 (resamples per score; 2.5% tails need tens of them)")  # fmt: skip
+    problems.require(e.bootstrap == 0 or num_samples <= MAX_BOOTSTRAP_SAMPLES, "evaluate.bootstrap", e.bootstrap,
+                     f"0 when sample.num_samples = {num_samples} > {MAX_BOOTSTRAP_SAMPLES}: the resampled KID keeps N x N kernel "
+                     f"matrices ({8 * num_samples**2 / 1e9:.0f} GB each at this N)")  # fmt: skip
+    return problems
+
+
+def _tracking_problems(tracking: TrackingConfig) -> list[str]:
+    """The registered model's name, which goes into models:/<name>@<alias> URIs."""
+    problems = _Problems()
+    name = tracking.registered_name
+    problems.require(
+        bool(name.strip()) and not set(name) & set("/@:"),
+        "tracking.model_name",
+        tracking.model_name,
+        "null (the experiment's name) or a name without '/', '@' or ':' (they would break models:/<name>@<alias> URIs)",
+    )
     return problems

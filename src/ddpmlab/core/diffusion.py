@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpmlab.core.choices import OBJECTIVES, VARIANCES
+from ddpmlab.core.math_names import OBJECTIVES, VARIANCES
 from ddpmlab.core.schedules import make_betas
 from ddpmlab.core.step_grids import step_grid, uniform
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ddpmlab.core.choices import OBJECTIVES, WEIGHTINGS
 from ddpmlab.core.diffusion import DiffusionProcess, split_output
 from ddpmlab.core.likelihood import nats_to_bits_per_dim, term_at
+from ddpmlab.core.math_names import OBJECTIVES, WEIGHTINGS
 
 
 def snr_weight(process: DiffusionProcess, t: torch.Tensor, objective: str, gamma: float) -> torch.Tensor:

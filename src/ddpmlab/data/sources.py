@@ -1,6 +1,6 @@
 """Dataset sources -> :class:`ImageSet` at the configured size and channels; train/test splits; pixel stats.
 
-Each source is one loader in :data:`LOADERS` (keys equal ``data.choices.SOURCES``): scikit-learn's
+Each source is one loader in :data:`LOADERS` (keys equal ``data.source_names.SOURCES``): scikit-learn's
 bundled digits here, MNIST / Fashion-MNIST / CIFAR-10 in ``standard_datasets`` and any directory
 of images in ``image_folder``, each imported only when its source is asked for.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,8 +17,15 @@ import torch.nn.functional as F
 
 from ddpmlab.data.image_set import ImageSet, SourceData, chunks
 
-if TYPE_CHECKING:
-    from ddpmlab.config import DataConfig
+
+class SourceSettings(Protocol):
+    """What a loader reads of the ``data`` section (``config.DataConfig`` has these fields; data sits below config)."""
+
+    source: str
+    root: str
+    image_size: int
+    channels: int | None
+    skip_bad: bool
 
 
 def _resize_unit(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -76,17 +83,17 @@ def load_digits(image_size: int, channels: int | None) -> SourceData:
     return SourceData(ImageSet(images, bunch.target.astype(np.int64)), None, classes, {"package": "scikit-learn (bundled)"})
 
 
-def _digits(cfg: DataConfig) -> SourceData:
+def _digits(cfg: SourceSettings) -> SourceData:
     return load_digits(cfg.image_size, cfg.channels)
 
 
-def _folder(cfg: DataConfig) -> SourceData:
+def _folder(cfg: SourceSettings) -> SourceData:
     from ddpmlab.data.image_folder import load_folder
 
     return load_folder(Path(cfg.root), cfg.image_size, cfg.channels, skip_bad=cfg.skip_bad)
 
 
-def _standard(cfg: DataConfig) -> SourceData:
+def _standard(cfg: SourceSettings) -> SourceData:
     from ddpmlab.data.standard_datasets import load_standard
 
     data = load_standard(cfg.source, Path(cfg.root))
@@ -94,7 +101,7 @@ def _standard(cfg: DataConfig) -> SourceData:
     return SourceData(fit(data.train), fit(data.test), data.classes, data.origin)
 
 
-LOADERS: dict[str, Callable[[DataConfig], SourceData]] = {
+LOADERS: dict[str, Callable[[SourceSettings], SourceData]] = {
     "digits": _digits,
     "mnist": _standard,
     "fashion_mnist": _standard,
@@ -103,7 +110,7 @@ LOADERS: dict[str, Callable[[DataConfig], SourceData]] = {
 }
 
 
-def load_source(cfg: DataConfig) -> SourceData:
+def load_source(cfg: SourceSettings) -> SourceData:
     """Load ``cfg.source`` at ``cfg.image_size`` x ``cfg.image_size`` with ``cfg.channels`` (None: the source's own)."""
     if cfg.source not in LOADERS:
         raise ValueError(f"unknown data source {cfg.source!r}; allowed: {', '.join(LOADERS)}")

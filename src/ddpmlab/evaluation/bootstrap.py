@@ -73,6 +73,13 @@ def interval(estimate: float, replicates: np.ndarray | torch.Tensor, level: floa
     return Interval(float(estimate + low - centre), float(estimate + high - centre))
 
 
+def mean_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, Interval]:
+    """(mean of ``values`` (N,), its :func:`interval` over ``resamples`` seeded resamples of the N values)."""
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    mean = float(values.mean())
+    return mean, interval(mean, values[draws].mean(axis=1), level)
+
+
 @dataclass(frozen=True)
 class Difference:
     """a - b with its paired interval; ``detected`` when the interval excludes 0."""

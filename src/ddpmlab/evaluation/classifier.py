@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpmlab.data.image_set import ImageSet, to_model_range
-from ddpmlab.training import checkpoint
+from ddpmlab.model import checkpoint
 
 FEATURE_DIM = 128
 CHECKPOINT_KIND = "classifier"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ddpmlab.evaluation.metrics import FeatureSet
-from ddpmlab.training import checkpoint
+from ddpmlab.model import checkpoint
 
 CACHE_ENV = "DDPMLAB_CACHE"
 CACHE_KIND = "feature_cache"

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from ddpmlab.config import Params
-from ddpmlab.core.choices import SEARCHED
-from ddpmlab.generation.draw import draw_images
+from ddpmlab.core.math_names import SEARCHED
+from ddpmlab.model.draw import draw_images
+from ddpmlab.model.trained import TrainedDiffusion
 from ddpmlab.sampling.guidance import class_labels
 from ddpmlab.sampling.plan import DEFAULT_SPACING, build_plan
 from ddpmlab.sampling.trajectory import image_seeds
-from ddpmlab.training.trained import TrainedDiffusion
 
 
 def checkpoints_over_training(model_dir: Path) -> list[Path]:

@@ -11,26 +11,26 @@ import torch
 from tqdm import tqdm
 
 from ddpmlab import __version__
-from ddpmlab.core.choices import SPACINGS
-from ddpmlab.generation.defaults import DEFAULT_STEPS, default_steps, option_fields
-from ddpmlab.generation.draw import draw_images
+from ddpmlab.core.math_names import SPACINGS
+from ddpmlab.generation.model_locations import SourceError, open_source
 from ddpmlab.generation.numbers import parse_numbers
 from ddpmlab.generation.outputs import check_destination, image_name, staged_folder, write_outputs
 from ddpmlab.generation.request import BadRequest, build_request
-from ddpmlab.generation.sources import SourceError, open_source
+from ddpmlab.model.checkpoint import CheckpointError
+from ddpmlab.model.defaults import DEFAULT_STEPS, default_steps, option_fields
+from ddpmlab.model.draw import draw_images
+from ddpmlab.model.trained import TrainedDiffusion, read_checkpoint
 from ddpmlab.nn.acceleration import resolve_precision
-from ddpmlab.nn.choices import DEVICES, PRECISIONS
 from ddpmlab.nn.devices import resolve_device
-from ddpmlab.sampling.options import SAMPLER_OPTIONS
+from ddpmlab.nn.hardware_names import DEVICES, PRECISIONS
+from ddpmlab.sampling.catalog import SAMPLER_CARDS
 from ddpmlab.sampling.trajectory import StepInfo
-from ddpmlab.training.checkpoint import CheckpointError
-from ddpmlab.training.trained import TrainedDiffusion, read_checkpoint
 
 
 def _option_flags(command):
     """One flag per sampler option in the registry (--eta, --variance, ...), named for the samplers that read it."""
     for name, default in reversed(option_fields().items()):
-        users = [s for s, options in SAMPLER_OPTIONS.items() if name in vars(options())]
+        users = [s for s, card in SAMPLER_CARDS.items() if name in vars(card.options())]
         help_text = f"Option of {', '.join(users)} (sample.{name}) [default: {default}]."
         value_type = {bool: bool, int: int, float: float}.get(type(default), str)
         command = click.option(f"--{name.replace('_', '-')}", name, type=value_type, default=None, help=help_text)(command)
@@ -41,7 +41,7 @@ def _option_flags(command):
 @click.option("--model", "model", required=True,
               help="A folder (models/ddpm) or checkpoint file, an MLflow run id, or models:/<name>/<version>, models:/<name>@<alias>.")  # fmt: skip
 @click.option("--seeds", default="0-63", help="Image seeds, EDM-style: 0-63, 1,5,9 or 0-9,100-109. One image per seed.")
-@click.option("--sampler", type=click.Choice(list(SAMPLER_OPTIONS)), default="ddpm", help="Any registered sampler (docs/samplers.md).")
+@click.option("--sampler", type=click.Choice(list(SAMPLER_CARDS)), default="ddpm", help="Any registered sampler (docs/samplers.md).")
 @click.option("--steps", type=int, default=None, help=f"Sampling steps on the grid [default: {DEFAULT_STEPS}, or T if smaller].")
 @click.option("--spacing", type=click.Choice(list(SPACINGS)), default="uniform", help="The grid of timesteps.")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance weight w (conditional models) [default: 0].")

@@ -2,7 +2,7 @@
 
 The model is logged as code (MLflow's models-from-code, no pickle): MLflow runs this file at
 load time, and ``set_model`` below names the model. The folder (``pipeline.model_registry``)
-carries the EMA weights as the artifact ``checkpoint`` (``training.trained.export_for_sampling``)
+carries the EMA weights as the artifact ``checkpoint`` (``model.trained.export_for_sampling``)
 and the ddpmlab code this file imports, so ``mlflow.pyfunc.load_model`` needs torch, numpy and
 mlflow, not a ddpmlab install. Nothing imports this module: the train stage that logs it never
 depends on the samplers.
@@ -23,11 +23,11 @@ import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
-from ddpmlab.generation.defaults import default_settings, option_fields
-from ddpmlab.generation.draw import draw_images
 from ddpmlab.generation.request import build_request
+from ddpmlab.model.defaults import default_settings, option_fields
+from ddpmlab.model.draw import draw_images
+from ddpmlab.model.trained import TrainedDiffusion, read_checkpoint
 from ddpmlab.nn.devices import resolve_device
-from ddpmlab.training.trained import TrainedDiffusion, read_checkpoint
 
 
 class DiffusionPyfunc(mlflow.pyfunc.PythonModel):

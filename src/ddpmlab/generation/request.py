@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ddpmlab.core.choices import SPACINGS
-from ddpmlab.generation.defaults import option_fields
-from ddpmlab.nn.choices import PRECISIONS
-from ddpmlab.sampling.options import SAMPLER_OPTIONS, options_from
+from ddpmlab.core.math_names import SPACINGS
+from ddpmlab.model.defaults import option_fields
+from ddpmlab.model.trained import ModelInfo
+from ddpmlab.nn.hardware_names import PRECISIONS
+from ddpmlab.sampling.catalog import SAMPLER_CARDS
 from ddpmlab.sampling.plan import Run
-from ddpmlab.training.trained import ModelInfo
 
 
 class BadRequest(ValueError):
@@ -62,8 +62,8 @@ def build_request(
     :class:`BadRequest` naming each bad value and what is allowed. Reads no weights."""
     problems = []
     options = {k: v for k, v in (options or {}).items() if v is not None}
-    if sampler not in SAMPLER_OPTIONS:
-        problems.append(f"sampler {sampler!r} is not registered; allowed: {', '.join(SAMPLER_OPTIONS)}")
+    if sampler not in SAMPLER_CARDS:
+        problems.append(f"sampler {sampler!r} is not registered; allowed: {', '.join(SAMPLER_CARDS)}")
     if spacing not in SPACINGS:
         problems.append(f"spacing {spacing!r} is not a step grid; allowed: {', '.join(SPACINGS)}")
     if not 1 <= steps <= info.T:
@@ -71,8 +71,8 @@ def build_request(
     unknown = sorted(set(options) - set(option_fields()))
     if unknown:
         problems.append(f"sampler options {', '.join(unknown)} do not exist; allowed: {', '.join(option_fields())}")
-    if sampler in SAMPLER_OPTIONS and not unknown:
-        problems += options_from(SAMPLER_OPTIONS[sampler], options).problems()
+    if sampler in SAMPLER_CARDS and not unknown:
+        problems += SAMPLER_CARDS[sampler].options_from(options).problems()
         if options.get("variance") == "learned_range" and not info.learns_variance:
             problems.append("variance 'learned_range': the model was trained with train.learn_variance: false; allowed: fixed_large, fixed_small")
     if precision not in PRECISIONS:
@@ -96,7 +96,7 @@ def build_request(
             problems.append(f"guidance {guidance:g}; allowed: a weight w >= 0 (0 = plain conditional sampling)")
     if problems:
         raise BadRequest(problems)
-    run_options = options_from(SAMPLER_OPTIONS[sampler], options)
+    run_options = SAMPLER_CARDS[sampler].options_from(options)
     w = (guidance or 0.0) if conditional else None
     run = Run(sampler, steps, spacing, w, run_options)
     chosen = tuple(classes) if classes else tuple(range(info.num_classes))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ddpmlab.nn.choices import PRECISIONS
+from ddpmlab.nn.hardware_names import PRECISIONS
 
 
 def native_bf16(device: torch.device) -> bool:

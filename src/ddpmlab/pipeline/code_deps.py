@@ -108,15 +108,44 @@ def _has_imports(source: Path) -> bool:
     return any(isinstance(node, (ast.Import, ast.ImportFrom)) for node in _walk_run_time(ast.parse(source.read_text())))
 
 
+def _deps_lines(script: str) -> list[str]:
+    root = PACKAGE_DIR.parents[1]  # the checkout: src/ddpmlab -> .
+    return [f"      - {path.relative_to(root).as_posix() if path.is_relative_to(root) else path}" for path in import_closure(Path(script))]
+
+
+def update_dvc_yaml(text: str) -> str:
+    """``text`` (a dvc.yaml) with each stage's ``src/ddpmlab/`` deps replaced by its script's import
+    closure, listed right after the script; every other line (comments, data deps, params) kept as it is.
+    A stage's script is the ``stages/<name>.py`` its deps list."""
+    lines, out, script = text.splitlines(), [], None
+    for line in lines:
+        stripped = line.strip()
+        if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
+            script = None  # a new stage
+        if stripped.startswith("- src/ddpmlab/") and script is not None:
+            continue  # replaced below the script's line
+        out.append(line)
+        if stripped.startswith("- stages/") and stripped.endswith(".py"):
+            script = stripped.removeprefix("- ")
+            out += _deps_lines(script)
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ddpmlab.pipeline.code_deps stages/train.py``: the deps lines dvc.yaml lists for that script."""
+    """``python -m ddpmlab.pipeline.code_deps stages/train.py``: the deps lines dvc.yaml lists for that script;
+    ``python -m ddpmlab.pipeline.code_deps --update dvc.yaml``: rewrite every stage's code deps in place."""
     import sys
 
-    for script in argv if argv is not None else sys.argv[1:]:
+    args = argv if argv is not None else sys.argv[1:]
+    if args[:1] == ["--update"]:
+        for name in args[1:]:
+            path = Path(name)
+            path.write_text(update_dvc_yaml(path.read_text()))
+            print(f"updated the code deps of every stage in {path}")
+        return
+    for script in args:
         print(f"      - {script}")
-        root = PACKAGE_DIR.parents[1]  # the checkout: src/ddpmlab -> .
-        for path in import_closure(Path(script)):
-            print(f"      - {path.relative_to(root).as_posix() if path.is_relative_to(root) else path}")
+        print("\n".join(_deps_lines(script)))
 
 
 if __name__ == "__main__":

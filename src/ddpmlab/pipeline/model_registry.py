@@ -25,9 +25,9 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from ddpmlab.config import Params, config_id
-from ddpmlab.generation.defaults import default_settings
+from ddpmlab.model.defaults import default_settings
+from ddpmlab.model.trained import ModelInfo, export_for_sampling, read_checkpoint
 from ddpmlab.pipeline import code_deps, tracking
-from ddpmlab.training.trained import ModelInfo, export_for_sampling, read_checkpoint
 
 ARTIFACT_PATH = "model"  # the pyfunc's folder among a training run's artifacts
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"  # runs from before models were logged have this only

@@ -88,7 +88,7 @@ def stage_errors(fn: Callable) -> Callable:
 # here would load mlflow (~2 s) into stages that never track (prepare), and would make every stage
 # run (and, in dvc.yaml, depend on) the training code.
 EXPECTED_ERRORS = {
-    "ddpmlab.training.checkpoint": "CheckpointError",
+    "ddpmlab.model.checkpoint": "CheckpointError",
     "ddpmlab.evaluation.classifier": "ClassifierTooWeak",
     "ddpmlab.data.image_set": "DataUnavailable",
     "ddpmlab.evaluation.inception": "InceptionWeightsUnavailable",

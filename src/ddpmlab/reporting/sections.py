@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ddpmlab.reporting.document import Document, Estimate
-from ddpmlab.reporting.figures import class_grid_figure, grids_figure, guidance_figure, nfe_figure
+from ddpmlab.reporting.figures.report import class_grid_figure, guidance_figure, nfe_figure, step_grids_figure
 from ddpmlab.sampling.plan import Run, guidance_sweep, step_sweep
 
 
@@ -167,7 +167,7 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
             "images with a 95% bootstrap interval (`ddpmlab.sampling.endpoint`). It measures the solver's error alone and keeps "
             "separating samplers where FID sits at the floor."
         )
-    if grids_figure(sampling["runs"], sampling["T"], figures / "grids.png"):
+    if step_grids_figure(sampling["runs"], sampling["T"], figures / "grids.png"):
         doc.image("figures/grids.png", "The timesteps each few-step run visits; searched grids (sample.spacing searched) were found on this "
                   "model by the `search` stage, by lowest endpoint error on its own x_T")  # fmt: skip
     doc.paragraph(f"Times are wall-clock seconds of the `sample` stage on {sampling['device']}, divided by the {sampling['num_samples']} images.")

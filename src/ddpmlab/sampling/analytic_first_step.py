@@ -20,8 +20,6 @@ import torch
 from ddpmlab.core.denoiser import Denoiser, Prediction
 from ddpmlab.sampling.trajectory import SeededNoise, StepCallback
 
-SUFFIX = "_afs"  # "dpmpp_2m_afs" is dpmpp_2m with the analytic first step (sampling.options.ANALYTIC_FIRST_STEP)
-
 
 class AnalyticFirstStep:
     """A denoiser that answers at its grid's top index without calling the network: eps_hat = x."""
@@ -49,7 +47,3 @@ def with_analytic_first_step(sampler: Callable[..., torch.Tensor]) -> Callable[.
     sample.__doc__ = f"{sampler.__name__} with the analytic first step (``sampling.analytic_first_step``)."
     return sample
 
-
-def one_fewer(evaluations: Callable[[int], int]) -> Callable[[int], int]:
-    """The NFE of N steps with the first evaluation analytic: one fewer than the sampler's own count."""
-    return lambda steps: evaluations(steps) - 1

@@ -14,18 +14,7 @@ from __future__ import annotations
 import torch
 
 from ddpmlab.core.denoiser import Denoiser
-from ddpmlab.sampling.trajectory import SeededNoise, StepCallback, StepInfo
-
-
-def report(callback: StepCallback | None, step: int, total: int, index: int, x: torch.Tensor, x0: torch.Tensor | None) -> None:
-    if callback is not None:
-        callback(StepInfo(step=step, total=total, t=index, x=x, x0_pred=x0))
-
-
-def reverse_indices(denoiser: Denoiser) -> list[tuple[int, int]]:
-    """(step, index) pairs: step 1..N visits index N-1..0 and moves to index - 1 (-1 = clean)."""
-    N = denoiser.process.T
-    return list(enumerate(range(N - 1, -1, -1), start=1))
+from ddpmlab.sampling.trajectory import SeededNoise, StepCallback, report_step, reverse_indices
 
 
 @torch.no_grad()
@@ -39,7 +28,7 @@ def ddpm_sample(denoiser: Denoiser, noise: SeededNoise, *, variance: str = "fixe
     """
     process = denoiser.process
     x = noise()
-    report(callback, 0, process.T, process.T, x, None)
+    report_step(callback, 0, process.T, process.T, x, None)
     for step, i in reverse_indices(denoiser):
         pred = denoiser(x, i)
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
@@ -48,7 +37,7 @@ def ddpm_sample(denoiser: Denoiser, noise: SeededNoise, *, variance: str = "fixe
             log_variance = process.reverse_log_variance(variance, t, x, pred.variance_output)
             x_next = x_next + torch.exp(0.5 * log_variance) * noise()
         x = x_next
-        report(callback, step, process.T, i, x, pred.x0)
+        report_step(callback, step, process.T, i, x, pred.x0)
     return x
 
 
@@ -68,7 +57,7 @@ def ddim_sample(denoiser: Denoiser, noise: SeededNoise, *, eta: float = 0.0, cal
     abar, abar_prev = process.alpha_bars, process.alpha_bars_prev
     sigmas = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
     x = noise()
-    report(callback, 0, process.T, process.T, x, None)
+    report_step(callback, 0, process.T, process.T, x, None)
     for step, i in reverse_indices(denoiser):
         pred = denoiser(x, i)
         sigma = float(sigmas[i])
@@ -77,7 +66,7 @@ def ddim_sample(denoiser: Denoiser, noise: SeededNoise, *, eta: float = 0.0, cal
         x = float(abar_prev[i]) ** 0.5 * pred.x0 + direction * pred.eps
         if sigma > 0:  # sigma_1 = 0 always, and every sigma is 0 when eta = 0: no draw, no cost
             x = x + sigma * noise()
-        report(callback, step, process.T, i, x, pred.x0)
+        report_step(callback, step, process.T, i, x, pred.x0)
     return x
 
 
@@ -95,7 +84,7 @@ def euler_ancestral_sample(denoiser: Denoiser, noise: SeededNoise, *, callback: 
     """
     process = denoiser.process
     x = noise()
-    report(callback, 0, process.T, process.T, x, None)
+    report_step(callback, 0, process.T, process.T, x, None)
     for step, i in reverse_indices(denoiser):
         pred = denoiser(x, i)
         sigma, sigma_next = denoiser.sigma(i), denoiser.sigma(i - 1)
@@ -106,5 +95,5 @@ def euler_ancestral_sample(denoiser: Denoiser, noise: SeededNoise, *, callback: 
         if sigma_up > 0:
             x_ve = x_ve + sigma_up * noise()
         x = x_ve * denoiser.alpha_bar(i - 1) ** 0.5
-        report(callback, step, process.T, i, x, pred.x0)
+        report_step(callback, step, process.T, i, x, pred.x0)
     return x

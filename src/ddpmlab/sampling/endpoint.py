@@ -4,20 +4,18 @@ from the same x_T. FID saturates at the real-data floor; this distance keeps sep
 The reference is :data:`REFERENCE_SAMPLER` on min(T, :data:`REFERENCE_STEPS`) uniform timesteps
 (every timestep of the default T = 100 model). The error of one image is the root mean square of
 its pixel differences in the data range [-1, 1] (its L2 distance / sqrt(C H W)), so it does not
-grow with the image size; a run's error is the mean over images.
+grow with the image size; a run's error is the mean over images (its interval is the sample
+stage's, ``evaluation.bootstrap.mean_interval``: drawing never reaches up into scoring).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from ddpmlab.evaluation.bootstrap import interval
 from ddpmlab.sampling.plan import Run
 
 REFERENCE_SAMPLER = "dpmpp_3m"  # third order, data prediction: stable on every grid
 REFERENCE_STEPS = 250  # enough for T = 1000 models; every timestep of smaller T
-RESAMPLES = 1000  # bootstrap resamples of the per-image errors behind the 95% interval
 
 
 def reference_run(T: int, guidance: float | None = None) -> Run:
@@ -28,10 +26,3 @@ def endpoint_errors(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """(B,) root-mean-square pixel difference per image; x, reference: (B, C, H, W) in [-1, 1]."""
     return (x.double() - reference.double()).square().flatten(1).mean(dim=1).sqrt()
 
-
-def summary(errors: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """Mean error with the project's 95% bootstrap interval over images (``evaluation.bootstrap.interval``)."""
-    values = errors.cpu().numpy()
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(RESAMPLES, len(values)))
-    mean, band = float(values.mean()), interval(float(values.mean()), values[draws].mean(axis=1))
-    return {"endpoint_error": round(mean, 5), "endpoint_error_ci_low": round(band.low, 5), "endpoint_error_ci_high": round(band.high, 5)}

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ddpmlab.core.choices import SEARCHED
 from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.core.math_names import SEARCHED
 from ddpmlab.sampling.guidance import network_passes
 from ddpmlab.sampling.registry import SamplerSpec, sampler_spec
 
@@ -34,14 +34,12 @@ class Run:
     guidance: float | None = None  # None: unconditional model
     options: Any = None  # the sampler's options dataclass (SamplerSpec.options); None: its defaults
     grid: tuple[int, ...] | None = None  # the searched grid's timestep indices (spacing "searched" only)
+    spec: SamplerSpec = field(init=False, repr=False, compare=False)  # the sampler, resolved from its name once, here
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", sampler_spec(self.sampler))
         if self.options is None:
             object.__setattr__(self, "options", self.spec.options())
-
-    @property
-    def spec(self) -> SamplerSpec:
-        return sampler_spec(self.sampler)
 
     @property
     def key(self) -> str:
@@ -88,9 +86,9 @@ class Run:
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> Run:
-        spec = sampler_spec(entry["sampler"])
         grid = tuple(entry["grid"]) if entry.get("grid") is not None else None
-        return cls(entry["sampler"], int(entry["steps"]), entry["spacing"], entry["guidance"], spec.options_from(entry.get("options", {})), grid)
+        options = sampler_spec(entry["sampler"]).options_from(entry.get("options", {}))
+        return cls(entry["sampler"], int(entry["steps"]), entry["spacing"], entry["guidance"], options, grid)
 
 
 def build_plan(sample: Any, conditional: bool, searched: dict[tuple[str, int], list[int]] | None = None) -> list[Run]:

@@ -15,8 +15,7 @@ import math
 import torch
 
 from ddpmlab.core.denoiser import Denoiser
-from ddpmlab.sampling.ancestral import report, reverse_indices
-from ddpmlab.sampling.trajectory import SeededNoise, StepCallback
+from ddpmlab.sampling.trajectory import SeededNoise, StepCallback, report_step, reverse_indices
 
 # DPM-Solver++ drops to lower orders near the end of grids shorter than this (diffusers'
 # lower_order_final): high-order steps are unstable over the last few large steps.
@@ -64,7 +63,7 @@ def _dpmpp_update(x: torch.Tensor, denoiser: Denoiser, i: int, history: list[tup
 def _dpmpp_multistep(denoiser: Denoiser, noise: SeededNoise, order: int, callback: StepCallback | None) -> torch.Tensor:
     N = denoiser.process.T
     x = noise()
-    report(callback, 0, N, N, x, None)
+    report_step(callback, 0, N, N, x, None)
     history: list[tuple[float, torch.Tensor]] = []
     for step, i in reverse_indices(denoiser):
         pred = denoiser(x, i)
@@ -76,7 +75,7 @@ def _dpmpp_multistep(denoiser: Denoiser, noise: SeededNoise, order: int, callbac
             if i == 1 and N < LOWER_ORDER_FINAL_BELOW:
                 usable = min(usable, 2)
             x = _dpmpp_update(x, denoiser, i, history[-usable:])
-        report(callback, step, N, i, x, pred.x0)
+        report_step(callback, step, N, i, x, pred.x0)
     return x
 
 
@@ -108,7 +107,7 @@ def heun_sample(denoiser: Denoiser, noise: SeededNoise, *, callback: StepCallbac
     """
     N = denoiser.process.T
     x = noise()
-    report(callback, 0, N, N, x, None)
+    report_step(callback, 0, N, N, x, None)
     for step, i in reverse_indices(denoiser):
         sigma, sigma_next = denoiser.sigma(i), denoiser.sigma(i - 1)
         scale, scale_next = denoiser.alpha_bar(i) ** 0.5, denoiser.alpha_bar(i - 1) ** 0.5
@@ -121,7 +120,7 @@ def heun_sample(denoiser: Denoiser, noise: SeededNoise, *, callback: StepCallbac
             slope_next = (x_ve_next - corrected.x0) / sigma_next
             x_ve_next = x_ve + (sigma_next - sigma) * 0.5 * (slope + slope_next)
         x = x_ve_next * scale_next
-        report(callback, step, N, i, x, pred.x0)
+        report_step(callback, step, N, i, x, pred.x0)
     return x
 
 
@@ -144,14 +143,14 @@ def plms_sample(denoiser: Denoiser, noise: SeededNoise, *, callback: StepCallbac
     """
     N = denoiser.process.T
     x = noise()
-    report(callback, 0, N, N, x, None)
+    report_step(callback, 0, N, N, x, None)
     history: list[torch.Tensor] = []
     for step, i in reverse_indices(denoiser):
         pred = denoiser(x, i)
         history = ([pred.eps] + history)[:4]
         eps = sum(w * e for w, e in zip(PLMS_WEIGHTS[len(history) - 1], history))
         x = _ddim_transfer(x, eps, denoiser, i)
-        report(callback, step, N, i, x, pred.x0)
+        report_step(callback, step, N, i, x, pred.x0)
     return x
 
 
@@ -194,7 +193,7 @@ def ipndm_sample(denoiser: Denoiser, noise: SeededNoise, *, callback: StepCallba
     """
     N = denoiser.process.T
     x = noise()
-    report(callback, 0, N, N, x, None)
+    report_step(callback, 0, N, N, x, None)
     history: list[tuple[float, torch.Tensor]] = []  # (sigma, eps_hat), newest first
     for step, i in reverse_indices(denoiser):
         sigma, sigma_next = denoiser.sigma(i), denoiser.sigma(i - 1)
@@ -203,5 +202,5 @@ def ipndm_sample(denoiser: Denoiser, noise: SeededNoise, *, callback: StepCallba
         weights = adams_bashforth_weights([s for s, _ in history], sigma, sigma_next)
         x_ve = x / denoiser.alpha_bar(i) ** 0.5 + sum(w * e for w, (_, e) in zip(weights, history))
         x = x_ve * denoiser.alpha_bar(i - 1) ** 0.5
-        report(callback, step, N, i, x, pred.x0)
+        report_step(callback, step, N, i, x, pred.x0)
     return x

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ddpmlab.core.denoiser import Denoiser
 
 
 class SeededNoise:
@@ -71,3 +75,15 @@ class TrajectoryRecorder:
     def strip(self) -> torch.Tensor:
         """(count * columns, C, H, W), row-major: row r is image r from x_T (left) to x_0 (right)."""
         return torch.stack(self.frames, dim=1).flatten(0, 1)
+
+
+def reverse_indices(denoiser: Denoiser) -> list[tuple[int, int]]:
+    """The walk every sampler takes: (step, index) pairs, step 1..N visiting index N-1..0 and moving to index - 1 (-1 = clean)."""
+    N = denoiser.process.T
+    return list(enumerate(range(N - 1, -1, -1), start=1))
+
+
+def report_step(callback: StepCallback | None, step: int, total: int, index: int, x: torch.Tensor, x0: torch.Tensor | None) -> None:
+    """Hand ``callback`` (if any) the state after ``step`` of ``total``: x at ``index`` and the x_0 prediction (None at step 0)."""
+    if callback is not None:
+        callback(StepInfo(step=step, total=total, t=index, x=x, x0_pred=x0))

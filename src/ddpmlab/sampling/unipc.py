@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from ddpmlab.core.denoiser import Denoiser
-from ddpmlab.sampling.ancestral import report, reverse_indices
 from ddpmlab.sampling.solvers import half_log_snr
-from ddpmlab.sampling.trajectory import SeededNoise, StepCallback
+from ddpmlab.sampling.trajectory import SeededNoise, StepCallback, report_step, reverse_indices
 
 
 def _phi_targets(h: float, count: int) -> list[float]:
@@ -74,7 +73,7 @@ def _unipc_update(
 def _unipc(denoiser: Denoiser, noise: SeededNoise, order: int, callback: StepCallback | None) -> torch.Tensor:
     N = denoiser.process.T
     x = noise()
-    report(callback, 0, N, N, x, None)
+    report_step(callback, 0, N, N, x, None)
     history: list[tuple[float, torch.Tensor]] = []
     before: tuple[torch.Tensor, int, list] | None = None  # (x_s, s, history) of the last predictor step
     for step, i in reverse_indices(denoiser):
@@ -89,7 +88,7 @@ def _unipc(denoiser: Denoiser, noise: SeededNoise, order: int, callback: StepCal
             usable = min(order, len(history), i + 1)  # warm start; lower orders on the last steps
             before = (x, i, history[-usable:])
             x = _unipc_update(x, denoiser, i, i - 1, history[-usable:], new=None)
-        report(callback, step, N, i, x, pred.x0)
+        report_step(callback, step, N, i, x, pred.x0)
     return x
 
 

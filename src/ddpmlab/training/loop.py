@@ -20,8 +20,9 @@ from ddpmlab.config import TrainConfig
 from ddpmlab.core.diffusion import DiffusionProcess, sample_timesteps
 from ddpmlab.core.losses import TrainingLoss
 from ddpmlab.data.image_set import to_model_range
+from ddpmlab.model import checkpoint
 from ddpmlab.nn import acceleration
-from ddpmlab.training import checkpoint, rng
+from ddpmlab.training import rng
 from ddpmlab.training.distributed import SINGLE, Distributed, all_reduce_mean_, all_reduce_min_, gather_objects
 
 # Non-finite losses and gradient norms are flagged on the device every step and read back at
@@ -184,31 +185,9 @@ def train(
     window_loss = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
     while state.step < cfg.steps:
-        # Draw order (indices, flips, t, noise) is part of the seed's meaning: keep it.
-        idx = torch.randint(0, images.shape[0], (cfg.batch_size,), device=device, generator=state.generator)
-        flip = torch.rand(cfg.batch_size, device=device, generator=state.generator) < 0.5 if hflip else None
-        t = sample_timesteps(cfg.batch_size, process.T, device, state.generator)
-        noise = torch.randn((cfg.batch_size, *images.shape[1:]), device=device, generator=state.generator)
-        y = None
-        if labels is not None:
-            dropped = torch.rand(cfg.batch_size, device=device, generator=state.generator) < cfg.p_uncond
-            y = torch.where(dropped, model.null_label, labels[idx])[shard]
-        idx, t, noise = idx[shard], t[shard], noise[shard]
-        x0 = to_model_range(images[idx])
-        if flip is not None:
-            x0 = torch.where(flip[shard, None, None, None], x0.flip(-1), x0)
-        x0 = x0.contiguous(memory_format=memory_format)
+        x0, t, noise, y = _draw_batch(state, process, images, labels, cfg, hflip, shard, memory_format)
         state.optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=device)
-        for part in range(cfg.grad_accum):
-            chunk = slice(part * micro_batch, (part + 1) * micro_batch)
-            last = part == cfg.grad_accum - 1
-            with network.no_sync() if dist.enabled and not last else contextlib.nullcontext():  # one all-reduce per step
-                with acceleration.autocast(device, dtype):
-                    network_fn = forward if y is None else functools.partial(forward, y=y[chunk])
-                    micro_loss = loss_fn(network_fn, process, x0[chunk], t[chunk], noise[chunk]) / cfg.grad_accum
-                micro_loss.backward()
-            loss += micro_loss.detach()
+        loss = _accumulate_gradients(network, forward, loss_fn, process, (x0, t, noise, y), cfg, micro_batch, dist, dtype)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
         first_bad_step = torch.minimum(first_bad_step, torch.where(finite, _NO_BAD_STEP, state.step + 1))
@@ -239,6 +218,50 @@ def train(
                 on_checkpoint(state)
             state.rng_per_rank = None
     return state
+
+
+def _draw_batch(
+    state: TrainState, process: DiffusionProcess, images: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig, hflip: bool,
+    shard: slice, memory_format: torch.memory_format,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """This rank's shard of one global batch: (x_0 (B, C, H, W) in [-1, 1], t (B,), eps (B, C, H, W), labels (B,) or None).
+
+    Every rank draws the whole batch from the same generator, so the draw order (indices, flips, t,
+    noise, label dropout) is part of the seed's meaning: keep it."""
+    device = images.device
+    idx = torch.randint(0, images.shape[0], (cfg.batch_size,), device=device, generator=state.generator)
+    flip = torch.rand(cfg.batch_size, device=device, generator=state.generator) < 0.5 if hflip else None
+    t = sample_timesteps(cfg.batch_size, process.T, device, state.generator)
+    noise = torch.randn((cfg.batch_size, *images.shape[1:]), device=device, generator=state.generator)
+    y = None
+    if labels is not None:
+        dropped = torch.rand(cfg.batch_size, device=device, generator=state.generator) < cfg.p_uncond
+        y = torch.where(dropped, state.model.null_label, labels[idx])[shard]
+    idx, t, noise = idx[shard], t[shard], noise[shard]
+    x0 = to_model_range(images[idx])
+    if flip is not None:
+        x0 = torch.where(flip[shard, None, None, None], x0.flip(-1), x0)
+    return x0.contiguous(memory_format=memory_format), t, noise, y
+
+
+def _accumulate_gradients(
+    network: torch.nn.Module, forward: Callable, loss_fn: TrainingLoss, process: DiffusionProcess,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], cfg: TrainConfig, micro_batch: int,
+    dist: Distributed, dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """Backpropagate the batch's loss in cfg.grad_accum micro-batches; returns the (detached) batch loss."""
+    x0, t, noise, y = batch
+    loss = torch.zeros((), device=x0.device)
+    for part in range(cfg.grad_accum):
+        chunk = slice(part * micro_batch, (part + 1) * micro_batch)
+        last = part == cfg.grad_accum - 1
+        with network.no_sync() if dist.enabled and not last else contextlib.nullcontext():  # one all-reduce per step
+            with acceleration.autocast(x0.device, dtype):
+                network_fn = forward if y is None else functools.partial(forward, y=y[chunk])
+                micro_loss = loss_fn(network_fn, process, x0[chunk], t[chunk], noise[chunk]) / cfg.grad_accum
+            micro_loss.backward()
+        loss += micro_loss.detach()
+    return loss
 
 
 def _stop_if_diverged(first_bad_step: torch.Tensor, step: int, dist: Distributed) -> None:

@@ -2,7 +2,7 @@
 
 A run's folder is named by a fingerprint of its training params, its data and the code that
 trains it, so changed params or code never resume state written by something else. Inside it,
-``step-N.pt`` files (``training.trained.save_training``) are kept newest first, at most ``keep``.
+``step-N.pt`` files (``model.trained.save_training``) are kept newest first, at most ``keep``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ddpmlab.training import checkpoint
-from ddpmlab.training.trained import KIND
+from ddpmlab.model import checkpoint
+from ddpmlab.model.trained import KIND
 
 
 def fingerprint(training_params: dict, data_file: Path, code: Iterable[Path]) -> str:

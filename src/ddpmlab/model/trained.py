@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.model import checkpoint
 from ddpmlab.nn import acceleration
 from ddpmlab.nn.unet import UNet
 from ddpmlab.nn.unet_config import UNetConfig
-from ddpmlab.training import checkpoint
-
-if TYPE_CHECKING:  # the sampling stages load models without importing the training loop
-    from ddpmlab.training.loop import TrainState
 
 KIND = "ddpm"
 
@@ -29,23 +26,8 @@ def learns_variance(training_params: dict[str, Any]) -> bool:
     return bool(training_params["train"].get("learn_variance", False))
 
 
-def save_training(
-    state: TrainState, training_params: dict[str, Any], in_channels: int, image_size: int, path: str | Path, extra: dict[str, Any] | None = None
-) -> None:
-    """Everything to resume training or to sample: weights, EMA, optimizer, RNG, step, params,
-    plus ``extra`` (e.g. the stage's log so far), all in one atomically written file."""
-    payload = {**_shape(state.model, training_params, in_channels, image_size), **state.state_dict(), **(extra or {})}
-    checkpoint.save(payload, path, KIND)
-
-
-def save_snapshot(state: TrainState, training_params: dict[str, Any], in_channels: int, image_size: int, path: str | Path) -> None:
-    """The EMA weights alone at the current step (what sampling needs, a fraction of the size); loads as TrainedDiffusion."""
-    payload = {**_shape(state.model, training_params, in_channels, image_size), "ema": state.ema.model.state_dict(), "step": state.step}
-    checkpoint.save(payload, path, KIND)
-
-
-def _shape(model: torch.nn.Module, training_params: dict[str, Any], in_channels: int, image_size: int) -> dict[str, Any]:
-    """What rebuilds the network: its params, input shape and (conditional models) class count."""
+def model_header(model: torch.nn.Module, training_params: dict[str, Any], in_channels: int, image_size: int) -> dict[str, Any]:
+    """What rebuilds the network from a checkpoint: its params, input shape and (conditional models) class count."""
     return {"params": training_params, "in_channels": in_channels, "image_size": image_size, "num_classes": getattr(model, "num_classes", 0)}
 
 

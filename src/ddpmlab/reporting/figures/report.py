@@ -1,23 +1,18 @@
-"""Report figures (matplotlib, headless): loss, FID over training, schedules, FID against NFE,
-guidance, class grids, the NLL per term and the forward-process strip. Each writes one PNG."""
+"""The run report's figures (the `report` stage): loss, FID over training, the schedule, FID against NFE,
+the step grids, guidance, class grids and the NLL per term. Each writes one PNG."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: stages run on servers and in CI
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
-from ddpmlab.core.choices import SCHEDULES
 from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.core.math_names import SCHEDULES
 from ddpmlab.core.schedules import make_betas
 from ddpmlab.data import images
-from ddpmlab.data.image_set import to_model_range, to_uint8
+from ddpmlab.reporting.figures.style import colors, plt, save_figure, show_image
 
 
 def loss_figure(log: pd.DataFrame, path: Path) -> None:
@@ -91,8 +86,7 @@ def nfe_figure(runs: pd.DataFrame, real: dict, path: Path) -> None:
     fig, (ax_fid, ax_is, ax_time) = plt.subplots(1, 3, figsize=(15, 4.2))
     spacings = runs["spacing"].nunique()
     groups = list(runs.groupby(["sampler", "spacing"], sort=False))
-    colors = [plt.get_cmap("tab10")(i % 10) for i in range(len(groups))]
-    for i, (((sampler, spacing), rows), color) in enumerate(zip(groups, colors)):
+    for i, (((sampler, spacing), rows), color) in enumerate(zip(groups, colors(len(groups)))):
         rows = rows.sort_values("nfe")
         label = line_label(sampler, spacing, spacings)
         nudged = rows["nfe"] * 1.025 ** (i - (len(groups) - 1) / 2)  # lines side by side at each NFE, so their bars do not overlap
@@ -123,7 +117,7 @@ def nfe_figure(runs: pd.DataFrame, real: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def grids_figure(entries: list[dict], T: int, path: Path, max_steps: int = 10) -> bool:
+def step_grids_figure(entries: list[dict], T: int, path: Path, max_steps: int = 10) -> bool:
     """The timesteps of every grid of at most ``max_steps`` steps, one row each: a closed-form spacing
     once per step count (the same for every sampler), a searched grid per sampler. entries: sampling.json's
     runs. False (nothing drawn) when no run is that short."""
@@ -204,36 +198,3 @@ def nll_figure(terms: pd.DataFrame, path: Path) -> None:
     lines = ax.get_lines() + ax.collections + share.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
     save_figure(fig, path)
-
-
-def forward_strip(images: np.ndarray, betas: torch.Tensor, columns: int, seed: int) -> tuple[np.ndarray, list[int]]:
-    """Images under q(x_t | x_0) at ``columns`` timesteps from t = 0 (clean) to T (eq. 4).
-
-    images: (R, C, H, W) uint8. Returns ((R * columns, C, H, W) uint8 row-major, the t of each column).
-    """
-    process = DiffusionProcess(betas)
-    ts = np.linspace(0, process.T, columns).round().astype(int).tolist()
-    x0 = to_model_range(torch.from_numpy(images))
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    frames = []
-    for t in ts:
-        if t == 0:
-            frames.append(x0)
-        else:
-            index = torch.full((len(x0),), t - 1, dtype=torch.long)
-            frames.append(process.q_sample(x0, index, noise))
-    stacked = torch.stack(frames, dim=1).flatten(0, 1)
-    return to_uint8(stacked).numpy(), ts
-
-
-def show_image(ax: plt.Axes, image: np.ndarray) -> None:
-    """Draw a uint8 (C, H, W) image, C in {1, 3}, pixel for pixel (grey levels absolute, not stretched)."""
-    hwc = image.transpose(1, 2, 0)
-    ax.imshow(hwc[..., 0] if hwc.shape[-1] == 1 else hwc, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-
-
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,5 +1,6 @@
-"""Drawing seeded images with a trained model: the one code path of the `sample` stage, the FID-over-training snapshots,
-`ddpmlab generate` and the MLflow model, so the same seed and settings give the same image."""
+"""Drawing seeded images with a trained model: the one code path of the `sample` and `search` stages, the
+FID-over-training snapshots, `ddpmlab generate` and the MLflow model, so the same seed and settings give the
+same image. A :class:`~ddpmlab.sampling.plan.Run` arrives with its sampler resolved; nothing here looks it up again."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import numpy as np
 import torch
 
 from ddpmlab.data.image_set import to_uint8
+from ddpmlab.model.trained import TrainedDiffusion
 from ddpmlab.nn.acceleration import InferenceNetwork
 from ddpmlab.sampling.plan import Run
 from ddpmlab.sampling.registry import sample_seeded
 from ddpmlab.sampling.trajectory import StepCallback
-from ddpmlab.training.trained import TrainedDiffusion
 
 
 def draw_images(
@@ -34,6 +35,6 @@ def draw_tensor(
     """The same images as :func:`draw_images` before quantisation: float (len(seeds), C, H, W) in the data range, on ``device``."""
     shape = (trained.model.in_channels, trained.model.image_size, trained.model.image_size)
     return sample_seeded(
-        run.sampler, network, run.process(trained.process), seeds, shape, batch_size=batch_size, objective=trained.params["objective"],
+        run.spec, network, run.process(trained.process), seeds, shape, batch_size=batch_size, objective=trained.params["objective"],
         clip_x0=clip_x0, device=device, callback=callback, labels=labels, guidance=run.guidance or 0.0, **run.option_values,
     )  # fmt: skip

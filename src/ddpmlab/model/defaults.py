@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ddpmlab.sampling.options import SAMPLER_OPTIONS
+from ddpmlab.sampling.catalog import SAMPLER_CARDS
 
 DEFAULT_STEPS = 50  # params.yaml's headline step count; a model with a smaller T gets T
 
@@ -18,8 +18,8 @@ def option_fields() -> dict[str, Any]:
     """Every sampler option across the registry, name -> default (``eta``, ``variance``...): each is a
     flag of `ddpmlab generate` and a param of the MLflow model, so a new sampler's options need no edit there."""
     fields: dict[str, Any] = {}
-    for options in SAMPLER_OPTIONS.values():
-        fields.update(vars(options()))
+    for card in SAMPLER_CARDS.values():
+        fields.update(vars(card.options()))
     return fields
 
 
