@@ -73,17 +73,9 @@ def _package(module: str) -> str:
 
 def _every_import(path: Path) -> set[str]:
     """The ddpmlab modules ``path`` imports, those under ``if TYPE_CHECKING:`` included: a type
-    annotation that points up the layers is as much a tangle for a reader as a run-time import."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "ddpmlab":
-            inner = node.module.split(".")[1:]
-            found.add(".".join(inner))
-            found |= {".".join([*inner, a.name]) for a in node.names if code_deps.module_path(".".join([*inner, a.name])).is_file()}
-        elif isinstance(node, ast.Import):
-            found |= {".".join(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "ddpmlab"}
-    # importing a.b runs the package a's empty __init__ first, which is no real edge; ddpmlab's own (the version) is one
-    return {m for m in found if code_deps.module_path(m).is_file() and (m == "" or code_deps.module_path(m).name != "__init__.py")}
+    annotation that points up the layers is as much a tangle for a reader as a run-time import.
+    Package ``__init__`` edges are left out: importing a.b runs a's empty ``__init__`` first, no real edge."""
+    return {m for m in code_deps.direct_imports(path, type_checking=True) if code_deps.module_path(m).name != "__init__.py"}
 
 
 def upward_imports(modules: list[Path], layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:

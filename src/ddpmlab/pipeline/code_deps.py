@@ -34,9 +34,10 @@ def _exists(module: str) -> bool:
     return module_path(module).is_file()
 
 
-def direct_imports(source: Path) -> set[str]:
+def direct_imports(source: Path, *, type_checking: bool = False) -> set[str]:
     """The ddpmlab modules a source file imports anywhere in it, as dotted names; importing
-    ``ddpmlab.a.b`` also runs the packages on the way (``""`` for ddpmlab, ``"a"``)."""
+    ``ddpmlab.a.b`` also runs the packages on the way (``""`` for ddpmlab, ``"a"``). Imports under
+    ``if TYPE_CHECKING:`` never run and are left out, unless ``type_checking`` (the layer test's reading)."""
     source = source.resolve()
     inside = source.is_relative_to(PACKAGE_DIR)
     package = [PACKAGE, *module_name(source).split(".")] if inside else []
@@ -44,7 +45,8 @@ def direct_imports(source: Path) -> set[str]:
         package = package[:-1]  # a module's own package; __init__.py is its package
     package = [part for part in package if part]
     found: set[str] = set()
-    for node in _walk_run_time(ast.parse(source.read_text(), filename=str(source))):
+    tree = ast.parse(source.read_text(), filename=str(source))
+    for node in ast.walk(tree) if type_checking else _walk_run_time(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found |= _resolve(alias.name.split("."), ())
