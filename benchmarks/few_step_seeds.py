@@ -95,7 +95,7 @@ def main() -> None:
     trained = TrainedDiffusion.load(args.project / "models/ddpm/model.pt", device)
     if trained.model.num_classes:
         raise SystemExit("models/ddpm is class-conditional; this benchmark draws unconditional samples only")
-    network = trained.sampling_network(cfg.precision, cfg.compile)
+    network = trained.sampling_network(cfg.precision, cfg.compile, cfg.channels_last, min(cfg.batch_size, n))
     extractor = Extractor(
         params.evaluate.feature_extractor, args.project / "models/classifier.pt", device, params.evaluate.batch_size
     )

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,9 +39,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddpmlab.config import Params, TrainConfig
 from ddpmlab.core.diffusion import DiffusionProcess
-from ddpmlab.nn.acceleration import InferenceNetwork, cpu_features, native_bf16, resolve_precision
+from ddpmlab.host import machine
+from ddpmlab.host.choice_cache import ChoiceCache
+from ddpmlab.host.machine import cpu_model
+from ddpmlab.nn.acceleration import InferenceNetwork, cpu_features, resolve_precision
+from ddpmlab.nn.execution import Requested
+from ddpmlab.nn.inference_probe import inference_network
 from ddpmlab.nn.unet import count_parameters
 from ddpmlab.nn.unet_config import UNetConfig
+from ddpmlab.training.execution_probe import training_execution
 from ddpmlab.training.loop import new_train_state, train
 
 CIFAR = UNetConfig(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), dropout=0.1, norm_groups=32)
@@ -68,14 +75,6 @@ def default_size(params_path: Path) -> Size:
     params = Params.from_dict(yaml.safe_load(params_path.read_text()))
     channels = params.data.channels or (3 if params.data.source in ("cifar10", "folder") else 1)
     return Size("default", params.model, channels, params.data.image_size, params.train.batch_size)
-
-
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 def sync(device: torch.device) -> None:
@@ -250,6 +249,34 @@ def bench_size(size: Size, device, peers, configs, iters, rounds, sample_batch, 
     return result
 
 
+def config_name(execution) -> str:
+    """The SPEED_CONFIGS name of an ``nn.execution.Execution``."""
+    return execution.precision + ("" if execution.channels_last else "-nchw") + ("-compile" if execution.compile else "")
+
+
+def auto_against_table(size: Size, device: torch.device, sample_batch: int, by_config: dict) -> dict:
+    """What `auto` picks for training and sampling on this machine (a fresh probe, as a first run would make it,
+    at the table's batch sizes), its cost, and its table rate against the table's best eager configuration."""
+    print("\n=== auto: the probe's choice against the table (ours) ===", flush=True)
+    cfg = TrainConfig(steps=Params().train.steps, batch_size=size.batch, compile=False)
+    build = lambda: ours(size.model, size.channels, size.image_size)
+    with tempfile.TemporaryDirectory() as folder:  # never the user's cache: a first run's probe
+        cache = ChoiceCache(Path(folder))
+        sampling = inference_network(build().to(device), device, Requested("auto", "auto", False), sample_batch,
+                                     identity=machine.identity(device), cache=cache)  # fmt: skip
+        records = {"train": training_execution(build, cfg, device, cache=cache), "sample": sampling.execution_record}
+    result = {}
+    for task, record in records.items():
+        table = {name: rows["ours"] for name, rows in by_config[task].items() if "compile" not in name}
+        best = max(table, key=table.get)
+        chosen = config_name(record.execution)
+        ratio = table[chosen] / table[best] if chosen in table else float("nan")
+        print(f"  {task}: auto chose {chosen} in {record.probe_seconds:.1f} s (probe: {', '.join(f'{k} {v:.0f}' for k, v in record.rates.items())} img/s); "
+              f"table: {chosen} {table.get(chosen, float('nan')):.0f} img/s = {ratio:.1%} of the best, {best} {table[best]:.0f}")
+        result[task] = {"chosen": chosen, "probe_seconds": record.probe_seconds, "probe_images_per_s": record.rates, "table_best": best, "chosen_over_best": ratio}
+    return result
+
+
 def scaling_table(size: Size, device, config: str, iters: int) -> list[dict]:
     """Ours, in one configuration: cost against image size, batch size and sampling steps."""
     print(f"\n=== scaling, ours, {config} (default model) ===", flush=True)
@@ -307,15 +334,17 @@ def main(device, sizes, peers, cifar_peers, configs, iters, rounds, sample_batch
         versions["diffusers"] = diffusers.__version__
     except ImportError:
         pass
-    print(f"device {device} ({cpu_name()}; {cpu_features()}), {torch.get_num_threads()} threads, precision auto -> bf16: {native_bf16(device)}, {versions}")
+    print(f"device {device} ({cpu_model()}; {cpu_features()}), {torch.get_num_threads()} threads, {versions}")
     peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
     print(f"matmul peak (2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
-    out = {"device": str(device) if device.type != "cpu" else f"cpu: {cpu_name()}", "cpu_features": cpu_features(), "threads": torch.get_num_threads(), "versions": versions, "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}}
+    out = {"device": str(device) if device.type != "cpu" else f"cpu: {cpu_model()}", "cpu_features": cpu_features(), "threads": torch.get_num_threads(), "versions": versions, "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()}}
     chosen = {"default": default_size(params_path), "cifar": Size("cifar", CIFAR, 3, 32, 128)}
     for name in sizes:
         size_iters = iters or (20 if name == "default" else 1)
         batch = sample_batch if name == "default" else min(sample_batch, 64)
         out[name] = bench_size(chosen[name], device, peers if name == "default" else cifar_peers, configs, size_iters, rounds, batch, peaks)
+    if "default" in out:
+        out["auto"] = auto_against_table(chosen["default"], device, sample_batch, out["default"]["by_config"])
     if scaling:
         config = out["default"]["ours"]["train_config"] if "default" in out else "fp32"
         out["scaling"] = scaling_table(chosen["default"], device, config, iters or 5)

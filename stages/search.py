@@ -50,7 +50,7 @@ def main(params_path: str, model_dir: Path, out: Path) -> None:
         return
     device = resolve_device(params.device)
     trained = TrainedDiffusion.load(model_dir / "model.pt", device)
-    network = trained.sampling_network(cfg.precision, cfg.compile)
+    network = trained.sampling_network(cfg.precision, cfg.compile, cfg.channels_last, min(cfg.batch_size, search.samples))
     T, seeds = trained.process.T, image_seeds(search.seed, 0, search.samples)
     labels = class_labels(search.samples, trained.model.num_classes) if trained.model.num_classes else None
 

@@ -8,6 +8,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -29,6 +30,12 @@ TINY_OVERRIDES = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`auto` probes cache their choice per machine (nn.autotune): the tests keep theirs in a folder of their own,
+    never in the user's, and so do the stages and `dvc` they start (the variable is inherited)."""
+    os.environ["DDPMLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="ddpmlab-test-cache-")
+
+
 def merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():
@@ -42,7 +49,7 @@ def tiny_params() -> dict:
 
 # The TrainConfig defaults the unit tests were written, and their tolerances measured, with (fp32,
 # NHWC): the dataclass defaults now follow params.yaml (auto precision, NCHW, ...).
-UNIT_TRAIN_DEFAULTS = {"precision": "fp32", "channels_last": True, "ema_decay": 0.999, "checkpoint_every": 500}
+UNIT_TRAIN_DEFAULTS = {"precision": "fp32", "channels_last": True, "compile": False, "ema_decay": 0.999, "checkpoint_every": 500}
 
 
 def train_config(**fields):

@@ -52,6 +52,7 @@ def test_compare_reports_every_schedule_at_every_sampler_and_step_count(schedule
     models = len(COMPARED_SCHEDULES) + 1  # linear twice: train.seed 0 and 1
     assert f"compared {models * len(RUN_KEYS)} evaluations of {models} models" in result.output
     md = (tmp_path / "compare.md").read_text()
+    assert "ran differently" not in result.output and "differ in how they ran" not in md  # one machine, one cache: alike
     rows = table_rows(md)
     header, body = rows[0], rows[1:]
     assert header == TABLE_START + METRIC_HEADERS  # unconditional models: no w, no class accuracy
@@ -244,6 +245,34 @@ def test_labels_name_only_the_training_params_that_differ():
     assert labels["t2"] == "cosine, train.lr=0.0002"
     # t1 and t3 trained with the same params (t3 differs only in how it was sampled): told apart by run id.
     assert (labels["t1"], labels["t3"]) == ("linear, train.lr=0.001 (t1)", "linear, train.lr=0.001 (t3)")
+
+
+def ran(precision: str, threads: str, sample_precision: str = "bf16", chosen_by: str = "probe") -> dict:
+    """The execution tags an evaluation run carries (nn.execution.ExecutionRecord.tags), for train and sample."""
+    fields = {"train.precision": precision, "train.threads": threads, "train.chosen_by": chosen_by, "train.processor": "AMD EPYC",
+              "sample.precision": sample_precision, "sample.threads": threads, "sample.chosen_by": chosen_by}  # fmt: skip
+    return {f"tags.ddpmlab.execution.{k}": v for k, v in fields.items()}
+
+
+def test_compare_warns_when_the_models_ran_differently_but_not_when_only_the_cache_differs():
+    alike = pd.DataFrame([{**evaluation("a", "t1", 10, 1, 5.0), **ran("bf16", "2")},
+                          {**evaluation("b", "t2", 10, 2, 5.5), **ran("bf16", "2", chosen_by="cache")}])  # fmt: skip
+    assert compare.execution_differences(compare.select(alike)) == []
+    differing = pd.DataFrame([
+        {**evaluation("a", "t1", 10, 1, 5.0), **ran("bf16", "2")},
+        {**evaluation("b", "t1", 5, 2, 9.0), **ran("bf16", "2")},
+        {**evaluation("c", "t2", 10, 3, 5.5), **ran("fp32", "1", sample_precision="fp32")},
+    ])  # fmt: skip
+    selection = compare.select(differing)
+    assert compare.execution_differences(selection) == [
+        "sample precision: bf16 (2 evaluations), fp32 (1 evaluation)", "sample threads: 1 (1 evaluation), 2 (2 evaluations)",
+        "train precision: bf16 (1 model), fp32 (1 model)", "train threads: 1 (1 model), 2 (1 model)",
+    ]  # fmt: skip
+    md = compare.document(selection, {}, "a test").to_markdown()
+    assert "WARNING: the models differ in how they ran, not only in their params" in md and "train precision: bf16 (1 model)" in md
+    assert "WARNING: the models differ" not in compare.document(compare.select(alike), {}, "a test").to_markdown()
+    older = pd.DataFrame([{**evaluation("a", "t1", 10, 1, 5.0), **ran("bf16", "2")}, evaluation("b", "t2", 10, 2, 5.5)])
+    assert "train precision: bf16 (1 model), not recorded (1 model)" in compare.execution_differences(compare.select(older))
 
 
 def test_no_evaluations_is_an_error_not_an_empty_report():

@@ -146,7 +146,8 @@ def test_generate_redraws_a_guided_run_and_asks_for_any_class(conditional: Path,
     with np.load(conditional / "samples" / "ddpm-30-w1" / "samples.npz") as f:
         seeds = f["seeds"].tolist()
     common = ["generate", "--model", str(conditional / "model"), "--seeds", f"{seeds[0]}-{seeds[-1]}", "--sampler", "ddpm", "--steps", "30",
-              "--guidance", "1", "--precision", "fp32", "--batch-size", "16", "--device", "cpu"]  # fmt: skip
+              "--guidance", "1", "--precision", "fp32", "--batch-size", "16", "--device", "cpu",
+              "--channels-last", str(json.loads((conditional / "samples" / "sampling.json").read_text())["execution"]["channels_last"]).lower()]  # fmt: skip
     result = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "all")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     for i, seed in enumerate(seeds):

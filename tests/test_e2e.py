@@ -50,6 +50,7 @@ def repo(tmp_path: Path) -> tuple[Path, dict]:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in dvc.yaml = this interpreter
         DVC_NO_ANALYTICS="1",
         DDPMLAB_CACHE=str(tmp_path / "cache"),
+        DDPMLAB_CACHE_DIR=str(tmp_path / "execution-cache"),  # the `auto` probes' choices (nn.autotune)
         GIT_AUTHOR_NAME="ddpmlab test", GIT_AUTHOR_EMAIL="test@example.invalid",
         GIT_COMMITTER_NAME="ddpmlab test", GIT_COMMITTER_EMAIL="test@example.invalid",
     )  # fmt: skip
@@ -69,6 +70,15 @@ def test_repro_sampling_change_and_cosine_experiment(repo):
     assert (clone / "reports" / "report.html").is_file() and (clone / "reports" / "figures" / "comparison.png").is_file()
     assert (clone / "reports" / "fid_vs_nfe.csv").read_text().splitlines()[0] == "nfe,ddpm,ddim,euler_ancestral,plms,dpmpp_2m,dpmpp_3m,heun,ipndm,unipc,unipc_3,ddim_afs,plms_afs,dpmpp_2m_afs,dpmpp_3m_afs,heun_afs,ipndm_afs,unipc_afs,unipc_3_afs"
     assert json.loads(run([*dvc, "status", "--json"], clone, env)) == {}
+    assert json.loads((clone / "models" / "ddpm" / "train.json").read_text())["execution"]["chosen_by"] in ("probe", "cache")
+    assert json.loads((Path(env["DDPMLAB_CACHE_DIR"]) / "execution.json").read_text())["entries"]  # the probes' choices
+
+    # Another machine, or the cache gone or broken: how a run executes is recorded, never a DVC param, so nothing reruns.
+    moved = {**env, "DDPMLAB_CACHE_DIR": str(clone.parent / "empty-cache"), "OMP_NUM_THREADS": "1"}
+    Path(env["DDPMLAB_CACHE_DIR"], "execution.json").write_text("{broken")
+    for other in (env, moved):
+        assert json.loads(run([*dvc, "status", "--json"], clone, other)) == {}
+        assert "Data and pipelines are up to date" in run([*dvc, "repro"], clone, other)
     plots = json.loads(run([*dvc, "plots", "show", "--json", "-o", str(clone / "dvc_plots")], clone, env))["data"]
     assert {"training loss", "FID vs network evaluations", "noise schedule alpha-bar", "reports/figures/samples_grid.png", "reports/figures/comparison.png"} <= plots.keys()
     assert all(not entry.get("errors") for entries in plots.values() for entry in entries)

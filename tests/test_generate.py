@@ -44,11 +44,16 @@ def stage_run(linear: Path, key: str) -> tuple[list[int], list[bytes], np.ndarra
     return [int(s) for s in npz["seeds"]], pngs, npz["images"]
 
 
-def generate(out: Path, model: str, seeds: list[int], *args: str) -> list[bytes]:
-    """Run `ddpmlab generate` with the tiny pipeline's sampling settings; the PNG bytes in seed order."""
+def stage_layout(linear: Path) -> str:
+    """The sample stage's channels_last as recorded in sampling.json (`auto` chose it by timing): "true" | "false"."""
+    return str(json.loads((linear / "samples" / "sampling.json").read_text())["execution"]["channels_last"]).lower()
+
+
+def generate(out: Path, model: str, seeds: list[int], *args: str, layout: str = "auto") -> list[bytes]:
+    """Run `ddpmlab generate` with the tiny pipeline's sampling settings (``layout``: --channels-last); the PNG bytes in seed order."""
     text = f"{seeds[0]}-{seeds[-1]}"
     assert parse_numbers(text) == seeds
-    common = ["--precision", "fp32", "--batch-size", "16", "--device", "cpu", "--out", str(out)]
+    common = ["--precision", "fp32", "--channels-last", layout, "--batch-size", "16", "--device", "cpu", "--out", str(out)]
     result = CliRunner().invoke(cli, ["generate", "--model", model, "--seeds", text, *common, *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return [(out / f"{seed:06d}.png").read_bytes() for seed in seeds]
@@ -67,10 +72,13 @@ def test_generate_from_the_model_folder_equals_the_sample_stage(store, tmp_path,
     """Deterministic (dpmpp_2m) and stochastic (ddpm: every step's noise from the image's seed) alike."""
     linear, _ = store
     seeds, stage_pngs, _ = stage_run(linear, key)
-    assert generate(tmp_path / "out", str(linear / "model"), seeds, "--sampler", sampler, "--steps", steps) == stage_pngs
+    layout = stage_layout(linear)
+    assert generate(tmp_path / "out", str(linear / "model"), seeds, "--sampler", sampler, "--steps", steps, layout=layout) == stage_pngs
     record = json.loads((tmp_path / "out" / "generation.json").read_text())
     assert (record["sampler"], record["steps"], record["nfe"], record["seeds"]) == (sampler, int(steps), int(steps), seeds)
-    assert (record["precision"], record["device"], record["model"]["schedule"], record["model"]["T"]) == ("float32", "cpu", "linear", 30)
+    execution = record["execution"]
+    assert (execution["precision"], str(execution["channels_last"]).lower(), execution["chosen_by"]) == ("fp32", layout, "explicit")
+    assert (record["device"], record["model"]["schedule"], record["model"]["T"]) == ("cpu", "linear", 30)
     assert (tmp_path / "out" / "grid.png").is_file()
 
 
@@ -82,7 +90,7 @@ def test_a_run_id_and_registry_uris_give_the_same_bytes_as_the_local_folder(stor
     client.set_registered_model_alias(MODEL, "champion", version.version)
     sources = [run_id, f"runs:/{run_id}", f"models:/{MODEL}/{version.version}", f"models:/{MODEL}@champion", f"models:/{MODEL}/champion"]
     for i, source in enumerate(sources):
-        assert generate(tmp_path / f"out{i}", source, seeds, "--sampler", "dpmpp_2m", "--steps", "5") == stage_pngs, source
+        assert generate(tmp_path / f"out{i}", source, seeds, "--sampler", "dpmpp_2m", "--steps", "5", layout=stage_layout(linear)) == stage_pngs, source
     described = json.loads((tmp_path / "out3" / "generation.json").read_text())["model"]
     assert (described["registered_model"], described["version"], described["run_id"], described["aliases"]) == (MODEL, int(version.version), run_id, ["champion"])
 
@@ -116,7 +124,7 @@ def test_the_registered_weights_are_bit_identical_and_the_pyfunc_draws_the_stage
 
     model = mlflow.pyfunc.load_model(uri)
     seeds, _, stage_images = stage_run(linear, "dpmpp_2m-5")
-    params = {"sampler": "dpmpp_2m", "steps": 5, "precision": "fp32", "batch_size": 16, "device": "cpu"}
+    params = {"sampler": "dpmpp_2m", "steps": 5, "precision": "fp32", "channels_last": stage_layout(linear), "batch_size": 16, "device": "cpu"}
     images = model.predict(pd.DataFrame({"seed": seeds}), params=params)
     assert images.dtype == np.uint8 and images.shape == stage_images.shape
     np.testing.assert_array_equal(images, stage_images)
@@ -128,7 +136,7 @@ RUN_BUNDLED = """
 import sys, numpy as np, pandas as pd, mlflow
 model = mlflow.pyfunc.load_model(sys.argv[1])
 images = model.predict(pd.DataFrame({"seed": [int(s) for s in sys.argv[3].split(",")]}),
-                       params={"sampler": "dpmpp_2m", "steps": 5, "precision": "fp32", "batch_size": 16, "device": "cpu"})
+                       params={"sampler": "dpmpp_2m", "steps": 5, "precision": "fp32", "channels_last": sys.argv[4], "batch_size": 16, "device": "cpu"})
 np.save(sys.argv[2], images)
 print("\\n".join(sorted({m.__file__ for name, m in sys.modules.items() if name.split(".")[0] == "ddpmlab"})))
 """
@@ -141,7 +149,7 @@ def test_a_fresh_process_runs_the_model_on_its_bundled_code(store, tmp_path):
     (version,) = mlflow.tracking.MlflowClient().search_model_versions(f"name = '{MODEL}' AND run_id = '{run_id}'")
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}/{version.version}", dst_path=str(tmp_path)))
     seeds, _, stage_images = stage_run(linear, "dpmpp_2m-5")
-    result = subprocess.run([sys.executable, "-c", RUN_BUNDLED, str(folder), str(tmp_path / "images.npy"), ",".join(map(str, seeds))],
+    result = subprocess.run([sys.executable, "-c", RUN_BUNDLED, str(folder), str(tmp_path / "images.npy"), ",".join(map(str, seeds)), stage_layout(linear)],
                             cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = result.stdout.split()

@@ -22,8 +22,8 @@ from ddpmlab.data.source_names import SOURCES
 from ddpmlab.data.sources import LOADERS
 from ddpmlab.evaluation.extractor_names import FEATURE_EXTRACTORS
 from ddpmlab.evaluation.metrics import EXTRACTORS
-from ddpmlab.nn.acceleration import resolve_precision
-from ddpmlab.nn.hardware_names import PRECISIONS
+from ddpmlab.nn.execution import Execution, Requested
+from ddpmlab.nn.hardware_names import AUTO, PRECISIONS
 from ddpmlab.nn.unet import UNet
 from ddpmlab.nn.unet_config import UNetConfig
 from ddpmlab.sampling.catalog import SAMPLER_CARDS, SamplerCard
@@ -69,8 +69,10 @@ def test_every_objective_and_variance_is_implemented_by_the_process():
 def test_every_weighting_and_precision_is_accepted():
     for weighting in core_choices.WEIGHTINGS:
         TrainingLoss(weighting=weighting)
-    for precision in PRECISIONS:
-        resolve_precision(precision, torch.device("cpu"))
+    for precision in PRECISIONS:  # every name a Requested takes; the concrete ones also make an Execution
+        Requested(precision, AUTO, AUTO)
+        if precision != AUTO:
+            Execution(precision, False)
 
 
 def test_the_unet_config_is_the_model_section():

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 from stages import classifier, evaluate, prepare, sample, train
 
 from conftest import evaluate_args, invoke, isolate_stores, run_pipeline, write_tiny_params
+from ddpmlab.host import machine as host_machine
 from ddpmlab.pipeline import training_run
 from ddpmlab.pipeline.stage_io import EXIT_CONFIG_ERROR
 
@@ -47,6 +50,20 @@ def test_train_writes_checkpoint_log_and_schedule(pipeline: Path):
     assert len((pipeline / "schedule.csv").read_text().splitlines()) == 31
     assert not list((pipeline / "resume").glob("*"))  # resume state is dropped once training finishes
     assert [p.name for p in (pipeline / "model" / "snapshots").iterdir()] == ["step-0000002.pt"]  # EMA every checkpoint_every steps
+
+
+def test_train_and_sample_record_how_they_ran(pipeline: Path):
+    """train.precision auto (timed: a probe or this machine's cached one) and sample.precision fp32 (as set; its
+    channels_last auto): the resolved choice, how it was made and the machine, in train.json and sampling.json."""
+    trained = json.loads((pipeline / "model" / "train.json").read_text())["execution"]
+    sampled = json.loads((pipeline / "samples" / "sampling.json").read_text())["execution"]
+    machine = {"device": "cpu", "processor": host_machine.cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    for record in (trained, sampled):
+        assert {k: record[k] for k in machine} == machine
+        assert record["chosen_by"] in ("probe", "cache") and record["compile"] is False  # 4 tiny steps: compile is never worth it
+        assert record["label"] in record["probe_images_per_s"]
+    assert trained["precision"] in ("fp32", "bf16") and len(trained["probe_images_per_s"]) == 4
+    assert sampled["precision"] == "fp32" and set(sampled["probe_images_per_s"]) == {"fp32 nchw", "fp32 channels_last"}
 
 
 RUNS = ["ddpm-30", "ddpm-5", "dpmpp_2m-30", "dpmpp_2m-5"]  # tiny params: every sampler x step count, sampler first
@@ -234,6 +251,11 @@ def test_mlflow_holds_train_and_evaluation_runs(pipeline: Path):
         assert eval_run["tags.ddpmlab.config_id"] == train_run["tags.ddpmlab.config_id"] and len(train_run["tags.ddpmlab.config_id"]) == 12
         assert eval_run["tags.ddpmlab.config_run"] == f"{train_run['tags.ddpmlab.config_id']} {key}"
         assert eval_run["tags.ddpmlab.replicate"] == "train.seed=0 sample.seed=1"
+        for task, record in (("train", json.loads((pipeline / "model" / "train.json").read_text())["execution"]),
+                             ("sample", json.loads((pipeline / "samples" / "sampling.json").read_text())["execution"])):  # fmt: skip
+            for name in ("precision", "channels_last", "compile", "threads", "processor", "device", "torch"):
+                assert eval_run[f"tags.ddpmlab.execution.{task}.{name}"] == str(record[name])
+                assert train_run[f"tags.ddpmlab.execution.{task}.{name}"] == str(record[name])  # sample's too, once sampled
         protocol = ("feature_extractor", "num_generated", "num_real.test", "reference_splits", "checkpoint_step", "weights", "model_mode", "seed")
         assert [eval_run[f"params.{k}"] for k in protocol] == ["classifier", "24", "24", "test,train", "4", "ema", "eval", "0"]
         assert np.isfinite(eval_run["metrics.fid_train"]) and np.isfinite(eval_run["metrics.real_fid_train"])

@@ -151,7 +151,7 @@ def test_each_training_run_is_a_model_version_on_the_server_and_generate_draws_i
     drawn = {}
     for name, model in [("local", "models/ddpm"), ("version", f"models:/ddpmlab/{version.version}"), ("alias", "models:/ddpmlab@champion")]:
         out = tmp_path / name
-        run([*DDPMLAB, "generate", "--model", model, "--seeds", "0-7", "--steps", "5", "--precision", "fp32", "--device", "cpu", "--out", out], folder, team["env"])
+        run([*DDPMLAB, "generate", "--model", model, "--seeds", "0-7", "--steps", "5", "--precision", "fp32", "--channels-last", "false", "--device", "cpu", "--out", out], folder, team["env"])
         drawn[name] = [(out / f"{seed:06d}.png").read_bytes() for seed in range(8)]
     assert drawn["version"] == drawn["local"] and drawn["alias"] == drawn["local"]
 

@@ -112,6 +112,8 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
         raise click.ClickException(f"--filter {filter_string!r}: {e}") from e
     except cmp.NothingToCompare as e:
         raise click.ClickException(str(e)) from e
+    for line in cmp.execution_differences(selection):
+        click.echo(f"warning: the compared models ran differently: {line}", err=True)
 
     figures_dir = out / "compare"
     figures = {}

@@ -26,7 +26,7 @@ from typing import Any
 from ddpmlab.core.math_names import OBJECTIVES, SAMPLE_SPACINGS, SCHEDULES, WEIGHTINGS
 from ddpmlab.data.source_names import SOURCES
 from ddpmlab.evaluation.extractor_names import FEATURE_EXTRACTORS
-from ddpmlab.nn.hardware_names import DEVICES, PRECISIONS
+from ddpmlab.nn.hardware_names import AUTO, DEVICES, PRECISIONS
 from ddpmlab.nn.unet_config import UNetConfig
 from ddpmlab.sampling.catalog import SAMPLER_CARDS
 
@@ -68,8 +68,8 @@ class TrainConfig:
     learn_variance: bool = False
     vlb_weight: float = 0.001
     precision: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool | str = "auto"
+    compile: bool | str = "auto"
     grad_accum: int = 1
     tf32: bool = True
     processes: int = 1
@@ -90,7 +90,8 @@ class SampleConfig:
     strip_images: int = 8
     strip_columns: int = 8
     precision: str = "auto"
-    compile: bool = False
+    channels_last: bool | str = "auto"
+    compile: bool | str = "auto"
     guidance: tuple[float, ...] = (0.0, 1.0, 3.0)
     endpoint_images: int = 100
 
@@ -244,25 +245,38 @@ _INVALID = object()
 
 def _coerce(value: Any, expected: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):  # `X | None`: null is allowed
-        (inner,) = [arg for arg in typing.get_args(expected) if arg is not type(None)]
-        return None if value is None else _coerce(value, inner, key, problems)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: null is allowed; `bool | str`: either
+        args = typing.get_args(expected)
+        inner = [arg for arg in args if arg is not type(None)]
+        if value is None and type(None) in args:
+            return None
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key, problems)
+        for kind in inner:
+            if _is_a(value, kind):
+                return value
+        problems.append(f"{key}: expected {' or '.join(k.__name__ for k in inner)}, got {value!r} ({type(value).__name__})")
+        return _INVALID
     if origin in (tuple, list):
         (item_type, *_) = typing.get_args(expected)
         if not isinstance(value, (list, tuple)):
             value = [value]  # `dvc exp run -S model.attention_levels=1` gives a scalar
         items = [_coerce(v, item_type, f"{key}[{i}]", problems) for i, v in enumerate(value)]
         return _INVALID if _INVALID in items else tuple(items)
-    ok = {
+    if not _is_a(value, expected):
+        problems.append(f"{key}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")
+        return _INVALID
+    return float(value) if expected is float else value
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """Whether a YAML value has the type a key expects (a bool is not a number here, an int is a float)."""
+    return {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         str: isinstance(value, str),
-    }[expected]
-    if not ok:
-        problems.append(f"{key}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")
-        return _INVALID
-    return float(value) if expected is float else value
+    }[kind]
 
 
 class _Problems(list):
@@ -274,6 +288,10 @@ class _Problems(list):
 
     def one_of(self, key: str, value: Any, choices: Any) -> None:
         self.require(value in choices, key, value, ", ".join(sorted(choices)))
+
+    def switch(self, key: str, value: Any) -> None:
+        """true, false, or auto (measured on the machine at hand)."""
+        self.require(isinstance(value, bool) or value == AUTO, key, value, "auto, true, false")
 
     def at_least(self, key: str, value: int, minimum: int) -> None:
         self.require(value >= minimum, key, value, f"an integer >= {minimum}")
@@ -364,6 +382,8 @@ def _train_problems(t: TrainConfig) -> list[str]:
     problems.require(t.min_snr_gamma > 0, "train.min_snr_gamma", t.min_snr_gamma, "a number > 0 (5 in Hang et al. 2023)")
     problems.require(t.vlb_weight >= 0, "train.vlb_weight", t.vlb_weight, "a number >= 0 (0.001 in Improved DDPM)")
     problems.one_of("train.precision", t.precision, PRECISIONS)
+    problems.switch("train.channels_last", t.channels_last)
+    problems.switch("train.compile", t.compile)
     problems.require(
         t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
         "train.grad_accum",
@@ -400,6 +420,8 @@ def _sample_problems(s: SampleConfig, T: int, learn_variance: bool) -> list[str]
     problems.at_least("sample.strip_images", s.strip_images, 0)
     problems.at_least("sample.strip_columns", s.strip_columns, 1)
     problems.one_of("sample.precision", s.precision, PRECISIONS)
+    problems.switch("sample.channels_last", s.channels_last)
+    problems.switch("sample.compile", s.compile)
     problems.require(
         s.endpoint_images >= 0,
         "sample.endpoint_images",

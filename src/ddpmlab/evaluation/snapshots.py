@@ -39,6 +39,7 @@ def sample_checkpoint(path: Path, params: Params, device: torch.device) -> tuple
     plan = build_plan(dataclasses.replace(cfg, spacing=closed_form), conditional=bool(num_classes))
     run = dataclasses.replace(plan[0], steps=params.evaluate.snapshot_steps)
     labels = class_labels(count, num_classes) if num_classes else None
-    network = trained.sampling_network(cfg.precision, cfg.compile)
+    batch = min(cfg.batch_size, count)
+    network = trained.sampling_network(cfg.precision, False, cfg.channels_last, batch, -(-count // batch) * run.nfe)  # short: never compiled
     seeds = image_seeds(cfg.seed, 0, count)
     return trained.step, draw_images(trained, network, run, seeds, labels, clip_x0=cfg.clip_x0, batch_size=cfg.batch_size, device=device)

@@ -20,9 +20,8 @@ from ddpmlab.model.checkpoint import CheckpointError
 from ddpmlab.model.defaults import DEFAULT_STEPS, default_steps, option_fields
 from ddpmlab.model.draw import draw_images
 from ddpmlab.model.trained import TrainedDiffusion, read_checkpoint
-from ddpmlab.nn.acceleration import resolve_precision
 from ddpmlab.nn.devices import resolve_device
-from ddpmlab.nn.hardware_names import DEVICES, PRECISIONS
+from ddpmlab.nn.hardware_names import DEVICES, PRECISIONS, switch
 from ddpmlab.sampling.catalog import SAMPLER_CARDS
 from ddpmlab.sampling.trajectory import StepInfo
 
@@ -48,14 +47,18 @@ def _option_flags(command):
 @click.option("--class", "classes", default=None, help="Conditional models: the classes asked for, taken in turn (3, or 0-9) [default: every class].")
 @_option_flags
 @click.option("--clip-x0/--no-clip-x0", default=True, help="Clip the predicted x_0 to [-1, 1] at each step (sample.clip_x0).")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="auto", help="Network precision: auto = bf16 where the hardware has bf16 units.")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="auto", help="Network precision: auto = the faster of fp32 and bf16, timed on this machine (cached).")
+@click.option("--channels-last", "channels_last", type=click.Choice(["auto", "true", "false"]), default="auto",
+              help="NHWC network: auto = the faster layout, timed on this machine (cached). To redraw the sample stage's images bit for bit, "
+                   "give its precision and layout (samples/sampling.json: execution).")  # fmt: skip
 @click.option("--device", type=click.Choice(list(DEVICES)), default="auto", help="auto = cuda, then mps, then cpu.")
 @click.option("--batch-size", type=click.IntRange(1), default=500, help="Images per batch (memory only: image j depends on its seed alone).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (pays off for many images on a GPU).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="generated", help="Folder for <seed>.png, grid.png and generation.json.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it holds files (only once the new images are all written).")
 def generate(model: str, seeds: str, sampler: str, steps: int | None, spacing: str, guidance: float | None, classes: str | None,
-             clip_x0: bool, precision: str, device: str, batch_size: int, compile_: bool, out: Path, overwrite: bool, **options: Any) -> None:  # fmt: skip
+             clip_x0: bool, precision: str, channels_last: str, device: str, batch_size: int, compile_: bool, out: Path, overwrite: bool,
+             **options: Any) -> None:  # fmt: skip
     """Draw images from a trained model with any sampler, grid, step count, guidance weight and
     class, outside the pipeline: one PNG per seed, grid.png and generation.json (model, sampler,
     grid, steps, NFE, seeds, precision, device) in --out.
@@ -86,7 +89,8 @@ def generate(model: str, seeds: str, sampler: str, steps: int | None, spacing: s
         message = "\n".join(f"  {p}" for p in e.problems) if isinstance(e, BadRequest) else str(e)
         raise click.ClickException(f"nothing generated:\n{message}" if isinstance(e, BadRequest) else message) from e
 
-    network = trained.sampling_network(request.precision, compile_)
+    batch = min(batch_size, len(request.seeds))
+    network = trained.sampling_network(request.precision, compile_, switch(channels_last), batch, -(-len(request.seeds) // batch) * request.run.nfe)
     run = request.run
     with staged_folder(out) as folder, tqdm(total=len(seed_list) * run.nfe, desc="generate", unit="img-eval", unit_scale=True) as bar:
 
@@ -102,7 +106,7 @@ def generate(model: str, seeds: str, sampler: str, steps: int | None, spacing: s
             "model": {**described, "checkpoint_step": info.step, **info.summary()},
             **request.to_dict(),
             "device": str(resolved),
-            "precision": str(resolve_precision(request.precision, resolved)).removeprefix("torch."),
+            "execution": network.execution_record.summary(),  # precision, memory format, compile, machine
             "seconds": round(seconds, 3),
             "images": [image_name(s) for s in request.seeds],
             "ddpmlab_version": __version__,

@@ -28,6 +28,7 @@ from ddpmlab.model.defaults import default_settings, option_fields
 from ddpmlab.model.draw import draw_images
 from ddpmlab.model.trained import TrainedDiffusion, read_checkpoint
 from ddpmlab.nn.devices import resolve_device
+from ddpmlab.nn.hardware_names import switch
 
 
 class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
@@ -50,7 +51,9 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
         if str(device) not in self.trained:
             self.trained[str(device)] = TrainedDiffusion.from_payload(self.info, self.payload, device)
         trained = self.trained[str(device)]
-        network = trained.sampling_network(request.precision)
+        batch = min(request.batch_size, len(request.seeds))
+        layout = switch(settings["channels_last"])
+        network = trained.sampling_network(request.precision, False, layout, batch, -(-len(request.seeds) // batch) * request.run.nfe)
         return draw_images(trained, network, request.run, request.seeds, request.labels(), clip_x0=request.clip_x0,
                            batch_size=request.batch_size, device=device)  # fmt: skip
 

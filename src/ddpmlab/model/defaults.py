@@ -27,4 +27,4 @@ def default_settings(T: int) -> dict[str, Any]:
     """The settings a model with T diffusion steps is sampled with unless told otherwise: params.yaml's
     headline run (ddpm, uniform grid, 50 steps or T if fewer), the samplers' option defaults."""
     return {"sampler": "ddpm", "steps": default_steps(T), "spacing": "uniform", "guidance": 0.0, **option_fields(),
-            "clip_x0": True, "precision": "auto", "batch_size": 500, "device": "auto"}  # fmt: skip
+            "clip_x0": True, "precision": "auto", "channels_last": "auto", "batch_size": 500, "device": "auto"}  # fmt: skip

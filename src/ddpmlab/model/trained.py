@@ -9,8 +9,12 @@ from typing import Any
 import torch
 
 from ddpmlab.core.diffusion import DiffusionProcess
+from ddpmlab.host import machine
+from ddpmlab.host.choice_cache import ChoiceCache
 from ddpmlab.model import checkpoint
 from ddpmlab.nn import acceleration
+from ddpmlab.nn.execution import Requested
+from ddpmlab.nn.inference_probe import inference_network
 from ddpmlab.nn.unet import UNet
 from ddpmlab.nn.unet_config import UNetConfig
 
@@ -102,8 +106,13 @@ class TrainedDiffusion:
         process = DiffusionProcess.from_schedule(info.params["schedule"], info.T)
         return cls(model.to(device, memory_format=torch.channels_last).eval(), process, info.params, info.step)
 
-    def sampling_network(self, precision: str = "fp32", compile: bool = False) -> acceleration.InferenceNetwork:
-        """The EMA network prepared once for sampling (``sample.precision`` / ``sample.compile``)."""
+    def sampling_network(
+        self, precision: str = "auto", compile: bool | str = "auto", channels_last: bool | str = "auto", batch_size: int = 500,
+        planned_calls: int | None = None,
+    ) -> acceleration.InferenceNetwork:  # fmt: skip
+        """The EMA network prepared once for sampling batches of ``batch_size`` (``sample.precision``, ``sample.channels_last``,
+        ``sample.compile``; ``auto`` ones timed on this machine, ``nn.inference_probe``); ``planned_calls``: how many
+        network calls the caller will make, if known. Its ``execution_record`` says how it runs."""
         device = next(self.model.parameters()).device
-        dtype = acceleration.resolve_precision(precision, device)
-        return acceleration.InferenceNetwork(self.model, device, dtype, compile=compile)
+        requested = Requested(precision, channels_last, compile)
+        return inference_network(self.model, device, requested, batch_size, planned_calls, identity=machine.identity(device), cache=ChoiceCache())

@@ -4,10 +4,9 @@ Nothing here changes what DDPM computes. bf16 autocast runs convolutions and mat
 bfloat16 with fp32 master weights, fp32 optimizer state and an fp32 loss. Under CPU autocast,
 GroupNorm and attention run in bf16 when their input is bf16 (checked on torch 2.15); the
 sampler's x_t update is always fp32.
-``auto`` picks bf16 where the hardware has bf16 units: CUDA GPUs with bf16 tensor cores, and
-CPUs with AMX tiles or AVX512-BF16 (through oneDNN). On the 2-core AVX512-BF16 CPU of
-benchmarks/RESULTS.md it trained the 35.7M CIFAR-10 network 2.3x faster than fp32 and, with
-the CPU kernels of ``cpu_kernels``, the 1.1M default network 1.4x faster; fp32 everywhere else.
+Which precision, memory format and compilation a run uses is an ``nn.execution.Execution``; ``auto``
+is decided by timing the candidates (``nn.autotune``), not from CPU flags: bf16 units do not make
+bf16 faster everywhere (an AVX512-BF16 Xeon ran the default network's bf16 1.3x slower than fp32).
 """
 
 from __future__ import annotations
@@ -19,16 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ddpmlab.nn.hardware_names import PRECISIONS
-
-
-def native_bf16(device: torch.device) -> bool:
-    """True where bf16 convolutions and matmuls run on units built for them (tensor cores, AMX, AVX512-BF16)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()))
-    return False
+from ddpmlab.nn.hardware_names import AUTO, PRECISIONS
 
 
 def cpu_features() -> str:
@@ -39,11 +29,12 @@ def cpu_features() -> str:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """'auto' | 'fp32' | 'bf16' -> the autocast dtype (float32 means no autocast)."""
+    """'fp32' | 'bf16' -> the autocast dtype (float32 means no autocast). ``auto`` is measured, not looked up:
+    ``nn.autotune`` (through ``nn.inference_probe`` or ``training.execution_probe``)."""
     if name not in PRECISIONS:
         raise ValueError(f"precision: got {name!r}; allowed: {', '.join(PRECISIONS)}")
-    if name == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if name == AUTO:
+        raise ValueError("precision: auto is decided by timing the candidates (ddpmlab.nn.autotune), not here")
     if name == "bf16" and device.type not in ("cpu", "cuda"):
         raise ValueError(f"precision: bf16 autocast is supported on cpu and cuda, not {device.type}; use fp32 or auto")
     return torch.bfloat16 if name == "bf16" else torch.float32
@@ -89,6 +80,7 @@ class InferenceNetwork(nn.Module):
             model = copy.deepcopy(model).to(dtype)  # a copy: the caller's fp32 weights stay as they are
         self.net = model.to(device, memory_format=fmt).eval().requires_grad_(False)
         self.device, self.dtype, self.memory_format = device, dtype, fmt
+        self.execution_record = None  # how it was chosen (nn.inference_probe sets it)
         self._forward = maybe_compile(self.net, compile)
         for name in ("in_channels", "out_channels", "image_size", "config", "num_classes"):  # the UNet's shape attributes
             if hasattr(model, name):

@@ -9,6 +9,7 @@ from ddpmlab.config import Params, flatten
 from ddpmlab.evaluation import metric_registry
 from ddpmlab.evaluation.protocol import SPLITS
 from ddpmlab.evaluation.scorecard import CURVE_FIELDS
+from ddpmlab.nn.execution import ExecutionRecord
 from ddpmlab.pipeline import tracking
 from ddpmlab.sampling.plan import Run
 
@@ -42,8 +43,10 @@ def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[
     real = {f"real_{k}": v for k, v in evaluation["real"].items()}
     accuracy = {"classifier_accuracy": evaluation["classifier_accuracy"]} if evaluation.get("classifier_accuracy") is not None else {}
     sample_params = flatten({"sample": params.to_dict()["sample"], "evaluate": params.to_dict()["evaluate"]})
+    executions = {task: info["execution"] for task, info in (("train", train_info), ("sample", sampling)) if "execution" in info}
+    how_it_ran = {k: v for task, summary in executions.items() for k, v in ExecutionRecord.from_summary(task, summary).tags().items()}
     for run, row, entry in zip(runs, rows, sampling["runs"]):
-        tags = tracking.config_tags(params, run.key)
+        tags = {**tracking.config_tags(params, run.key), **how_it_ran}  # tags: `ddpmlab compare` warns when they differ
         with tracking.start_run(params.tracking.experiment, run_name(training_params, run), "evaluate", parent_run_id=train_info["run_id"], tags=tags):
             tracking.log_params(flatten(training_params))
             tracking.log_params(sample_params)

@@ -62,20 +62,34 @@ def endpoint_summary(errors: torch.Tensor) -> dict[str, float]:
     return {"endpoint_error": round(mean, 5), "endpoint_error_ci_low": round(band.low, 5), "endpoint_error_ci_high": round(band.high, 5)}
 
 
-def load_drawer(params: Params, model_dir: Path) -> Drawer:
+def load_trained(params: Params, model_dir: Path) -> TrainedDiffusion:
     """The model of ``model_dir`` on params.device, checked against sample.* before any image is drawn."""
-    cfg = params.sample
     if params.evaluate.feature_extractor == "inception-v3-compat":
         # Fail here, not after sampling, when `evaluate` could not load its extractor (offline, no file).
         # Not a declared param of this stage: it never changes the samples.
         resolve_weights(params.evaluate.inception_weights)
-    device = resolve_device(params.device)
-    trained = TrainedDiffusion.load(model_dir / "model.pt", device)
-    if cfg.variance == "learned_range" and not learns_variance(trained.params):
+    trained = TrainedDiffusion.load(model_dir / "model.pt", resolve_device(params.device))
+    if params.sample.variance == "learned_range" and not learns_variance(trained.params):
         raise click.UsageError("sample.variance=learned_range, but the checkpoint was trained with train.learn_variance: false")
-    network = trained.sampling_network(cfg.precision, cfg.compile)  # weights cast once, not per call
+    return trained
+
+
+def network_calls(cfg: SampleConfig, plan: list[Run], reference_images: int, reference_nfe: int) -> int:
+    """Sampling-network calls of the whole stage (batches x NFE per run, and the endpoint reference's): what
+    `auto` weighs a compile against. A guided run's doubled batch is counted as one call."""
+    batches = -(-cfg.num_samples // cfg.batch_size)
+    return batches * sum(run.nfe for run in plan) + (-(-reference_images // cfg.batch_size)) * reference_nfe
+
+
+def make_drawer(params: Params, trained: TrainedDiffusion, planned_calls: int | None = None) -> Drawer:
+    """The drawer of the stage's images: the sampling network (sample.precision / channels_last / compile, `auto`
+    timed at the stage's batch size) built once, every image's seed and, for a conditional model, its class."""
+    cfg = params.sample
+    batch = min(cfg.batch_size, cfg.num_samples)
+    network = trained.sampling_network(cfg.precision, cfg.compile, cfg.channels_last, batch, planned_calls)  # weights cast once
     num_classes = trained.model.num_classes
     labels = class_labels(cfg.num_samples, num_classes) if num_classes else None
+    device = next(trained.model.parameters()).device
     return Drawer(trained, network, cfg, image_seeds(cfg.seed, 0, cfg.num_samples), labels, device)
 
 
@@ -120,10 +134,10 @@ def draw_plan(drawer: Drawer, plan: list[Run], out: Path, reference: torch.Tenso
 
 def run_sampling(params: Params, model_dir: Path, out: Path, grids_path: Path | None) -> str:
     """Sample every run of the plan into ``out``; returns the one-line summary the stage prints."""
-    drawer = load_drawer(params, model_dir)
-    cfg, trained = params.sample, drawer.trained
+    cfg, trained = params.sample, load_trained(params, model_dir)
     plan = plan_runs(cfg, bool(trained.model.num_classes), grids_path)
     shown = min(cfg.endpoint_images, cfg.num_samples) if any(run.deterministic for run in plan) else 0
+    drawer = make_drawer(params, trained, network_calls(cfg, plan, shown, endpoint.reference_run(trained.process.T).nfe))
     reference, reference_seconds = None, 0.0
     if shown:
         started = time.perf_counter()
@@ -143,7 +157,7 @@ def run_sampling(params: Params, model_dir: Path, out: Path, grids_path: Path | 
             "checkpoint_step": trained.step,
             "weights": "ema",  # TrainedDiffusion loads the EMA weights only
             "model_mode": "train" if drawer.network.net.training else "eval",
-            "precision": str(drawer.network.dtype).removeprefix("torch."),
+            "execution": drawer.network.execution_record.summary(),  # how it ran: precision, memory format, compile, machine
             "endpoint_reference": {**endpoint.reference_run(trained.process.T).to_dict(), "images": shown, "seconds": round(reference_seconds, 2)},
             "runs": entries,
         },
@@ -151,4 +165,5 @@ def run_sampling(params: Params, model_dir: Path, out: Path, grids_path: Path | 
     train_info = read_json(model_dir / "train.json")
     if tracking.run_exists(train_info["run_id"]):
         tracking.log_artifact(out / "comparison.png", "samples", run_id=train_info["run_id"])
+        tracking.set_tags(drawer.network.execution_record.tags(), run_id=train_info["run_id"])
     return f"sampled {cfg.num_samples} images on {drawer.device}: " + ", ".join(f"{e['key']} {e['seconds']:.0f}s" for e in entries)

@@ -340,6 +340,11 @@ def log_params(params: dict[str, Any]) -> None:
     _record({"op": "log", "run": _run(None), "params": {k: str(v) for k, v in params.items()}})
 
 
+def set_tags(tags: dict[str, Any], run_id: str | None = None) -> None:
+    """Set tags on the active run, or on ``run_id``: facts about a run that never make two configs differ."""
+    _record({"op": "log", "run": _run(run_id), "tags": {k: str(v) for k, v in tags.items()}})
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
     """Log to the active run, or to ``run_id`` (e.g. a finished training run)."""
     now = _now_ms()

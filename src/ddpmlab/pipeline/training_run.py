@@ -26,12 +26,12 @@ from ddpmlab.core.losses import TrainingLoss
 from ddpmlab.data.image_set import ImageSet
 from ddpmlab.model import checkpoint
 from ddpmlab.model.trained import KIND, build_unet
-from ddpmlab.nn.acceleration import resolve_precision
 from ddpmlab.nn.unet import count_parameters
 from ddpmlab.pipeline import model_registry, tracking
 from ddpmlab.pipeline.stage_io import read_json, write_json
 from ddpmlab.training import distributed
 from ddpmlab.training.distributed import Distributed
+from ddpmlab.training.execution_probe import training_execution
 from ddpmlab.training.loop import LogRecord, TrainState, new_train_state, train
 from ddpmlab.training.resume import fingerprint, latest_checkpoint, prune_checkpoints
 from ddpmlab.training.saving import save_snapshot, save_training
@@ -79,7 +79,9 @@ def run_training(
     """
     setup = _set_up(params, dist, device, data_dir, schedule_path)
     cfg = params.train
-    state = new_train_state(lambda: _build_model(setup), cfg, cfg.seed, device, dist)  # train.seed: training randomness only
+    build = lambda: _build_model(setup)
+    execution = training_execution(build, cfg, device, dist)  # `auto` timed on this machine (or its cached choice)
+    state = new_train_state(build, cfg, cfg.seed, device, dist, execution)  # train.seed: training randomness only
     folder = resume_dir / fingerprint(setup.training_params, data_dir / "train.npz", code)
     snapshots = folder / "snapshots"  # moved to <out>/snapshots once training ends
     log_rows, run_id = _resume(state, folder, dist)
@@ -92,6 +94,8 @@ def run_training(
     with run as run_id:
         if dist.is_main and state.step == 0:
             _log_run_start(setup, state, device, data_dir)
+        if dist.is_main:
+            tracking.set_tags(state.execution.tags())  # also after a resume: this session's machine
         _train_with_progress(setup, state, images, labels, dist, folder, snapshots, log_rows, run_id)
         distributed.stop(dist)  # every rank is done: the others leave now rather than wait on rank 0's writes
         if not dist.is_main:
@@ -111,7 +115,6 @@ class _Setup:
 
     params: Params
     training_params: dict  # what the model depends on: in its checkpoints, logged with its run
-    precision: str  # what train.precision (`auto` included) became on this device
     train_set: ImageSet
     card: dict  # the dataset card
     in_channels: int
@@ -128,7 +131,6 @@ def _set_up(params: Params, dist: Distributed, device: torch.device, data_dir: P
     """Read the train set and its card, make the diffusion process and write its schedule CSV (rank 0);
     refuse a conditional model on data with fewer than two classes."""
     training_params = params.training_dict()
-    precision = str(resolve_precision(params.train.precision, device)).removeprefix("torch.")  # what `auto` became here
     train_set = ImageSet.load(data_dir / "train.npz")
     card = read_json(data_dir / "card.json")
     in_channels, image_size = card["channels"], card["image_size"]
@@ -138,7 +140,7 @@ def _set_up(params: Params, dist: Distributed, device: torch.device, data_dir: P
     num_classes = card["num_classes"] if params.model.conditional else 0
     if params.model.conditional and num_classes < 2:
         raise click.ClickException(f"model.conditional: true needs labelled data with 2 or more classes; {card['source']} has {card['num_classes']}")
-    return _Setup(params, training_params, precision, train_set, card, in_channels, image_size, process, num_classes)
+    return _Setup(params, training_params, train_set, card, in_channels, image_size, process, num_classes)
 
 
 def _build_model(setup: _Setup) -> torch.nn.Module:
@@ -169,9 +171,7 @@ def _resume(state: TrainState, folder: Path, dist: Distributed) -> tuple[list[di
 def _log_run_start(setup: _Setup, state: TrainState, device: torch.device, data_dir: Path) -> None:
     """Log a new run's params, the real images' grid and the dataset card to MLflow (rank 0, step 0 only)."""
     tracking.log_params(flatten(setup.training_params))
-    tracking.log_params(
-        {"num_parameters": count_parameters(state.model), "device_resolved": str(device), "precision_resolved": setup.precision}
-    )
+    tracking.log_params({"num_parameters": count_parameters(state.model), "device_resolved": str(device)})
     tracking.log_artifact(data_dir / "real_grid.png", "images")
     tracking.log_artifact(data_dir / "card.json", "data")
     tracking.log_params(dataset_params(setup.card))
@@ -245,7 +245,7 @@ def _write_outputs(
         "num_parameters": count_parameters(state.model),
         "device": str(device),
         "processes": dist.world_size,
-        "precision": setup.precision,
+        "execution": state.execution.summary(),  # how it ran: precision, memory format, compile, threads, machine
         "final_loss": log_rows[-1]["loss"] if log_rows else None,
         "params": setup.training_params,
     }

@@ -34,6 +34,9 @@ LINE_KEYS = ["label", "params.sampler", "params.spacing", "params.sampler.varian
 NOT_A_DIFFERENCE = {"params.device", "params.device_resolved", "params.num_parameters", "params.tracking.experiment"}
 # The protocol: runs measured under different ones are not comparable.
 PROTOCOL_KEYS = {"params.evaluate.feature_extractor": "feature extractor", "params.num_generated": "generated images"}
+# How a run executed (nn.execution.ExecutionRecord.tags): runs that differ here differ in more than their params.
+EXECUTION_TAG_PREFIX = "tags.ddpmlab.execution."
+NOT_AN_EXECUTION_DIFFERENCE = ("chosen_by",)  # a probe now or the cache of an earlier one: the same choice
 # Figures draw at most this many models (lowest FID first): more lines or grid rows are unreadable.
 # The table always lists every row.
 MAX_PLOTTED_MODELS = 10
@@ -211,6 +214,22 @@ def protocol_notes(selection: Selection) -> tuple[str, bool]:
     return "; ".join(parts), shared
 
 
+def execution_differences(selection: Selection) -> list[str]:
+    """How the selected evaluations differ in the way they ran (precision, memory format, compile, threads, device,
+    processor, torch), one line per differing field: 'train precision: bf16 (3 models), fp32 (1 model)'. Empty: alike."""
+    evaluations, lines = selection.evaluations, []
+    for column in sorted(c for c in evaluations if c.startswith(EXECUTION_TAG_PREFIX)):
+        task, _, name = column.removeprefix(EXECUTION_TAG_PREFIX).partition(".")
+        if name in NOT_AN_EXECUTION_DIFFERENCE:
+            continue
+        rows, unit = (evaluations.drop_duplicates("params.train_run_id"), "model") if task == "train" else (evaluations, "evaluation")
+        counts = rows[column].fillna("not recorded").astype(str).value_counts()
+        if len(counts) > 1:
+            values = ", ".join(f"{value} ({n} {unit}{'s' if n > 1 else ''})" for value, n in sorted(counts.items()))
+            lines.append(f"{task} {name}: {values}")
+    return lines
+
+
 def table(selection: Selection) -> tuple[list[str], list[list[object]]]:
     """Header and rows of the table of every evaluation: each score with its run's 95% bootstrap
     interval (sampling noise only). Nothing is marked best here: one run per config says nothing
@@ -324,6 +343,12 @@ def document(selection: Selection, figures: dict[str, str], source: str, plotted
         + ("" if shared else " WARNING: the rows were measured under different protocols; their FID / IS / KID are not comparable.")
         + " FID, KID, precision and recall are against the test split; FID at small N is biased upward, so compare rows only at the same N."
     )
+    differences = execution_differences(selection)
+    if differences:
+        doc.paragraph(
+            "WARNING: the models differ in how they ran, not only in their params (bf16 and fp32, or another thread count, "
+            "round differently, so such runs are not replicates of one computation): " + "; ".join(differences) + "."
+        )
     doc.heading("Configs over training seeds")
     single = int((per_config < 2).sum())
     doc.paragraph(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -20,8 +21,10 @@ from ddpmlab.config import TrainConfig
 from ddpmlab.core.diffusion import DiffusionProcess, sample_timesteps
 from ddpmlab.core.losses import TrainingLoss
 from ddpmlab.data.image_set import to_model_range
+from ddpmlab.host import machine
 from ddpmlab.model import checkpoint
-from ddpmlab.nn import acceleration
+from ddpmlab.nn import acceleration, autotune
+from ddpmlab.nn.execution import RESUMED, ExecutionRecord, Requested
 from ddpmlab.training import rng
 from ddpmlab.training.distributed import SINGLE, Distributed, all_reduce_mean_, all_reduce_min_, gather_objects
 
@@ -67,6 +70,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator  # draws batches, timesteps and noise: its state is the data-order position
+    execution: ExecutionRecord  # how the network runs (precision, memory format, compile), `auto` resolved
     step: int = 0
     rng_per_rank: list[dict[str, Any]] | None = None  # every rank's RNG states, gathered by `train` at checkpoints
 
@@ -80,10 +84,13 @@ class TrainState:
             "generator": self.generator.get_state(),
             "rng": rng_states,  # per rank: python, numpy, torch (dropout) and CUDA generators
             "step": self.step,
+            "execution": self.execution.summary(),  # a resumed run keeps it, whatever a new probe would say
         }
 
     def load_state_dict(self, state: dict[str, Any], dist: Distributed = SINGLE) -> None:
         """Load a ``state_dict()``; load it with map_location="cpu" (the optimizer moves its own state)."""
+        if "execution" in state:  # checkpoints from before executions were recorded continue in this run's
+            self._continue_execution(ExecutionRecord.from_summary("train", state["execution"]))
         checkpoint.load_weights(self.model, state["model"], "the training state", "model")
         checkpoint.load_weights(self.ema.model, state["ema"], "the training state", "EMA")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -95,28 +102,43 @@ class TrainState:
         rng.restore(rng_states[dist.rank], self.generator.device)
         self.step = int(state["step"])
 
+    def _continue_execution(self, saved: ExecutionRecord) -> None:
+        """Go on the way the saved run ran (its memory format before its optimizer state loads), so a resumed run
+        is one run, even where the cache was cleared or the machine changed since."""
+        if saved.execution == self.execution.execution:
+            return
+        for model in (self.model, self.ema.model):
+            model.to(memory_format=saved.execution.memory_format)
+        self.execution = dataclasses.replace(saved, chosen_by=RESUMED, machine=self.execution.machine, probe_seconds=0.0)
+
 
 def new_train_state(
-    build_model: Callable[[], torch.nn.Module], cfg: TrainConfig, seed: int, device: torch.device, dist: Distributed = SINGLE
+    build_model: Callable[[], torch.nn.Module], cfg: TrainConfig, seed: int, device: torch.device, dist: Distributed = SINGLE,
+    execution: ExecutionRecord | None = None,
 ) -> TrainState:
     """Seed, build the model, and set up AdamW with linear warmup to ``cfg.lr`` then a
     constant rate (DDPM, appendix B). The model is built here, after seeding, so its
     initial weights are a function of ``seed`` alone. Weights and optimizer state are fp32
     whatever ``cfg.precision`` is (bf16 autocast keeps fp32 master weights).
 
+    ``execution``: how the network runs; None takes cfg's precision, channels_last and compile as given, so an
+    ``auto`` among them must have been timed first (``training.execution_probe.training_execution``).
+
     Under DDP every rank builds the same weights and the same batch generator (they draw the
     same global batch and each trains on its shard); ranks other than 0 then reseed the
     global generator so their dropout masks differ, while rank 0 draws as a single process."""
+    if execution is None:
+        execution = autotune.explicit_record("train", Requested(cfg.precision, cfg.channels_last, cfg.compile), device, machine.identity(device))
     rng.seed_everything(seed)
     # channels_last: same math, several times faster convolutions with oneDNN (CPU) and cuDNN tensor cores.
-    model = build_model().to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    model = build_model().to(device, memory_format=execution.execution.memory_format)
     optimizer = acceleration.adamw(model.parameters(), device, cfg.lr, cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     generator = torch.Generator(device=device).manual_seed(seed)
     if dist.rank > 0:
         rng.seed_everything(seed + 1_000_003 * dist.rank)
-    return TrainState(model, EMA(model, cfg.ema_decay), optimizer, scheduler, generator)
+    return TrainState(model, EMA(model, cfg.ema_decay), optimizer, scheduler, generator, execution)
 
 
 @dataclass
@@ -149,7 +171,8 @@ def train(
     only when enabled, so runs without it are unchanged. The loss is read back every
     ``cfg.log_every`` steps only, so the device never waits on the host in between.
 
-    Speed options (``acceleration``): ``cfg.precision`` autocast, ``cfg.compile``, and
+    Speed options (``acceleration``): ``state.execution`` (bf16 autocast, memory format, compile; cfg's
+    precision, channels_last and compile were resolved into it by ``new_train_state``), and
     ``cfg.grad_accum`` micro-batches. The whole batch's indices, t and noise are drawn before
     it is split, so accumulation changes memory, not which samples a step sees.
 
@@ -174,11 +197,12 @@ def train(
         raise ValueError(
             f"train.batch_size = {cfg.batch_size} must be divisible by processes x train.grad_accum = {dist.world_size} x {cfg.grad_accum}"
         )
-    dtype = acceleration.resolve_precision(cfg.precision, device)
+    execution = state.execution.execution
+    dtype = execution.dtype
     acceleration.configure_backends(device, cfg.tf32)
     network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if dist.enabled else model
-    forward = acceleration.maybe_compile(network, cfg.compile)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    forward = acceleration.maybe_compile(network, execution.compile)
+    memory_format = execution.memory_format
     shard = dist.shard(cfg.batch_size)
     micro_batch = (shard.stop - shard.start) // cfg.grad_accum
     first_bad_step = torch.full((), _NO_BAD_STEP, dtype=torch.long, device=device)
