@@ -143,6 +143,7 @@ def test_compile_is_timed_only_for_long_runs_and_chosen_only_where_it_pays(tmp_p
     long_run = Timings({**EAGER, **compiled}, first)
     record = choose(long_run, tmp_path / "b", planned_calls=10_000)  # 3,000 s eager, 1,560 s compiled
     assert record.execution == Execution("fp32", True, True) and "fp32 channels_last compiled" in record.rates
+    assert [label for label in long_run.calls if label.endswith("compiled")] == ["fp32 channels_last compiled"]  # one compile: the eager winner's
     slow_compile = Timings({**EAGER, **compiled}, {label: 2_000.0 for label in compiled})
     assert not choose(slow_compile, tmp_path / "c", planned_calls=10_000).execution.compile  # a compile that cannot pay loses
 

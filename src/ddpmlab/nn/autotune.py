@@ -5,20 +5,21 @@ user's cache folder), keyed by the task, the machine (device, CPU or GPU model, 
 version) and the network's shape; later runs on the same kind of machine skip the probe. The choice
 is recorded with each run (``nn.execution.ExecutionRecord``), never a DVC param.
 
-Compiled candidates are timed only when the run is long enough to repay compiling
-(``COMPILE_WORTH_S`` of projected eager work), and then the choice minimises the projected run
-time including each candidate's first call, so a compile that cannot pay for itself loses.
+A compiled candidate is timed only when the run is long enough to repay compiling
+(``COMPILE_WORTH_S`` of projected work with the eager winner): the eager winner, compiled once.
+The choice then minimises the projected run time including each candidate's first call, so a
+compile that cannot pay for itself loses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any, Protocol
 
 import torch
@@ -44,12 +45,12 @@ MAX_PROBE_S = 8.0  # timed rounds' budget at most (the two warm-up calls per can
 MIN_PROBE_S = 0.5  # ... and at least
 PROBE_FRACTION = 0.02  # ... else this share of the projected run
 COMPILE_WORTH_S = 1200.0  # projected eager seconds from which compiled candidates are worth timing
-_ANNOUNCED: set[str] = set()  # cache keys whose cached choice this process has printed
+_ANNOUNCED: set[str] = set()  # cache keys whose choice this process has printed
 
 
 def cache_key(task: str, identity: dict[str, Any], shape: dict[str, Any], requested: Requested) -> str:
     """16 hex digits of SHA-256 over the task, the machine identity, the network shape and the request."""
-    blob = json.dumps({"task": task, "machine": identity, "shape": shape, "requested": asdict(requested)}, sort_keys=True, default=str)
+    blob = json.dumps({"task": task, "machine": identity, "shape": shape, "requested": dataclasses.asdict(requested)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -83,9 +84,10 @@ def choose(
     started = time.perf_counter()
     execution, rates = probe(requested, device, timer, images_per_call, planned_calls)
     record = ExecutionRecord(task, execution, PROBED, identity, rates, time.perf_counter() - started)
-    cache.put(key, {"execution": asdict(execution), "rates": rates, "shape": shape, "machine": identity,
+    cache.put(key, {"execution": dataclasses.asdict(execution), "rates": rates, "shape": shape, "machine": identity,
                     "probed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
     announce(record.message())
+    _ANNOUNCED.add(key)
     return record
 
 
@@ -102,25 +104,38 @@ def probe(
 ) -> tuple[Execution, dict[str, float]]:
     """(the fastest execution, images/s per candidate label). Each candidate gets two warm-up calls (the first
     pays for compiling, weight casts, kernel selection; the second estimates a call), then ``ROUNDS`` interleaved
-    timed rounds; a candidate whose timer raises is left out with a warning."""
+    timed rounds; a candidate whose timer raises is left out with a warning. With ``compile: auto`` and a run long
+    enough to repay it, the eager winner is then compiled and timed too (one compile, not one per candidate)."""
     first_s, per_call = _warm_up(requested.candidates(device, consider_compile=False), timer)
-    if planned_calls and requested.compile == AUTO and _projected(per_call, planned_calls) >= COMPILE_WORTH_S:
-        compiled = [c for c in requested.candidates(device, consider_compile=True) if c.compile]
-        more_first, more_per_call = _warm_up(compiled, timer, required=False)
-        first_s, per_call = {**first_s, **more_first}, {**per_call, **more_per_call}
     budget = PROBE_FRACTION * _projected(per_call, planned_calls) if planned_calls else MAX_PROBE_S
     budget = min(MAX_PROBE_S, max(MIN_PROBE_S, budget))
+    speed = _timed_rounds(per_call, timer, budget)
+    best = _best(speed, first_s, planned_calls)
+    if planned_calls and requested.compile == AUTO and planned_calls / speed[best] >= COMPILE_WORTH_S:
+        compiled = dataclasses.replace(best, compile=True)
+        more_first, more_per_call = _warm_up([compiled], timer, required=False)
+        if more_per_call:
+            first_s.update(more_first)
+            speed.update(_timed_rounds(more_per_call, timer, budget / len(per_call)))
+            best = _best(speed, first_s, planned_calls)
+    return best, {c.label: round(s * images_per_call, 1) for c, s in speed.items()}
+
+
+def _timed_rounds(per_call: dict[Execution, float], timer: Timer, budget: float) -> dict[Execution, float]:
+    """Calls per second of each candidate: the median of ``ROUNDS`` interleaved rounds sized to ``budget`` seconds."""
     calls = max(1, int(budget / (ROUNDS * sum(per_call.values()))))
     samples: dict[Execution, list[float]] = {c: [] for c in per_call}
     for _ in range(ROUNDS):
         for candidate, rates in samples.items():
-            rates.append(calls / timer(candidate, calls))  # calls per second
-    speed = {c: statistics.median(s) for c, s in samples.items()}
-    if planned_calls:  # the shortest projected run: the first call's one-off cost, then the measured rate
-        best = min(speed, key=lambda c: first_s[c] + planned_calls / speed[c])
-    else:
-        best = max(speed, key=speed.get)
-    return best, {c.label: round(s * images_per_call, 1) for c, s in speed.items()}
+            rates.append(calls / timer(candidate, calls))
+    return {c: statistics.median(s) for c, s in samples.items()}
+
+
+def _best(speed: dict[Execution, float], first_s: dict[Execution, float], planned_calls: int | None) -> Execution:
+    """The shortest projected run (the first call's one-off cost, then the measured rate), or the fastest if the length is unknown."""
+    if planned_calls:
+        return min(speed, key=lambda c: first_s[c] + planned_calls / speed[c])
+    return max(speed, key=speed.get)
 
 
 def _warm_up(candidates: list[Execution], timer: Timer, required: bool = True) -> tuple[dict[Execution, float], dict[Execution, float]]:

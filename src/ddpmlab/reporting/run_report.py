@@ -120,10 +120,22 @@ def _summary_text(inputs: ReportInputs, runs: list[Run]) -> str:
     return (
         f"DDPM ({params['objective']}-prediction, {loss_setting(params['train'])}) trained for {train['step']} steps on `{card['source']}` "
         f"({card['train']['count']} train / {card['test']['count']} test images, {card['channels']}x{card['image_size']}x{card['image_size']}), "
-        f"U-Net with {train['num_parameters']:,} parameters on {train['device']}. Sampled {sampling['num_samples']} images per run with "
-        f"{plan_text(runs)} on {sampling['device']}; the headline numbers are those of the first run, {head.label()} "
+        f"U-Net with {train['num_parameters']:,} parameters on {train['device']}{_how_it_ran(train)}. Sampled {sampling['num_samples']} images "
+        f"per run with {plan_text(runs)} on {sampling['device']}{_how_it_ran(sampling)}; the headline numbers are those of the first run, {head.label()} "
         f"({head.nfe} network evaluations, {head_entry['seconds_per_sample'] * 1000:.1f} ms per image)."
     )
+
+
+CHOSEN_BY = {"explicit": "as set in params", "probe": "auto: the fastest when timed", "cache": "auto: this machine's cached timing",
+             "checkpoint": "as the resumed run started"}  # nn.execution: EXPLICIT, PROBED, CACHED, RESUMED  # fmt: skip
+
+
+def _how_it_ran(record: dict) -> str:
+    """' (AMD EPYC, 2 threads; bf16 nchw, auto: ...)' of a train.json / sampling.json; '' for records made before it was recorded."""
+    execution = record.get("execution")
+    if not execution:
+        return ""
+    return f" ({execution['processor']}, {execution['threads']} threads; {execution['label']}, {CHOSEN_BY[execution['chosen_by']]})"
 
 
 def _headline_text(metrics: dict, run: Run) -> str:
