@@ -298,6 +298,17 @@ def test_report_has_every_section_and_embeds_images(pipeline: Path):
     assert f"Headline: ddpm-30 scores FID {shown}" in md and md.count(shown) >= 3  # headline, metrics table, sweep table
 
 
+def test_a_cached_choice_writes_the_same_model_byte_for_byte(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The pipeline's train stage probed (or took the session's cached choice); a rerun now takes the cache. How
+    the choice was made and the probe's timings live in train.json, never in model.pt: the same choice gives
+    the same bytes."""
+    isolate_stores(monkeypatch, tmp_path)
+    invoke(train, "--params", pipeline / "params.yaml", "--data", pipeline / "data", "--out", tmp_path / "model", "--log", tmp_path / "log.csv",
+           "--schedule", tmp_path / "schedule.csv", "--resume-dir", tmp_path / "resume")  # fmt: skip
+    assert json.loads((tmp_path / "model" / "train.json").read_text())["execution"]["chosen_by"] == "cache"
+    assert (tmp_path / "model" / "model.pt").read_bytes() == (pipeline / "model" / "model.pt").read_bytes()
+
+
 def test_invalid_params_exit_with_the_config_code_before_work(tmp_path: Path):
     bad = write_tiny_params(tmp_path / "bad.yaml")
     bad.write_text(bad.read_text().replace("schedule: linear", "schedule: cosin"))

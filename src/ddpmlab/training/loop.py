@@ -24,7 +24,7 @@ from ddpmlab.data.image_set import to_model_range
 from ddpmlab.host import machine
 from ddpmlab.model import checkpoint
 from ddpmlab.nn import acceleration, autotune
-from ddpmlab.nn.execution import RESUMED, ExecutionRecord, Requested
+from ddpmlab.nn.execution import RESUMED, Execution, ExecutionRecord, Requested
 from ddpmlab.training import rng
 from ddpmlab.training.distributed import SINGLE, Distributed, all_reduce_mean_, all_reduce_min_, gather_objects
 
@@ -84,13 +84,15 @@ class TrainState:
             "generator": self.generator.get_state(),
             "rng": rng_states,  # per rank: python, numpy, torch (dropout) and CUDA generators
             "step": self.step,
-            "execution": self.execution.summary(),  # a resumed run keeps it, whatever a new probe would say
+            # How it runs, for a resume to keep whatever a new probe would say; not how it was chosen, nor the probe's
+            # timings: those vary run to run (train.json has them), and the same choice must give the same model.pt.
+            "execution": dataclasses.asdict(self.execution.execution),
         }
 
     def load_state_dict(self, state: dict[str, Any], dist: Distributed = SINGLE) -> None:
         """Load a ``state_dict()``; load it with map_location="cpu" (the optimizer moves its own state)."""
         if "execution" in state:  # checkpoints from before executions were recorded continue in this run's
-            self._continue_execution(ExecutionRecord.from_summary("train", state["execution"]))
+            self._continue_execution(Execution(**state["execution"]))
         checkpoint.load_weights(self.model, state["model"], "the training state", "model")
         checkpoint.load_weights(self.ema.model, state["ema"], "the training state", "EMA")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -102,14 +104,14 @@ class TrainState:
         rng.restore(rng_states[dist.rank], self.generator.device)
         self.step = int(state["step"])
 
-    def _continue_execution(self, saved: ExecutionRecord) -> None:
+    def _continue_execution(self, saved: Execution) -> None:
         """Go on the way the saved run ran (its memory format before its optimizer state loads), so a resumed run
         is one run, even where the cache was cleared or the machine changed since."""
-        if saved.execution == self.execution.execution:
+        if saved == self.execution.execution:
             return
         for model in (self.model, self.ema.model):
-            model.to(memory_format=saved.execution.memory_format)
-        self.execution = dataclasses.replace(saved, chosen_by=RESUMED, machine=self.execution.machine, probe_seconds=0.0)
+            model.to(memory_format=saved.memory_format)
+        self.execution = ExecutionRecord("train", saved, RESUMED, self.execution.machine)
 
 
 def new_train_state(
