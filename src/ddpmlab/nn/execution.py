@@ -108,13 +108,13 @@ class ExecutionRecord:
                 "probe_images_per_s": {k: round(v, 1) for k, v in self.rates.items()}, "probe_seconds": round(self.probe_seconds, 2)}  # fmt: skip
 
     def tags(self) -> dict[str, str]:
-        """MLflow tags ``ddpmlab.<task>.<field>``: tags, not params, so they never make two configs differ."""
+        """MLflow tags ``ddpmlab.execution.<task>.<field>``: tags, not params, so they never make two configs differ."""
         values = {**asdict(self.execution), "chosen_by": self.chosen_by, **self.machine}
         return {f"{TAG_PREFIX}{self.task}.{key}": str(value) for key, value in values.items()}
 
     @classmethod
     def from_summary(cls, task: str, summary: dict[str, Any]) -> ExecutionRecord:
-        """The record of a ``summary()`` (a checkpoint's or a JSON file's)."""
+        """The record of a ``summary()``, as train.json / sampling.json hold it."""
         execution = Execution(summary["precision"], bool(summary["channels_last"]), bool(summary["compile"]))
         machine = {k: summary[k] for k in MACHINE_FIELDS if k in summary}
         return cls(task, execution, summary["chosen_by"], machine, dict(summary.get("probe_images_per_s", {})), summary.get("probe_seconds", 0.0))
@@ -132,5 +132,5 @@ class ExecutionRecord:
 
 
 TAG_PREFIX = "ddpmlab.execution."
-# The machine fields a record holds (``nn.machine.identity``), in the order they are shown.
+# The machine fields a record holds (``host.machine.identity``), in the order they are shown.
 MACHINE_FIELDS = ("device", "processor", "cores", "threads", "torch")
