@@ -42,8 +42,8 @@ from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.host import machine
 from ddpmlab.host.choice_cache import ChoiceCache
 from ddpmlab.host.machine import cpu_model
-from ddpmlab.nn.acceleration import InferenceNetwork, cpu_features, resolve_precision
-from ddpmlab.nn.execution import Requested
+from ddpmlab.nn.acceleration import InferenceNetwork, cpu_features
+from ddpmlab.nn.execution import Execution, Requested
 from ddpmlab.nn.inference_probe import inference_network
 from ddpmlab.nn.unet import count_parameters
 from ddpmlab.nn.unet_config import UNetConfig
@@ -134,7 +134,7 @@ class TrainRunner:
 class SampleRunner:
     def __init__(self, build, size: Size, config: str, device: torch.device, batch: int):
         precision, channels_last, compile_ = SPEED_CONFIGS[config]
-        self.net = InferenceNetwork(build(), device, resolve_precision(precision, device), channels_last, compile_)
+        self.net = InferenceNetwork(build(), device, Execution(precision, channels_last).dtype, channels_last, compile_)
         self.x = torch.randn(batch, size.channels, size.image_size, size.image_size, device=device)
         self.t = torch.randint(0, 1000, (batch,), device=device)
 

@@ -8,7 +8,8 @@ import torch
 from conftest import train_config
 from ddpmlab.config import ConfigError, Params, TrainConfig
 from ddpmlab.core.diffusion import DiffusionProcess
-from ddpmlab.nn.acceleration import InferenceNetwork, adamw, resolve_precision
+from ddpmlab.nn.acceleration import InferenceNetwork, adamw
+from ddpmlab.nn.execution import Execution
 from ddpmlab.nn.unet import UNet
 from ddpmlab.nn.unet_config import UNetConfig
 from ddpmlab.training.loop import new_train_state, train
@@ -31,12 +32,12 @@ def flat(state):
 
 
 def test_precision_names_resolve_to_autocast_dtypes():
-    assert resolve_precision("fp32", CPU) == torch.float32
-    assert resolve_precision("bf16", CPU) == torch.bfloat16
+    assert Execution("fp32", False).dtype == torch.float32
+    assert Execution("bf16", False).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="auto is decided by timing"):  # measured (nn.autotune), never looked up
-        resolve_precision("auto", CPU)
+        Execution("auto", False)
     with pytest.raises(ValueError, match="'fp16'.*auto, fp32, bf16"):
-        resolve_precision("fp16", CPU)
+        Execution("fp16", False)
 
 
 def test_gradient_accumulation_takes_the_same_step_as_one_big_batch():

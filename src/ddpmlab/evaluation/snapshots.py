@@ -16,6 +16,7 @@ from ddpmlab.config import Params
 from ddpmlab.core.math_names import SEARCHED
 from ddpmlab.model.draw import draw_images
 from ddpmlab.model.trained import TrainedDiffusion
+from ddpmlab.nn.autotune import planned_calls
 from ddpmlab.sampling.guidance import class_labels
 from ddpmlab.sampling.plan import DEFAULT_SPACING, build_plan
 from ddpmlab.sampling.trajectory import image_seeds
@@ -40,6 +41,6 @@ def sample_checkpoint(path: Path, params: Params, device: torch.device) -> tuple
     run = dataclasses.replace(plan[0], steps=params.evaluate.snapshot_steps)
     labels = class_labels(count, num_classes) if num_classes else None
     batch = min(cfg.batch_size, count)
-    network = trained.sampling_network(cfg.precision, False, cfg.channels_last, batch, -(-count // batch) * run.nfe)  # short: never compiled
+    network = trained.sampling_network(cfg.precision, False, cfg.channels_last, batch, planned_calls(count, batch, run.nfe))  # short: never compiled
     seeds = image_seeds(cfg.seed, 0, count)
     return trained.step, draw_images(trained, network, run, seeds, labels, clip_x0=cfg.clip_x0, batch_size=cfg.batch_size, device=device)

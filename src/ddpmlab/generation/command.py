@@ -20,6 +20,7 @@ from ddpmlab.model.checkpoint import CheckpointError
 from ddpmlab.model.defaults import DEFAULT_STEPS, default_steps, option_fields
 from ddpmlab.model.draw import draw_images
 from ddpmlab.model.trained import TrainedDiffusion, read_checkpoint
+from ddpmlab.nn.autotune import planned_calls
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.nn.hardware_names import DEVICES, PRECISIONS, switch
 from ddpmlab.sampling.catalog import SAMPLER_CARDS
@@ -90,7 +91,7 @@ def generate(model: str, seeds: str, sampler: str, steps: int | None, spacing: s
         raise click.ClickException(f"nothing generated:\n{message}" if isinstance(e, BadRequest) else message) from e
 
     batch = min(batch_size, len(request.seeds))
-    network = trained.sampling_network(request.precision, compile_, switch(channels_last), batch, -(-len(request.seeds) // batch) * request.run.nfe)
+    network = trained.sampling_network(request.precision, compile_, switch(channels_last), batch, planned_calls(len(request.seeds), batch, request.run.nfe))
     run = request.run
     with staged_folder(out) as folder, tqdm(total=len(seed_list) * run.nfe, desc="generate", unit="img-eval", unit_scale=True) as bar:
 

@@ -27,6 +27,7 @@ from ddpmlab.generation.request import build_request
 from ddpmlab.model.defaults import default_settings, option_fields
 from ddpmlab.model.draw import draw_images
 from ddpmlab.model.trained import TrainedDiffusion, read_checkpoint
+from ddpmlab.nn.autotune import planned_calls
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.nn.hardware_names import switch
 
@@ -53,7 +54,7 @@ class DiffusionPyfunc(mlflow.pyfunc.PythonModel):
         trained = self.trained[str(device)]
         batch = min(request.batch_size, len(request.seeds))
         layout = switch(settings["channels_last"])
-        network = trained.sampling_network(request.precision, False, layout, batch, -(-len(request.seeds) // batch) * request.run.nfe)
+        network = trained.sampling_network(request.precision, False, layout, batch, planned_calls(len(request.seeds), batch, request.run.nfe))
         return draw_images(trained, network, request.run, request.seeds, request.labels(), clip_x0=request.clip_x0,
                            batch_size=request.batch_size, device=device)  # fmt: skip
 

@@ -18,26 +18,12 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ddpmlab.nn.hardware_names import AUTO, PRECISIONS
-
 
 def cpu_features() -> str:
     """The CPU's bf16-relevant instruction sets, for logs and benchmark headers."""
     found = [name for name, probe in (("AMX", torch.cpu._is_amx_tile_supported), ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported),
                                       ("AVX512", torch.cpu._is_avx512_supported)) if probe()]  # fmt: skip
     return ", ".join(found) or "no AVX512"
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """'fp32' | 'bf16' -> the autocast dtype (float32 means no autocast). ``auto`` is measured, not looked up:
-    ``nn.autotune`` (through ``nn.inference_probe`` or ``training.execution_probe``)."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision: got {name!r}; allowed: {', '.join(PRECISIONS)}")
-    if name == AUTO:
-        raise ValueError("precision: auto is decided by timing the candidates (ddpmlab.nn.autotune), not here")
-    if name == "bf16" and device.type not in ("cpu", "cuda"):
-        raise ValueError(f"precision: bf16 autocast is supported on cpu and cuda, not {device.type}; use fp32 or auto")
-    return torch.bfloat16 if name == "bf16" else torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

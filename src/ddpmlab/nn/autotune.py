@@ -157,6 +157,11 @@ def _projected(per_call: dict[Execution, float], planned_calls: int) -> float:
     return min(per_call.values()) * planned_calls
 
 
+def planned_calls(images: int, batch_size: int, calls_per_batch: int) -> int:
+    """Network calls of drawing ``images`` in batches of ``batch_size`` with ``calls_per_batch`` calls each (the NFE)."""
+    return -(-images // batch_size) * calls_per_batch
+
+
 def network_shape(model: torch.nn.Module) -> dict[str, Any]:
     """What about a network sets its speed: its class, config, channels in and out, image size, classes, parameters."""
     return {

@@ -29,8 +29,10 @@ class Execution:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS or self.precision == AUTO:
-            raise ValueError(f"precision: got {self.precision!r}; an execution needs fp32 or bf16")
+        if self.precision == AUTO:
+            raise ValueError("precision: auto is decided by timing the candidates (nn.autotune); an execution needs fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: got {self.precision!r}; allowed: {', '.join(PRECISIONS)} (auto only in a request)")
 
     @property
     def dtype(self) -> torch.dtype:

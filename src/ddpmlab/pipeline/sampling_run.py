@@ -24,6 +24,7 @@ from ddpmlab.evaluation.inception import resolve_weights
 from ddpmlab.model.draw import draw_tensor
 from ddpmlab.model.trained import TrainedDiffusion, learns_variance
 from ddpmlab.nn.acceleration import InferenceNetwork
+from ddpmlab.nn.autotune import planned_calls
 from ddpmlab.nn.devices import resolve_device
 from ddpmlab.pipeline import tracking
 from ddpmlab.pipeline.sampling_outputs import COMPARISON_IMAGES, save_run
@@ -77,8 +78,8 @@ def load_trained(params: Params, model_dir: Path) -> TrainedDiffusion:
 def network_calls(cfg: SampleConfig, plan: list[Run], reference_images: int, reference_nfe: int) -> int:
     """Sampling-network calls of the whole stage (batches x NFE per run, and the endpoint reference's): what
     `auto` weighs a compile against. A guided run's doubled batch is counted as one call."""
-    batches = -(-cfg.num_samples // cfg.batch_size)
-    return batches * sum(run.nfe for run in plan) + (-(-reference_images // cfg.batch_size)) * reference_nfe
+    runs = planned_calls(cfg.num_samples, cfg.batch_size, sum(run.nfe for run in plan))
+    return runs + planned_calls(reference_images, cfg.batch_size, reference_nfe)
 
 
 def make_drawer(params: Params, trained: TrainedDiffusion, planned_calls: int | None = None) -> Drawer:
