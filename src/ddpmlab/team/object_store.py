@@ -29,6 +29,12 @@ SOCKET_PATH_MAX = 100
 # boto3 >= 1.36 sends and checks CRC checksums by default, which S3-compatible servers may not implement.
 CHECKSUM_ENV = {"AWS_REQUEST_CHECKSUM_CALCULATION": "when_required", "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
 REGION = "us-east-1"
+# Volume slots for the buckets. `weed mini` sizes this once at start as free disk / volume size: on a
+# nearly full disk that leaves one bucket without any volume, and S3 writes to it stall until the
+# client times out (a CI run lost 70 minutes so). A fixed count allocates nothing up front; a disk
+# that really fills turns the volumes read-only and writes fail at once with an error.
+VOLUME_SLOTS = 256
+WRITE_CHECK_KEY = ".ddpmlab-write-check"
 
 
 def weed_binary() -> Path:
@@ -78,7 +84,7 @@ class ObjectStore:
             str(weed_binary()), "-logtostderr", f"-config_dir={self.data_dir}",
             "mini", f"-dir={self.data_dir}", f"-ip={ip}", f"-ip.bind={self.host}", "-master.telemetry=false",
             f"-s3.port={self.port}", f"-s3.port.grpc={self.ports['s3_grpc']}", f"-s3.config={self.config}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", f"-volume.max={VOLUME_SLOTS}",
         ]  # fmt: skip
         for name in INTERNAL:
             args += [f"-{name}.port={self.ports[name]}", f"-{name}.port.grpc={self.ports[name] + GRPC_OFFSET}"]
@@ -116,8 +122,20 @@ class ObjectStore:
         return True
 
     def ensure_buckets(self, names: tuple[str, ...] = BUCKETS) -> None:
+        """Create the missing buckets, then write and delete a marker in each: a bucket that cannot
+        take a write stops the start here, not a training run hours later."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         client = self.client()
         existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
         for name in names:
             if name not in existing:
                 client.create_bucket(Bucket=name)
+            try:
+                client.put_object(Bucket=name, Key=WRITE_CHECK_KEY, Body=b"ok")
+                client.delete_object(Bucket=name, Key=WRITE_CHECK_KEY)
+            except (BotoCoreError, ClientError) as error:
+                free = shutil.disk_usage(self.data_dir).free / 2**30
+                raise TeamStackError(
+                    f"bucket {name!r} takes no writes ({error}); {free:.1f} GiB free under {self.data_dir}"
+                ) from error
