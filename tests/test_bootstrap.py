@@ -15,8 +15,10 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 
 from ddpmlab.evaluation import resampled_scores as rs
+from ddpmlab.evaluation import scorecard
 from ddpmlab.evaluation.bootstrap import Resampler, difference, interval
 from ddpmlab.evaluation.metrics import frechet_distance
+from ddpmlab.evaluation.real_data_test import RealDataTest
 from ddpmlab.evaluation.verdicts import sampling_verdicts
 
 N, D, REPETITIONS, RESAMPLES = 200, 16, 200, 200
@@ -148,7 +150,8 @@ def detection_rate(shift: float, seed: int) -> float:
     for r in range(REPETITIONS):
         a, b, reference = paired_runs(rng, shift)
         resampler = Resampler(RESAMPLES, seed=r)
-        d = difference(frechet_distance(a, reference), resampled_fid(a, reference, resampler), frechet_distance(b, reference), resampled_fid(b, reference, resampler))
+        d = difference(frechet_distance(a, reference), resampled_fid(a, reference, resampler), frechet_distance(b, reference), resampled_fid(b, reference, resampler),
+                       sizes=(len(a), len(b)))  # fmt: skip
         detected += d.detected
     return detected / REPETITIONS
 
@@ -175,13 +178,72 @@ def test_sampling_verdicts_name_the_tied_group_per_budget_and_each_run_against_t
     replicates = {"a-5": {"fid": reps(3.0, 0.05)}, "b-5": {"fid": reps(3.05, 0.05)}, "d-5": {"fid": reps(9.0, 0.05)},
                   "c-10": {"fid": reps(1.0, 0.05)}, "e-10": {"fid": reps(0.2, 0.05)}}  # fmt: skip
     floor, floor_replicates = {"fid": 1.0}, {"fid": reps(1.0, 0.05)}
-    found = sampling_verdicts(rows, replicates, floor, floor_replicates)
+    found = sampling_verdicts(rows, replicates, floor, floor_replicates, num_images=500, floor_images=500)
+    assert found["correction"] == "bh" and "Benjamini-Hochberg" in found["by_budget_family"]
+    assert found["by_budget_family"].endswith("across 6 comparisons")  # unique (run, best) pairs: b, d vs a; a, b, d, c vs e
     by_budget = {b["budget"]: b for b in found["by_budget"]}
     assert (by_budget[5]["best"], sorted(by_budget[5]["tied"])) == ("a-5", ["a-5", "b-5"])  # 0.05 apart: tied; d is 6 worse
     assert (by_budget[10]["best"], by_budget[10]["tied"]) == ("e-10", ["e-10"])
     verdicts = {key: v["verdict"] for key, v in found["vs_floor"].items()}
     assert verdicts == {"a-5": "above the floor", "b-5": "above the floor", "d-5": "above the floor",
                         "c-10": "indistinguishable from the floor", "e-10": "below the floor"}  # fmt: skip
+    assert all(0 < v["p"] <= v["q"] <= 1 for v in found["vs_floor"].values())  # adjusted p-values never below the raw ones
+    assert found["vs_real"] == {} and found["vs_real_method"] is None  # no exact tests given
+
+
+def test_the_exact_tests_against_real_data_are_a_family_of_their_own():
+    """Three runs' tests: p = 0.01, 0.04, 0.5. Uncorrected two would count; BH gives q = 0.03, 0.06, 0.5, so one does."""
+    reps = torch.linspace(0.5, 1.5, RESAMPLES)
+    rows = [{"key": k, "nfe": 5, "fid": f} for k, f in (("a-5", 1.0), ("b-5", 1.1), ("c-5", 1.2))]
+    tests = {k: RealDataTest(kid=0.01, p_value=p, detectable=0.004, permutations=999, sizes=(500, 359)) for k, p in (("a-5", 0.01), ("b-5", 0.04), ("c-5", 0.5))}
+    found = sampling_verdicts(rows, {k: {"fid": reps + i} for i, k in enumerate(("a-5", "b-5", "c-5"))}, {"fid": 1.0}, {"fid": reps},
+                              num_images=500, floor_images=500, against_real=tests)  # fmt: skip
+    real = found["vs_real"]
+    assert [real[k]["q"] for k in ("a-5", "b-5", "c-5")] == pytest.approx([0.03, 0.06, 0.5])
+    assert real["a-5"]["verdict"] == "differs from real data"
+    assert real["b-5"]["verdict"] == "indistinguishable from real data at N = 500 against 359 (a KID gap of 0.004 would be found 80% of the time)"
+    assert "999 shuffles" in found["vs_real_method"] and found["vs_real_family"].endswith("across 3 comparisons")
+
+
+def test_floor_verdicts_are_left_out_when_the_floor_has_another_number_of_images():
+    """FID's small-N bias depends on N: a run of 500 images against a floor of 300 real ones would compare biases."""
+    reps = torch.linspace(0.5, 1.5, RESAMPLES)
+    rows = [{"key": "a-5", "nfe": 5, "fid": 3.0}, {"key": "b-5", "nfe": 5, "fid": 1.0}]
+    found = sampling_verdicts(rows, {"a-5": {"fid": reps + 2}, "b-5": {"fid": reps}}, {"fid": 1.0}, {"fid": reps}, num_images=500, floor_images=300)
+    assert found["vs_floor"] == {} and "the floor has 300 real images and each run 500" in found["vs_floor_family"]
+    assert found["by_budget"][0]["best"] == "b-5"
+
+
+def test_a_paired_difference_refuses_runs_of_unequal_size_naming_both():
+    reps = torch.zeros(RESAMPLES)
+    with pytest.raises(ValueError, match=r"ddpm-50 has 500 images and ddim-10 400"):
+        difference(1.0, reps, 2.0, reps, sizes=(500, 400), names=("ddpm-50", "ddim-10"))
+
+
+def test_the_p_value_inverts_the_interval():
+    """p = 2 (tail + 1) / (B + 1): replicates all on one side of 0 give the smallest p B allows;
+    a difference whose recentred replicates straddle 0 evenly gives p = 1; and p < 5% exactly
+    where the 95% interval excludes 0, away from the +1's edge."""
+    rng = np.random.default_rng(3)
+    B = 999
+    assert difference(5.0, torch.from_numpy(rng.normal(5, 0.3, B)), 0.0, torch.zeros(B), sizes=(9, 9)).p_value == pytest.approx(2 / 1000)
+    symmetric = torch.from_numpy(np.concatenate([-np.arange(1, 500), [0.0], np.arange(1, 500)]) / 100)
+    assert difference(0.0, symmetric, 0.0, torch.zeros(B), sizes=(9, 9)).p_value == 1.0
+    agree = []
+    for shift in np.linspace(0, 4, 41):
+        d = difference(shift, torch.from_numpy(rng.normal(shift, 1.0, B)), 0.0, torch.zeros(B), sizes=(9, 9))
+        if abs(d.p_value - 0.05) > 0.01:
+            agree.append((d.p_value < 0.05) == d.detected)
+    assert len(agree) > 30 and all(agree)
+
+
+def test_interval_ends_stay_in_the_scores_valid_range():
+    """An FID near 0 and a recall near 1 with wide resamples: the ends are cut to [0, inf) and [0, 1]."""
+    replicates = {"fid": torch.linspace(-0.5, 1.5, 200), "recall": torch.linspace(0.8, 1.2, 200), "nn_ratio": torch.linspace(-1, 3, 200)}
+    out = scorecard.with_intervals({"fid": 0.05, "recall": 0.98, "nn_ratio": 1.0}, replicates)
+    assert out["fid_ci_low"] == 0.0 and out["fid_ci_high"] > 0.05
+    assert out["recall_ci_high"] == 1.0 and out["recall_ci_low"] < 0.98
+    assert out["nn_ratio_ci_low"] < 0  # no metric bounds it: left alone
 
 
 def test_the_gram_route_for_more_features_than_images_gives_the_same_fid():

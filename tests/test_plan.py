@@ -60,16 +60,11 @@ def test_steps_csv_columns_come_from_the_registry():
     assert "cond_accuracy" not in fields and "cond_accuracy" in metric_registry.row_fields(conditional=True)
 
 
-def test_headline_holds_the_first_run_and_every_run_by_key():
+def test_headline_holds_the_first_run_only():
     rows = [{"key": "ddpm-10", "fid": 2.0, "fid_train": 1.5, "is_mean": 8.0, "kid_mean": 0.1, "precision": 0.8, "recall": 0.9, "copy_rate": 0.01, "copy_rate_pixels": 0.0, "seconds_per_sample": 0.01},
             {"key": "ddim-10", "fid": 1.0, "fid_train": 0.7, "is_mean": 8.5, "kid_mean": 0.05, "precision": 0.85, "recall": 0.9, "copy_rate": 0.02, "copy_rate_pixels": 0.0, "seconds_per_sample": 0.01}]  # fmt: skip
-    out = metric_registry.headline(rows[0], rows)
+    out = metric_registry.headline(rows[0])
     assert out == {"fid": 2.0, "fid_train": 1.5, "is_mean": 8.0, "kid_mean": 0.1, "precision": 0.8, "recall": 0.9,
-                   "copy_rate": 0.01, "copy_rate_pixels": 0.0, "seconds_per_sample": 0.01,
-                   "fid@ddpm-10": 2.0, "fid@ddim-10": 1.0, "copy@ddpm-10": 0.01, "copy@ddim-10": 0.02}  # fmt: skip
-
-
-def test_headline_leaves_out_swept_metrics_no_run_has():
-    rows = [{"key": "ddpm-10", "fid": 2.0}, {"key": "ddim-10", "fid": 1.0}]
-    out = metric_registry.headline(rows[0], rows)
-    assert out["fid@ddim-10"] == 1.0 and not any(k.startswith("copy@") for k in out)
+                   "copy_rate": 0.01, "copy_rate_pixels": 0.0, "seconds_per_sample": 0.01}  # fmt: skip
+    assert "cond_accuracy" not in out  # conditional metrics only where the run has them
+    assert metric_registry.headline({**rows[0], "cond_accuracy": 0.9})["cond_accuracy"] == 0.9

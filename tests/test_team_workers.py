@@ -118,9 +118,9 @@ def test_every_run_of_both_workers_is_on_the_server_and_compare_shows_them(team,
         source = team["workers"][worker]
         log = (source / "reports" / "train_log.csv").read_text().splitlines()[1:]
         assert [p.step for p in client.get_metric_history(train.info.run_id, "loss")] == [int(line.split(",")[0]) for line in log]
-        metrics = json.loads((source / "reports" / "metrics.json").read_text())
+        by_run = json.loads((source / "reports" / "evaluation.json").read_text())["by_run"]
         evaluations = {r.data.params["run_key"]: r.data.metrics["fid"] for r in runs if r.data.tags["ddpmlab.stage"] == "evaluate"}
-        assert evaluations == pytest.approx({k.removeprefix("fid@"): v for k, v in metrics.items() if k.startswith("fid@")})
+        assert evaluations == pytest.approx({key: row["fid"] for key, row in by_run.items()})
         assert {a.path for a in client.list_artifacts(train.info.run_id, "checkpoint")} >= {"checkpoint/model.pt"}
         assert {a.path for a in client.list_artifacts(train.info.run_id, "model")} >= {"model/MLmodel", "model/artifacts", "model/code"}
     out = team["home"] / "compare"

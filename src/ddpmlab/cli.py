@@ -13,11 +13,25 @@ from pathlib import Path
 import click
 import yaml
 
+from ddpmlab.evaluation.correction_names import CORRECTIONS
 from ddpmlab.generation.command import generate
 from ddpmlab.pipeline.sync import tracking_group
 from ddpmlab.team.commands import team
 
 DEFAULT_EXPERIMENT = "ddpmlab"
+
+
+def correction_of(params_path: Path, given: str | None) -> str:
+    """--correction, else params.yaml's evaluate.correction, else Benjamini-Hochberg."""
+    if given:
+        return given
+    if params_path.is_file():
+        raw = yaml.safe_load(params_path.read_text()) or {}
+        value = str((raw.get("evaluate") or {}).get("correction") or CORRECTIONS[0])
+        if value not in CORRECTIONS:
+            raise click.BadParameter(f"evaluate.correction = {value!r} in {params_path}: use one of {', '.join(CORRECTIONS)}")
+        return value
+    return CORRECTIONS[0]
 
 
 def experiment_name(params_path: Path, given: str | None) -> str:
@@ -72,10 +86,16 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True, help="Writes compare.md, compare.html, compare/*.png here.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default="data/prepared", show_default=True,
               help="Prepared data whose first test image shows the forward process (else a bundled digit).")  # fmt: skip
-def compare(experiment: str | None, params_path: Path, filter_string: str, run_ids: tuple[str, ...], out: Path, data_dir: Path) -> None:
+@click.option("--correction", type=click.Choice(CORRECTIONS), default=None,
+              help="Multiple-comparison correction of each table of verdicts: bh (Benjamini-Hochberg, false discovery rate 5%), "
+                   "holm (any false claim 5%) or none [default: params.yaml's evaluate.correction, else bh].")  # fmt: skip
+def compare(experiment: str | None, params_path: Path, filter_string: str, run_ids: tuple[str, ...], out: Path, data_dir: Path,
+            correction: str | None) -> None:  # fmt: skip
     """Compare every evaluated run of the experiment. Runs that differ only in train.seed /
     sample.seed are replicates of one config: pooled into a mean and 95% interval, with a verdict
-    (better, worse, no detectable difference) for every pair of configs that differ in one param.
+    (better, worse, no detectable difference) for every pair of configs that differ in one param,
+    tested on log FID (paired by seed where both configs ran the same seeds) and corrected for the
+    number of comparisons in the table (--correction).
     Also: every evaluation with its bootstrap interval, FID against network evaluations and
     sampling cost, training losses, schedules, forward-process strips and sample grids at matched
     steps. Reads all runs with one MLflow search."""
@@ -91,6 +111,7 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
     )
 
     name = experiment_name(params_path, experiment)
+    correction = correction_of(params_path, correction)
     with tracking_errors():
         experiment_id = tracking.find_experiment(name)
     if experiment_id is None:
@@ -136,7 +157,8 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
         grids = {(label, steps): path for (label, steps, _), path in zip(choices, paths) if path is not None}
         if grids:
             figure("grids", lambda p: sample_grids_figure(grids, p))
-    doc = cmp.document(selection, figures, f"MLflow experiment {name!r} ({tracking.tracking_uri()})", shown.evaluations["label"].nunique())
+    doc = cmp.document(selection, figures, f"MLflow experiment {name!r} ({tracking.tracking_uri()})", shown.evaluations["label"].nunique(),
+                       correction=correction)  # fmt: skip
     write_text_atomic(out / "compare.md", doc.to_markdown())
     write_text_atomic(out / "compare.html", doc.to_html(out))
     models = selection.evaluations["label"].nunique()

@@ -1,7 +1,7 @@
 """Typed, validated view of params.yaml: frozen dataclasses, no I/O, no globals.
 
 Imports no domain code: the allowed names and the samplers' options come from leaf modules
-(``core.math_names``, ``data.source_names``, ``nn.hardware_names``, ``nn.unet_config``, ``evaluation.extractor_names``,
+(``core.math_names``, ``data.source_names``, ``nn.hardware_names``, ``nn.unet_config``, ``evaluation.extractor_names``, ``evaluation.correction_names``,
 ``sampling.catalog``), so every stage can read params without depending on what other stages run.
 
 Every default equals the repository's params.yaml (``tests/test_config.py`` holds them equal),
@@ -25,6 +25,7 @@ from typing import Any
 
 from ddpmlab.core.math_names import OBJECTIVES, SAMPLE_SPACINGS, SCHEDULES, WEIGHTINGS
 from ddpmlab.data.source_names import SOURCES
+from ddpmlab.evaluation.correction_names import CORRECTIONS
 from ddpmlab.evaluation.extractor_names import FEATURE_EXTRACTORS
 from ddpmlab.nn.hardware_names import AUTO, DEVICES, PRECISIONS
 from ddpmlab.nn.unet_config import UNetConfig
@@ -122,6 +123,7 @@ class EvaluateConfig:
     snapshot_samples: int = 200
     snapshot_steps: int = 20
     bootstrap: int = 200
+    correction: str = "bh"
 
 
 @dataclass(frozen=True)
@@ -180,13 +182,23 @@ REPLICATE_SEEDS = ("train.seed", "sample.seed")
 # Keys that never tell two configs apart: where runs are logged, the sweep lists (every
 # evaluation is keyed by its own sampler, spacing, steps and w) and the number of bootstrap
 # resamples (it changes intervals, never a score).
-NOT_CONFIG = ("tracking.", "sample.sampler", "sample.steps", "sample.spacing", "sample.guidance", "evaluate.bootstrap")
+NOT_CONFIG = ("tracking.", "sample.sampler", "sample.steps", "sample.spacing", "sample.guidance", "evaluate.bootstrap",
+              "evaluate.correction")  # fmt: skip
 
 
 def config_params(params: Params) -> dict[str, Any]:
     """The flat params that make an experiment's config: every param but REPLICATE_SEEDS and NOT_CONFIG."""
     flat = flatten(params.to_dict())
     return {k: v for k, v in flat.items() if k not in REPLICATE_SEEDS and not k.startswith(NOT_CONFIG)}
+
+
+def config_label(params: Params) -> str:
+    """The config in words for the MLflow UI: its params that differ from the defaults (``Params()``, the
+    shipped params.yaml), in the order params.yaml lists them, e.g. "schedule=sigmoid T=1000"; "defaults"
+    when none does. Replicates share it, like the id; unlike the id it is readable, not unique."""
+    defaults = config_params(Params())
+    changed = [f"{k}={v}" for k, v in config_params(params).items() if defaults.get(k) != v]
+    return " ".join(changed) or "defaults"
 
 
 def config_id(params: Params) -> str:
@@ -459,6 +471,7 @@ def _evaluate_problems(e: EvaluateConfig, T: int, num_samples: int) -> list[str]
     curve (steps up to T) and the bootstrap (kernel matrices of sample.num_samples squared)."""
     problems = _Problems()
     problems.one_of("evaluate.feature_extractor", e.feature_extractor, FEATURE_EXTRACTORS)
+    problems.one_of("evaluate.correction", e.correction, CORRECTIONS)
     problems.at_least("evaluate.batch_size", e.batch_size, 1)
     problems.require(2 <= e.kid_subset_size <= num_samples, "evaluate.kid_subset_size", e.kid_subset_size,
                      f"an integer in [2, sample.num_samples = {num_samples}]")  # fmt: skip

@@ -15,6 +15,11 @@ bias itself (a set of N images with ~0.63 N distinct ones looks less diverse). R
 the bootstrap's spread and shape but puts it around the estimate, so the interval covers what
 the same protocol gives on average at this N (tested against repeated draws: tests/test_bootstrap.py).
 It is not an interval for the infinite-N value: FID at small N is biased upward by design.
+
+A paired difference also gets a p-value, the one that inverts that interval: twice the smaller
+tail of the recentred replicates beyond 0, with the usual +1 so that B resamples never claim a
+p-value below 1 / (B + 1). Tables of many differences adjust these together
+(:mod:`ddpmlab.evaluation.multiplicity`).
 """
 
 from __future__ import annotations
@@ -61,16 +66,39 @@ class Interval:
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high
 
+    def clamped(self, bounds: tuple[float | None, float | None]) -> Interval:
+        """The interval cut to a score's valid range (low, high; None: unbounded): FID never below 0, a rate never above 1."""
+        low, high = self.low, self.high
+        if bounds[0] is not None:
+            low, high = max(low, bounds[0]), max(high, bounds[0])
+        if bounds[1] is not None:
+            low, high = min(low, bounds[1]), min(high, bounds[1])
+        return Interval(low, high)
+
+
+def _recentred(estimate: float, replicates: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The finite replicates (B,) shifted so that their median sits on ``estimate``."""
+    values = np.asarray(replicates, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return values - np.median(values) + estimate if len(values) else values
+
 
 def interval(estimate: float, replicates: np.ndarray | torch.Tensor, level: float = LEVEL) -> Interval:
     """The percentile interval of ``replicates`` (B,) recentred on ``estimate`` (see the module doc)."""
-    values = np.asarray(replicates, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    values = _recentred(estimate, replicates)
     if len(values) < 2:
         return Interval(float("nan"), float("nan"))
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    centre = np.median(values)
-    return Interval(float(estimate + low - centre), float(estimate + high - centre))
+    return Interval(float(low), float(high))
+
+
+def p_value(estimate: float, replicates: np.ndarray | torch.Tensor) -> float:
+    """Two-sided p-value of "the difference is 0" that inverts :func:`interval`: (B,) replicates of the difference."""
+    values = _recentred(estimate, replicates)
+    if len(values) < 2:
+        return float("nan")
+    tail = min(np.count_nonzero(values <= 0), np.count_nonzero(values >= 0))
+    return float(min(1.0, 2 * (tail + 1) / (len(values) + 1)))
 
 
 def mean_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, Interval]:
@@ -82,10 +110,12 @@ def mean_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0, leve
 
 @dataclass(frozen=True)
 class Difference:
-    """a - b with its paired interval; ``detected`` when the interval excludes 0."""
+    """a - b with its paired interval and p-value; ``detected`` when the interval excludes 0 (one
+    comparison alone: a table of them decides on adjusted p-values, :mod:`multiplicity`)."""
 
     estimate: float
     interval: Interval
+    p_value: float
 
     @property
     def detected(self) -> bool:
@@ -93,8 +123,17 @@ class Difference:
         return bool(np.isfinite(self.interval.low) and np.isfinite(self.interval.high) and not self.interval.contains(0.0))
 
 
-def difference(estimate_a: float, replicates_a, estimate_b: float, replicates_b, level: float = LEVEL) -> Difference:
-    """Paired bootstrap: replicates_a[b] and replicates_b[b] come from the same resampled indices."""
+def difference(
+    estimate_a: float, replicates_a, estimate_b: float, replicates_b, *, sizes: tuple[int, int], names: tuple[str, str] = ("A", "B"),
+    level: float = LEVEL,
+) -> Difference:  # fmt: skip
+    """Paired bootstrap: replicates_a[b] and replicates_b[b] come from the same resampled indices,
+    which holds only for sets of one size: ``sizes`` (images in a, in b) must be equal."""
+    if sizes[0] != sizes[1]:
+        raise ValueError(
+            f"{names[0]} has {sizes[0]} images and {names[1]} {sizes[1]}: a paired difference needs the same resampled indices, "
+            "so the same number of images on both sides"
+        )
     diff = np.asarray(replicates_a, dtype=np.float64) - np.asarray(replicates_b, dtype=np.float64)
     estimate = estimate_a - estimate_b
-    return Difference(estimate, interval(estimate, diff, level))
+    return Difference(estimate, interval(estimate, diff, level), p_value(estimate, diff))

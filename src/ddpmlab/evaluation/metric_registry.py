@@ -23,10 +23,10 @@ class Metric:
     # (nn_ratio: ~1 is held-out-like, lower is copying, higher is off the data; neither end is "better")
     per_split: bool = False  # also <name>_train
     headline: tuple[str, ...] = ()  # split suffixes in metrics.json (the headline run's values) and on the MLflow training run
-    swept_as: str | None = None  # metrics.json also holds <swept_as>@<run key> for every run
     conditional: bool = False  # only for class-conditional models
     in_table: bool = True  # a column of `ddpmlab compare`
     interval: bool = False  # has a bootstrap interval (<column>_ci_low, <column>_ci_high)
+    bounds: tuple[float | None, float | None] = (None, None)  # the valid range: every interval is cut to it
 
     @property
     def columns(self) -> list[str]:
@@ -41,23 +41,25 @@ class Metric:
         return [self.name + s for s in self.headline]
 
 
+NON_NEGATIVE, RATE = (0.0, None), (0.0, 1.0)
 METRICS = (
-    Metric("fid", "FID", "min", per_split=True, headline=("", "_train"), swept_as="fid", interval=True),
-    Metric("fid_ratio", "FID / real floor", "min", interval=True),
-    Metric("is_mean", "IS", "max", headline=("",), interval=True),
+    Metric("fid", "FID", "min", per_split=True, headline=("", "_train"), interval=True, bounds=NON_NEGATIVE),
+    Metric("fid_ratio", "FID / real floor", "min", interval=True, bounds=NON_NEGATIVE),
+    Metric("is_mean", "IS", "max", headline=("",), interval=True, bounds=(1.0, None)),  # exp(E KL(p(y|x) || p(y))) >= 1
     Metric("is_std", "IS std over splits", in_table=False),
-    Metric("is_ratio", "IS / real floor", "max", in_table=False, interval=True),
-    Metric("kid_mean", "KID", "min", per_split=True, headline=("",), interval=True),
+    Metric("is_ratio", "IS / real floor", "max", in_table=False, interval=True, bounds=NON_NEGATIVE),
+    # KID's unbiased estimate can fall below 0; the squared MMD it estimates cannot.
+    Metric("kid_mean", "KID", "min", per_split=True, headline=("",), interval=True, bounds=NON_NEGATIVE),
     Metric("kid_std", "KID std over subsets", per_split=True, in_table=False),
-    Metric("precision", "precision", "max", per_split=True, headline=("",), interval=True),
-    Metric("recall", "recall", "max", per_split=True, headline=("",), interval=True),
-    Metric("copy_rate", "copy rate (features)", "min", headline=("",), swept_as="copy", interval=True),
+    Metric("precision", "precision", "max", per_split=True, headline=("",), interval=True, bounds=RATE),
+    Metric("recall", "recall", "max", per_split=True, headline=("",), interval=True, bounds=RATE),
+    Metric("copy_rate", "copy rate (features)", "min", headline=("",), interval=True, bounds=RATE),
     Metric("nn_ratio", "nearest-training distance / test's (features)", in_table=False),
-    Metric("copy_rate_pixels", "copy rate (pixels)", "min", headline=("",), in_table=False, interval=True),
+    Metric("copy_rate_pixels", "copy rate (pixels)", "min", headline=("",), in_table=False, interval=True, bounds=RATE),
     Metric("nn_ratio_pixels", "nearest-training distance / test's (pixels)", in_table=False),
-    Metric("cond_accuracy", "class accuracy", "max", headline=("",), swept_as="acc", conditional=True, interval=True),
+    Metric("cond_accuracy", "class accuracy", "max", headline=("",), conditional=True, interval=True, bounds=RATE),
     Metric("per_class_fid", "per-class FID", "min", conditional=True, in_table=False),
-    Metric("endpoint_error", "endpoint error (RMS vs many-step)", "min", interval=True),  # deterministic runs
+    Metric("endpoint_error", "endpoint error (RMS vs many-step)", "min", interval=True, bounds=NON_NEGATIVE),  # deterministic runs
     Metric("seconds_per_sample", "s / sample", "min", headline=("",)),
     Metric("images_per_s", "images / s", "max", in_table=False),
 )
@@ -66,6 +68,15 @@ METRICS = (
 RUN_FIELDS = ("key", "sampler", "spacing", "steps", "nfe", "guidance")
 # Real-data floors are reported for the metrics a real image set has (evaluation.Protocol.real_floor).
 FLOOR_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "copy_rate", "nn_ratio", "copy_rate_pixels", "nn_ratio_pixels")
+
+
+def bounds(column: str) -> tuple[float | None, float | None]:
+    """The valid range of a score column ("fid_train", "metrics.recall", ...); unbounded for a column no metric has."""
+    name = column.removeprefix("metrics.")
+    for m in METRICS:
+        if name in m.columns:
+            return m.bounds
+    return (None, None)
 
 
 def row_fields(conditional: bool) -> tuple[str, ...]:
@@ -78,17 +89,14 @@ def row_fields(conditional: bool) -> tuple[str, ...]:
     return RUN_FIELDS + tuple(fields)
 
 
-def headline(row: dict, rows: list[dict]) -> dict:
-    """metrics.json: the headline run's headline metrics (FID with its interval), then ``<swept_as>@<key>`` for every run."""
+def headline(row: dict) -> dict:
+    """metrics.json: the headline run's headline metrics, FID with its interval. Short on purpose: `dvc exp show`
+    puts every key in a column ahead of the params, so per-run scores live in steps.csv, evaluation.json and MLflow."""
     out = {}
     for m in METRICS:
         for c in m.headline_columns:
             if not m.conditional or row.get(c) is not None:
                 out[c] = row.get(c)
-            if c == "fid":  # the one interval DVC shows: `dvc exp show` stays narrow
+            if c == "fid":  # the one interval DVC shows
                 out.update({f"fid{end}": row[f"fid{end}"] for end in INTERVAL_ENDS if row.get(f"fid{end}") is not None})
-    for m in METRICS:
-        if m.swept_as and any(r.get(m.name) is not None for r in rows):
-            out.update({f"{m.swept_as}@{r['key']}": r.get(m.name) for r in rows})
     return out
-

@@ -57,11 +57,12 @@ def score_row(run: Run, entry: dict, scores: dict[str, float], floor: dict[str, 
 
 
 def with_intervals(values: dict, replicates: dict) -> dict:
-    """<name>_ci_low / <name>_ci_high for every value that has replicates (B,), rounded like the values."""
+    """<name>_ci_low / <name>_ci_high for every value that has replicates (B,), rounded like the values
+    and cut to the score's valid range (metric_registry.bounds)."""
     out = {}
     for name, reps in replicates.items():
         if values.get(name) is not None:
-            iv = interval(values[name], reps)
+            iv = interval(values[name], reps).clamped(metric_registry.bounds(name))
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = round(iv.low, 5), round(iv.high, 5)
     return out
 
@@ -100,7 +101,7 @@ def details(rows: list[dict], floor: dict, nll: dict | None, curve: list[dict], 
 
 def headline_metrics(rows: list[dict], nll: dict | None, floor: dict) -> dict:
     """metrics.json, the DVC metric: flat and short for `dvc exp show` (metric_registry.headline)."""
-    out = {"run": rows[0]["key"], **metric_registry.headline(rows[0], rows)}
+    out = {"run": rows[0]["key"], **metric_registry.headline(rows[0])}
     out["nll_bpd"] = nll["bits_per_dim"] if nll else None
     out["real_fid"] = floor["fid"]
     return out

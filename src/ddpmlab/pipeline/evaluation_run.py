@@ -25,6 +25,7 @@ from ddpmlab.evaluation.feature_cache import FeatureCache, default_cache_dir
 from ddpmlab.evaluation.inception import resolve_weights
 from ddpmlab.evaluation.metrics import Extractor
 from ddpmlab.evaluation.protocol import MIN_PER_CLASS, SPLITS, Protocol, protocol_record
+from ddpmlab.evaluation.real_data_test import kid_permutation_test
 from ddpmlab.evaluation.snapshots import checkpoints_over_training, sample_checkpoint
 from ddpmlab.evaluation.verdicts import sampling_verdicts
 from ddpmlab.model.trained import TrainedDiffusion
@@ -130,8 +131,9 @@ def prepare_scoring(params: Params, weights: Path, data: dict[str, ImageSet], n:
 
 
 def score_runs(scoring: Scoring, runs: list[Run], sampling: dict, samples_dir: Path, train_labels: np.ndarray, classifier, device) -> tuple:
-    """Every run's row of scores: (rows, per-class scores by run, the headline run's closest pairs, resampled scores by run)."""
-    rows, per_class, copied, replicates = [], {}, None, {}
+    """Every run's row of scores: (rows, per-class scores by run, the headline run's closest pairs, resampled scores by run,
+    the exact test against the test split by run: only with intervals, like every verdict)."""
+    rows, per_class, copied, replicates, against_real = [], {}, None, {}, {}
     protocol, copies, resampler = scoring.protocol, scoring.copies, scoring.resampler
     for run, entry in tqdm(list(zip(runs, sampling["runs"])), desc="evaluate", unit="run"):
         with np.load(samples_dir / run.folder / "samples.npz") as f:
@@ -142,6 +144,7 @@ def score_runs(scoring: Scoring, runs: list[Run], sampling: dict, samples_dir: P
         counts = resampler.counts("generated", len(samples)) if resampler else None  # the same indices in every run: paired
         if counts is not None:
             replicates[run.key].update({name: resampled_scores.proportion(hit, counts) for name, hit in copies.copied(nearest).items()})
+            against_real[run.key] = kid_permutation_test(generated.features, scoring.references["test"].features, seed=protocol.seed)
         row = scorecard.score_row(run, entry, {**scores, **copies.score(nearest)}, scoring.floor, replicates[run.key], scoring.floor_replicates)
         copied = copied or {"run": run.key, **copies.summary(nearest)}  # the headline run's closest pairs
         if classifier is not None and labels is not None:
@@ -152,7 +155,7 @@ def score_runs(scoring: Scoring, runs: list[Run], sampling: dict, samples_dir: P
         tqdm.write(f"  {run.key:>22} ({run.nfe:>4} NFE): FID {row['fid']:.3f} (x{row['fid_ratio']}; vs train {row['fid_train']:.3f})  "
                    f"IS {row['is_mean']:.3f}  precision {row['precision']:.3f}  recall {row['recall']:.3f}  "
                    f"copy rate {row['copy_rate']:.3f}{accuracy_note}")  # fmt: skip
-    return rows, per_class, copied, replicates
+    return rows, per_class, copied, replicates, against_real
 
 
 def run_evaluation(params: Params, inputs: EvaluationInputs, outputs: EvaluationOutputs) -> str:
@@ -169,7 +172,7 @@ def run_evaluation(params: Params, inputs: EvaluationInputs, outputs: Evaluation
 
     classifier = load_classifier(inputs.classifier, device) if sampling.get("num_classes") else None
     runs = [Run.from_dict(entry) for entry in sampling["runs"]]
-    rows, per_class, copied, replicates = score_runs(scoring, runs, sampling, inputs.samples_dir, data["train"].labels, classifier, device)
+    rows, per_class, copied, replicates, against_real = score_runs(scoring, runs, sampling, inputs.samples_dir, data["train"].labels, classifier, device)
     curve = fid_over_training(params, inputs.model_dir, scoring.protocol, scoring.extractor, device)
     nll, terms = estimate_nll(params, inputs.model_dir, data["test"], device)
 
@@ -179,7 +182,9 @@ def run_evaluation(params: Params, inputs: EvaluationInputs, outputs: Evaluation
               "memorisation": {"quantile": memorisation.COPY_QUANTILE, **copied}}  # fmt: skip
     if scoring.resampler:
         swept = {r.key for r in step_sweep(runs)}
-        extras["comparisons"] = sampling_verdicts([row for row in rows if row["key"] in swept], replicates, floor, scoring.floor_replicates)
+        extras["comparisons"] = sampling_verdicts([row for row in rows if row["key"] in swept], replicates, floor, scoring.floor_replicates,
+                                                  num_images=n, floor_images=num_real["test"], correction=cfg.correction,
+                                                  against_real=against_real)  # fmt: skip
     evaluation = scorecard.details(rows, floor, nll, curve, {k: v for k, v in per_class.items() if v}, record, extras)
     scorecard.write_tables(rows, runs, curve, bool(sampling.get("num_classes")), outputs.steps_csv, outputs.guidance_csv, outputs.nfe_csv,
                            outputs.training_curve)  # fmt: skip

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ddpmlab.config import Params, SampleConfig
 from ddpmlab.data import images
 from ddpmlab.data.image_set import to_uint8
+from ddpmlab.evaluation import metric_registry
 from ddpmlab.evaluation.bootstrap import mean_interval
 from ddpmlab.evaluation.inception import resolve_weights
 from ddpmlab.model.draw import draw_tensor
@@ -60,6 +61,7 @@ class Drawer:
 def endpoint_summary(errors: torch.Tensor) -> dict[str, float]:
     """Mean endpoint error (B,) -> with the project's 95% bootstrap interval over images (``evaluation.bootstrap``)."""
     mean, band = mean_interval(errors.cpu().numpy(), ENDPOINT_RESAMPLES)
+    band = band.clamped(metric_registry.bounds("endpoint_error"))
     return {"endpoint_error": round(mean, 5), "endpoint_error_ci_low": round(band.low, 5), "endpoint_error_ci_high": round(band.high, 5)}
 
 

@@ -35,7 +35,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags as resolve_context_tags
 
-from ddpmlab.config import REPLICATE_SEEDS, Params, config_id, flatten
+from ddpmlab.config import REPLICATE_SEEDS, Params, config_id, config_label, flatten
 from ddpmlab.pipeline.journal import EXPERIMENT_KIND, RunIds, is_pending, journals, new_pending_id
 from ddpmlab.pipeline.outbox import Outbox, apply, is_unreachable
 
@@ -232,14 +232,16 @@ def standard_tags(stage: str) -> dict[str, str]:
 CONFIG_TAG = "ddpmlab.config_id"
 REPLICATE_TAG = "ddpmlab.replicate"
 CONFIG_RUN_TAG = "ddpmlab.config_run"
+CONFIG_LABEL_TAG = "ddpmlab.config_label"
 
 
 def config_tags(params: Params, run_key: str | None = None) -> dict[str, str]:
-    """The config id (replicates share it; the UI can group by it), the replicate's seeds and,
+    """The config id (replicates share it; the UI can group by it), its readable label (the params that
+    differ from the defaults: group by it to read the groups at a glance), the replicate's seeds and,
     for an evaluation run, "<config id> <run key>": one group per (config, sampler, spacing, steps, w)."""
     cid = config_id(params)
     flat = flatten(params.to_dict())
-    tags = {CONFIG_TAG: cid, REPLICATE_TAG: " ".join(f"{k}={flat[k]}" for k in REPLICATE_SEEDS)}
+    tags = {CONFIG_TAG: cid, CONFIG_LABEL_TAG: config_label(params), REPLICATE_TAG: " ".join(f"{k}={flat[k]}" for k in REPLICATE_SEEDS)}
     if run_key is not None:
         tags[CONFIG_RUN_TAG] = f"{cid} {run_key}"
     return tags

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ddpmlab.config import REPLICATE_SEEDS, Params, config_params
 from ddpmlab.core.diffusion import DiffusionProcess
-from ddpmlab.evaluation import metric_registry
+from ddpmlab.evaluation import metric_registry, multiplicity
 from ddpmlab.reporting import replicates
 from ddpmlab.reporting.document import Document, Emphasis, Estimate, Tied
 
@@ -257,15 +257,16 @@ NOT_RANKED = {"metrics.seconds_per_sample"}
 POOLED_START = ["config", "train seeds", "replicates", "sampler", "spacing", "steps", "NFE"]
 
 
-def pooled_table(selection: Selection) -> tuple[list[str], list[list[object]]]:
+def pooled_table(selection: Selection, correction: str = multiplicity.DEFAULT) -> tuple[list[str], list[list[object]]]:
     """One row per (config, sampler, spacing, options, w, steps): each score's mean over replicates
     with its t interval (one replicate: the run's bootstrap interval). Bold: detectably better than
-    every other config at this way of sampling; italics: the group tied with the best (Welch, 95%)."""
+    every other config at this way of sampling; italics: the group tied with the best
+    (:func:`replicates.marks`, each score's comparisons one family under ``correction``)."""
     scored = [c for c in COLUMNS if c.better and c.source.startswith("metrics.") and c.source in selection.evaluations]
     pooled = replicates.pooled_rows(selection.evaluations, [c.source for c in scored])
     conditional = pooled["params.guidance"].astype(str).ne("").any()
     header = POOLED_START + (["w"] if conditional else []) + [c.header for c in scored]
-    marked = {c.source: replicates.marks(pooled, c.source, c.better) if c.source not in NOT_RANKED else {} for c in scored}
+    marked = {c.source: replicates.marks(pooled, c.source, c.better, correction) if c.source not in NOT_RANKED else {} for c in scored}
     rows = []
     for i, row in pooled.sort_values(["params.sampler", "params.spacing", "steps", "config_label"], ascending=[True, True, False, True]).iterrows():
         cells = [row["config_label"], row["seeds"], row["replicates"], row["params.sampler"], row["params.spacing"], row["steps"], row["nfe"]]
@@ -281,23 +282,27 @@ def pooled_table(selection: Selection) -> tuple[list[str], list[list[object]]]:
     return header, rows
 
 
-def differences_table(selection: Selection, column: str = "metrics.fid", better: str = "min") -> tuple[list[str], list[list[object]]]:
-    """Pairs of configs that differ in one param, at every way of sampling both have: the change in
-    FID (B - A) over replicates with Welch's 95% interval and the verdict for B. Among the
+def differences_table(selection: Selection, column: str = "metrics.fid", better: str = "min", correction: str = multiplicity.DEFAULT,
+                      ) -> tuple[list[str], list[list[object]]]:  # fmt: skip
+    """Pairs of configs that differ in one param, at every way of sampling both have: FID of B against
+    A over replicates (the ratio B / A on log FID, paired by seed where possible) with its 95%
+    interval, the p-value adjusted across the table, and the verdict for B. Among the
     MAX_PLOTTED_MODELS configs with the lowest mean FID: a sweep of hundreds would give tens of thousands of pairs."""
     scored = [column] if column in selection.evaluations else []
     evaluations = selection.evaluations
     best = evaluations.groupby("config")[column].mean().sort_values(kind="stable").index[:MAX_PLOTTED_MODELS] if scored else []
     pooled = replicates.pooled_rows(evaluations[evaluations["config"].isin(best)], scored)
     labels = selection.evaluations.drop_duplicates("config").set_index("config")["config_label"]
-    found = replicates.config_differences(pooled, config_param_values(selection), column, better) if scored else []
-    header = ["change", "A", "B", "sampler", "spacing", "steps", "FID A", "FID B", "B - A [95% CI]", "B is"]
+    found = replicates.config_differences(pooled, config_param_values(selection), column, better, correction) if scored else []
+    header = ["change", "A", "B", "sampler", "spacing", "steps", "FID A", "FID B", "B vs A [95% CI]", "test", "p adjusted", "B is"]
     rows = []
     for d in found:
-        way, w = d["sampling"], d["welch"]
-        change = f"{w.difference:+.4g} [{w.low:.4g}, {w.high:.4g}]" if w else f"{d['mean_b'] - d['mean_a']:+.4g}"
+        way, c = d["sampling"], d["contrast"]
+        change = c.text() if c and np.isfinite(c.low) else f"{d['mean_b'] - d['mean_a']:+.4g}"
+        test = "" if c is None else f"paired, {c.pairs} seeds" if c.design == "paired" else "Welch"
+        q = f"{d['q']:.3g}" if np.isfinite(d["q"]) else ""
         rows.append([f"{d['param']}: {d['value_a']} -> {d['value_b']}", labels[d["a"]], labels[d["b"]], way["params.sampler"], way["params.spacing"],
-                     way["steps"], d["mean_a"], d["mean_b"], change, d["verdict"]])  # fmt: skip
+                     way["steps"], d["mean_a"], d["mean_b"], change, test, q, d["verdict"]])  # fmt: skip
     return header, rows
 
 
@@ -324,9 +329,11 @@ def grid_choices(selection: Selection, max_steps: int = 4) -> list[tuple[str, in
     return [(r["label"], int(r["steps"]), r["run_id"]) for _, r in rows.iterrows()]
 
 
-def document(selection: Selection, figures: dict[str, str], source: str, plotted_models: int | None = None) -> Document:
+def document(selection: Selection, figures: dict[str, str], source: str, plotted_models: int | None = None,
+             correction: str = multiplicity.DEFAULT) -> Document:  # fmt: skip
     """The comparison report; figures: name -> path relative to the document's folder, drawn
-    for ``plotted_models`` of the selection's models (None: all)."""
+    for ``plotted_models`` of the selection's models (None: all); ``correction``: how each table
+    of verdicts is corrected for its number of comparisons (:mod:`ddpmlab.evaluation.multiplicity`)."""
     doc = Document("ddpmlab: experiments compared")
     protocol, shared = protocol_notes(selection)
     evaluations = selection.evaluations
@@ -351,17 +358,19 @@ def document(selection: Selection, figures: dict[str, str], source: str, plotted
         )
     doc.heading("Configs over training seeds")
     single = int((per_config < 2).sum())
+    header, rows = pooled_table(selection, correction)
     doc.paragraph(
         "One row per config and way of sampling: the mean over replicates with a 95% Student-t interval. Bold: detectably better than "
-        "every other config (Welch's 95% interval of each difference excludes 0); italics: the group that cannot be told apart from the best; "
-        "unmarked where nothing can be said (`ddpmlab.reporting.replicates`)."
+        "every other config; italics: the group that cannot be told apart from the best; unmarked where nothing can be said. "
+        "Each best-vs-other comparison is a t test over replicates on the log scale for positive scores, paired by seed where both "
+        f"configs ran the same seeds, else Welch's; each score's comparisons are one family under {multiplicity.METHODS[correction]} "
+        f"at {multiplicity.ALPHA:.0%} (`ddpmlab.reporting.replicates`)."
         + (f" {single} config{'s have' if single > 1 else ' has'} a single replicate: such a row shows its run's bootstrap interval, which "
            "covers sampling noise but not the training seed, and no value in a block with such a config is marked. Queue replicates "
            "with `dvc exp run --queue -S train.seed=0,1,2`." if single else "")
     )  # fmt: skip
-    header, rows = pooled_table(selection)
     doc.table(header, rows)
-    _differences_section(doc, selection, configs)
+    _differences_section(doc, selection, configs, correction)
     doc.heading("Every evaluation")
     doc.paragraph("Each score with its run's 95% bootstrap interval over images (sampling noise of that one trained model).")
     header, rows = table(selection)
@@ -379,20 +388,22 @@ def document(selection: Selection, figures: dict[str, str], source: str, plotted
     return doc
 
 
-def _differences_section(doc: Document, selection: Selection, configs: int) -> None:
+def _differences_section(doc: Document, selection: Selection, configs: int, correction: str) -> None:
     """The configs that differ in one param, and whether each change is real; configs: how many the selection holds."""
     doc.heading("Which config differences are real")
-    header, rows = differences_table(selection)
+    header, rows = differences_table(selection, correction=correction)
     if rows:
         real = sum(r[-1] in ("better", "worse") for r in rows)
+        tested = sum(r[-2] != "" for r in rows)
         limited = configs > MAX_PLOTTED_MODELS
         doc.paragraph(
             "Every pair of configs whose params differ in exactly one key"
             + (f" (between the {MAX_PLOTTED_MODELS} configs with the lowest mean FID)" if limited else "")
-            + ", at each way of sampling both were evaluated with: the change "
-            f"in mean FID from A to B over replicates with Welch's 95% interval. {real} of {len(rows)} changes are real at this many "
-            "replicates (the interval excludes 0); the rest cannot be told from seed-to-seed variation. No correction is made for the "
-            "number of comparisons: expect about 1 in 20 true-null comparisons to come out 'better' or 'worse' by chance."
+            + ", at each way of sampling both were evaluated with: FID of B against A over replicates, as the ratio of geometric "
+            "means B / A with its 95% interval (a t test on log FID, paired by seed where both configs ran two or more of the same "
+            f"seeds, else Welch's). The table is one family: {multiplicity.describe(correction, tested)}; a change is real when its "
+            f"adjusted p-value is at most {multiplicity.ALPHA:.0%}. {real} of {len(rows)} changes are real at this many replicates; "
+            "the rest cannot be told from seed-to-seed variation (a ratio interval can exclude 1 and still not survive the correction)."
         )
         doc.table(header, rows)
     else:

@@ -94,6 +94,15 @@ def best_by_budget(rows: pd.DataFrame, budgets: tuple[int, ...] = (5, 10, 20, 50
 FLOOR_LABELS = {"above the floor": "above", "indistinguishable from the floor": "tied", "below the floor": "below"}
 
 
+def real_label(entry: dict | None) -> str:
+    """The exact test's verdict in a table cell: "differs (p 0.001)" or "not told apart (KID gap >= 0.0052 found 80%)"."""
+    if not entry:
+        return ""
+    if entry["detected"]:
+        return f"differs (adj. p {entry['q']:.2g})"
+    return f"not told apart (would find KID >= {entry['detectable_kid']:.2g})"
+
+
 def difference_text(entry: dict) -> str:
     """"+0.94 [-1.21, 3.27]": a paired difference and its interval."""
     return f"{entry['difference']:+.3g} [{entry['low']:.3g}, {entry['high']:.3g}]"
@@ -140,20 +149,31 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
     if comparisons:
         doc.paragraph(
             f"Which runs differ: per NFE budget, the run with the lowest FID among those spending at most that many evaluations, and "
-            f"every run whose paired difference to it has a {comparisons['level']:.0%} interval containing 0 (tied: not told apart "
-            f"at N = {sampling['num_samples']}). Paired bootstrap over the same images (same x_T) and the same reference resamples "
-            "(`ddpmlab.evaluation.verdicts`). These intervals cover sampling noise of this one checkpoint; another training seed "
-            "moves FID too, which `ddpmlab compare` over replicates (train.seed) measures."
+            f"every run not detectably worse than it (tied: not told apart at N = {sampling['num_samples']}). Paired bootstrap over the "
+            "same images (same x_T) and the same reference resamples, each difference with its 95% interval; a difference counts as "
+            f"detected when its p-value, adjusted across the table, is at most {comparisons.get('alpha', 0.05):.0%}: "
+            f"{comparisons.get('by_budget_family', 'no correction')} (`ddpmlab.evaluation.verdicts`). The floor verdicts below are "
+            f"a second family: {comparisons.get('vs_floor_family', 'no correction')}. These intervals cover sampling noise of this one "
+            "checkpoint; another training seed moves FID too, which `ddpmlab compare` over replicates (train.seed) measures."
         )
+        if comparisons.get("vs_real"):
+            doc.paragraph(
+                "Against real data directly (column *vs real data*): each run's features against the test split's, KID over the full "
+                f"sets with a permutation test ({comparisons['vs_real_method']}; `ddpmlab.evaluation.real_data_test`), a third family: "
+                f"{comparisons['vs_real_family']}. Where it finds no difference, it names the KID gap it would have found 80% of the "
+                "time at these sizes: that is the resolution of \"indistinguishable\" here, and more images lower it."
+            )
         doc.table(["NFE budget", "lowest FID", "FID", "tied with it (FID difference [95% CI])", "runs detectably worse"], budget_rows(comparisons))
     else:
         doc.paragraph("No intervals (evaluate.bootstrap = 0): the lowest FID per budget is listed without saying whether it differs from the others.")
         doc.table(["NFE budget", "best run", "NFE", "FID", "FID / real"], best_by_budget(rows))
     floor = comparisons["vs_floor"] if comparisons else {}
+    against_real = (comparisons or {}).get("vs_real") or {}
     doc.table(
-        ["run", "sampler", "spacing", "steps", "NFE", "FID [95% CI]", "vs real floor", "FID / real", "FID vs train", "IS", "KID", "precision", "recall",
-         "endpoint error", "ms per image"],
+        ["run", "sampler", "spacing", "steps", "NFE", "FID [95% CI]", "vs real floor", "vs real data", "FID / real", "FID vs train", "IS", "KID",
+         "precision", "recall", "endpoint error", "ms per image"],
         [[r["key"], r["sampler"], r["spacing"], r["steps"], r["nfe"], Estimate.of(r, "fid"), FLOOR_LABELS.get(floor.get(r["key"], {}).get("verdict"), ""),
+          real_label(against_real.get(r["key"])),
           Estimate.of(r, "fid_ratio"), Estimate.of(r, "fid_train"), Estimate.of(r, "is_mean"), Estimate.of(r, "kid_mean"),
           Estimate.of(r, "precision"), Estimate.of(r, "recall"), Estimate.of(r, "endpoint_error") if pd.notna(r.get("endpoint_error")) else "",
           round(r["seconds_per_sample"] * 1000, 2)]

@@ -43,7 +43,7 @@ class Run:
 
     @property
     def key(self) -> str:
-        """Names the run in folders, metrics.json (``fid@<key>``), CSVs and MLflow: "ddim-10",
+        """Names the run in folders, steps.csv, CSVs and MLflow: "ddim-10",
         "dpmpp_2m-logsnr-5", "ddpm-50-w3"."""
         parts = [self.sampler] + ([] if self.spacing == DEFAULT_SPACING else [self.spacing]) + [str(self.steps)]
         return "-".join(parts) + ("" if self.guidance is None else f"-w{self.guidance:g}")
