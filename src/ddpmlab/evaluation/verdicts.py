@@ -1,8 +1,8 @@
-"""Which runs of one checkpoint can be told apart: paired bootstrap differences of FID.
+"""Which runs of one checkpoint can be told apart, from each other and from real data.
 
 All runs of an evaluation share per-image seeds (the same x_T) and their bootstrap replicates
 share resampled indices (:mod:`ddpmlab.evaluation.bootstrap`), so the difference of two runs'
-scores is resampled pair by pair. Two statements come out:
+scores is resampled pair by pair. Three statements come out:
 
 - per NFE budget, the run with the lowest FID among those spending at most that many network
   evaluations, and every run not detectably worse than it: the *tied* group. The best run is
@@ -15,10 +15,10 @@ scores is resampled pair by pair. Two statements come out:
   names the KID gap the test would have found with 80% power, so "indistinguishable" always says
   at what resolution.
 
-Each of the three lists is one family of comparisons: their paired-bootstrap p-values are adjusted together
-(``evaluate.correction``, Benjamini-Hochberg by default; :mod:`ddpmlab.evaluation.multiplicity`)
-and a comparison counts as detected when its adjusted value is at most 5%. The intervals stay
-the per-comparison 95% ones.
+Each of the three lists is one family of comparisons: its p-values (paired bootstrap for the
+first two, permutation for the third) are adjusted together (``evaluate.correction``,
+Benjamini-Hochberg by default; :mod:`ddpmlab.evaluation.multiplicity`), and a comparison counts
+as detected when its adjusted value is at most 5%. The intervals stay the per-comparison 95% ones.
 
 These intervals cover sampling noise of one trained model only. A different training seed
 moves FID too; ``ddpmlab compare`` over replicates (train.seed) is what answers whether one

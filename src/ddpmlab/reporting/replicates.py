@@ -35,6 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from ddpmlab.evaluation import metric_registry, multiplicity
+from ddpmlab.evaluation.bootstrap import Interval
 
 LEVEL = 0.95
 # Params that change the evaluation protocol itself (the reference split, N, the features): a difference in
@@ -76,11 +77,8 @@ def pool(values: list[float], single_interval: tuple[float, float] | None = None
     else:
         low, high = single_interval or (None, None)
     if low is not None and high is not None:
-        if bounds[0] is not None:
-            low, high = max(low, bounds[0]), max(high, bounds[0])
-        if bounds[1] is not None:
-            low, high = min(low, bounds[1]), min(high, bounds[1])
-        low, high = float(low), float(high)
+        cut = Interval(float(low), float(high)).clamped(bounds)
+        low, high = cut.low, cut.high
     return Pooled(values_kept, low, high, seeds_kept if seeds else ())
 
 
