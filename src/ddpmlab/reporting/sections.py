@@ -158,8 +158,8 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
         )
         if comparisons.get("vs_real"):
             doc.paragraph(
-                "Against real data directly (column *vs real data*): each run's features against the test split's, KID over the full "
-                f"sets with a permutation test ({comparisons['vs_real_method']}; `ddpmlab.evaluation.real_data_test`), a third family: "
+                f"Against real data directly (column *vs real data*): {comparisons['vs_real_method']} "
+                "(`ddpmlab.evaluation.real_data_test`), a third family: "
                 f"{comparisons['vs_real_family']}. Where it finds no difference, it names the KID gap it would have found 80% of the "
                 "time at these sizes: that is the resolution of \"indistinguishable\" here, and more images lower it."
             )
