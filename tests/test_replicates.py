@@ -195,8 +195,10 @@ def test_differences_pair_configs_that_differ_in_one_param_only():
             [("aaa", "linear", "0.001", [4.0, 4.2, 3.9]), ("bbb", "cosine", "0.001", [2.0, 2.1, 1.9]),
              ("ccc", "cosine", "0.002", [2.05, 1.95, 2.1]), ("ddd", "sigmoid", "0.002", [9.0, 9.1, 9.2])]
             for s, fid in enumerate(fids)]  # fmt: skip
-    _, found = compare.differences_table(compare.select(pd.DataFrame(rows)))
+    header, found = compare.differences_table(compare.select(pd.DataFrame(rows)))
     assert all((r[3], r[4], r[5]) == ("ddpm", "uniform", "10") for r in found)  # the way both were sampled
+    seeds = {r[0]: r[header.index("seeds for 80%")] for r in found}
+    assert seeds["schedule: linear -> cosine"] == "" and (seeds["train.lr: 0.001 -> 0.002"].isdigit() or seeds["train.lr: 0.001 -> 0.002"] == "> 1000")
     by_pair = {(r[0], r[1], r[2]): r[-1] for r in found}
     # linear -> cosine at lr 0.001: FID falls by 2, far beyond the seed spread, so B is better; lr 0.001 -> 0.002 at cosine: a tie;
     # cosine -> sigmoid at 0.002: worse. linear/0.001 vs sigmoid/0.002 differ in two params: not paired.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -163,6 +164,65 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
     write_text_atomic(out / "compare.html", doc.to_html(out))
     models = selection.evaluations["label"].nunique()
     click.echo(f"compared {len(selection.evaluations)} evaluations of {models} models: wrote {out / 'compare.md'} and {out / 'compare.html'}")
+
+
+@main.command()
+@experiment_option
+@params_option
+@click.option("--difference", required=True,
+              help="The FID difference to resolve between two configs: a percentage (10%: B's FID 10% below A's) or an FID gap (0.5).")  # fmt: skip
+@click.option("--filter", "filter_string", default="", help="MLflow search filter selecting the pilot, e.g. \"params.T = '100'\".")
+@click.option("--sampler", default=None, help="Only this sampler's ways of sampling.")
+@click.option("--steps", type=int, default=None, help="Only this step count.")
+def plan(experiment: str | None, params_path: Path, difference: str, filter_string: str, sampler: str | None, steps: int | None) -> None:
+    """How many images per run and training seeds per config a comparison of two configs needs for
+    80% power, and what that costs, read off a pilot: the evaluated runs already in the experiment.
+    It needs a config with two or more replicates (train.seed) for the seed-to-seed spread; each
+    run's bootstrap interval gives the sampling noise at its N, and the runs' logged times give the
+    cost on the machine that ran them. Seeds are for an unpaired test at 5% (docs/comparing.md)."""
+    from ddpmlab.pipeline import tracking
+    from ddpmlab.reporting import compare as cmp
+    from ddpmlab.reporting import planning, study_plan
+
+    try:
+        target = study_plan.Target.parse(difference)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--difference") from None
+    name = experiment_name(params_path, experiment)
+    with tracking_errors():
+        experiment_id = tracking.find_experiment(name)
+    if experiment_id is None:
+        raise click.ClickException(f"no MLflow experiment {name!r} in {tracking.tracking_uri()}: run the pipeline first (dvc repro)")
+    try:
+        found = study_plan.pilots(cmp.select(selected_runs(experiment_id, filter_string, [])))
+    except tracking.BadSearch as e:
+        raise click.ClickException(f"--filter {filter_string!r}: {e}") from e
+    except (cmp.NothingToCompare, study_plan.NoPilot) as e:
+        raise click.ClickException(str(e)) from e
+    found = [p for p in found if (sampler is None or p.way[0] == sampler) and (steps is None or p.way[2] == steps)]
+    if not found:
+        raise click.ClickException(f"no way of sampling in the pilot matches --sampler {sampler} --steps {steps}")
+    click.echo(f"To resolve a difference of {target.text} in FID between two configs with 80% power (two-sided t test on log FID at 5%, "
+               f"unpaired; pilot: experiment {name!r}):")  # fmt: skip
+    for pilot in found:
+        sampler_name, spacing, step_count = pilot.way
+        reference = f"{pilot.reference_images} test images" if pilot.reference_images else "the test split"
+        click.echo(f"\n{sampler_name}, {spacing}, {step_count} steps: pilot of {pilot.runs} runs over {pilot.configs} configs, geometric-mean "
+                   f"FID {pilot.fid:.3g}; log-FID spread between replicates {pilot.replicate_sd:.3f}, of which sampling {pilot.sampling_sd:.3f} "
+                   f"at {pilot.images} images and the training seed {pilot.seed_sd:.3f}")  # fmt: skip
+        click.echo(f"  {'images per run':>14}  {'replicate sd':>12}  {'seeds per config':>16}  {'cost (2 configs)':>16}")
+        for row in study_plan.plan_rows(pilot, target):
+            seeds = f"> {planning.MAX_SEEDS}" if row["seeds"] is None else str(row["seeds"])
+            cost = _duration(row["seconds"]) if row["seconds"] is not None and math.isfinite(row["seconds"]) else ""
+            click.echo(f"  {row['images']:>14}  {row['sd']:>12.3f}  {seeds:>16}  {cost:>16}")
+        click.echo(f"  More images shrink only the generated side's noise: the reference ({reference}) keeps its share, so these are the "
+                   "most images can buy. A larger test split lifts that cap (the MNISTs have 10,000: data.source=mnist).")  # fmt: skip
+    click.echo("\nPaired by seed (both configs run with the same train.seed values) needs fewer; `ddpmlab compare` shows, for each "
+               "unresolved change, the seeds it would need at the spread it saw. A table corrected for many comparisons needs more.")  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 @main.command()

@@ -18,7 +18,7 @@ import pandas as pd
 from ddpmlab.config import REPLICATE_SEEDS, Params, config_params
 from ddpmlab.core.diffusion import DiffusionProcess
 from ddpmlab.evaluation import metric_registry, multiplicity
-from ddpmlab.reporting import replicates
+from ddpmlab.reporting import planning, replicates
 from ddpmlab.reporting.document import Document, Emphasis, Estimate, Tied
 
 STAGE_TAG = "tags.ddpmlab.stage"
@@ -294,7 +294,7 @@ def differences_table(selection: Selection, column: str = "metrics.fid", better:
     pooled = replicates.pooled_rows(evaluations[evaluations["config"].isin(best)], scored)
     labels = selection.evaluations.drop_duplicates("config").set_index("config")["config_label"]
     found = replicates.config_differences(pooled, config_param_values(selection), column, better, correction) if scored else []
-    header = ["change", "A", "B", "sampler", "spacing", "steps", "FID A", "FID B", "B vs A [95% CI]", "test", "p adjusted", "B is"]
+    header = ["change", "A", "B", "sampler", "spacing", "steps", "FID A", "FID B", "B vs A [95% CI]", "test", "p adjusted", "seeds for 80%", "B is"]
     rows = []
     for d in found:
         way, c = d["sampling"], d["contrast"]
@@ -302,8 +302,17 @@ def differences_table(selection: Selection, column: str = "metrics.fid", better:
         test = "" if c is None else f"paired, {c.pairs} seeds" if c.design == "paired" else "Welch"
         q = f"{d['q']:.3g}" if np.isfinite(d["q"]) else ""
         rows.append([f"{d['param']}: {d['value_a']} -> {d['value_b']}", labels[d["a"]], labels[d["b"]], way["params.sampler"], way["params.spacing"],
-                     way["steps"], d["mean_a"], d["mean_b"], change, test, q, d["verdict"]])  # fmt: skip
+                     way["steps"], d["mean_a"], d["mean_b"], change, test, q, _seeds_text(d), d["verdict"]])  # fmt: skip
     return header, rows
+
+
+def _seeds_text(d: dict) -> str:
+    """For an unresolved comparison, the seeds per config a new study needs to find the observed effect 80% of the time."""
+    c = d["contrast"]
+    if c is None or d["verdict"] in ("better", "worse") or not np.isfinite(c.p_value):
+        return ""
+    seeds = c.seeds_for_power()
+    return f"> {planning.MAX_SEEDS}" if seeds is None else str(seeds)
 
 
 def _missing(value: object) -> bool:
@@ -394,7 +403,7 @@ def _differences_section(doc: Document, selection: Selection, configs: int, corr
     header, rows = differences_table(selection, correction=correction)
     if rows:
         real = sum(r[-1] in ("better", "worse") for r in rows)
-        tested = sum(r[-2] != "" for r in rows)
+        tested = sum(r[header.index("p adjusted")] != "" for r in rows)
         limited = configs > MAX_PLOTTED_MODELS
         doc.paragraph(
             "Every pair of configs whose params differ in exactly one key"
@@ -403,7 +412,10 @@ def _differences_section(doc: Document, selection: Selection, configs: int, corr
             "means B / A with its 95% interval (a t test on log FID, paired by seed where both configs ran two or more of the same "
             f"seeds, else Welch's). The table is one family: {multiplicity.describe(correction, tested)}; a change is real when its "
             f"adjusted p-value is at most {multiplicity.ALPHA:.0%}. {real} of {len(rows)} changes are real at this many replicates; "
-            "the rest cannot be told from seed-to-seed variation (a ratio interval can exclude 1 and still not survive the correction)."
+            "the rest cannot be told from seed-to-seed variation (a ratio interval can exclude 1 and still not survive the correction). "
+            "For each of those, *seeds for 80%* is how many seeds per config a new study would need to find the effect seen here 80% "
+            "of the time at 5% (`ddpmlab.reporting.planning`: noncentral t, the spread seen here, paired where this test was; "
+            "a correction across a table needs more)."
         )
         doc.table(header, rows)
     else:

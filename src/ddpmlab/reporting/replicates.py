@@ -36,6 +36,7 @@ from scipy import stats
 
 from ddpmlab.evaluation import metric_registry, multiplicity
 from ddpmlab.evaluation.bootstrap import Interval
+from ddpmlab.reporting import planning
 
 LEVEL = 0.95
 # Params that change the evaluation protocol itself (the reference split, N, the features): a difference in
@@ -86,7 +87,9 @@ def pool(values: list[float], single_interval: tuple[float, float] | None = None
 class Contrast:
     """B against A over replicates. On the log scale, ``effect`` is the ratio of geometric means
     B / A (1: no change) with its interval; on the score's own scale, the difference of means B - A
-    (0: no change). ``design``: "paired" over ``pairs`` shared seeds, or "welch"."""
+    (0: no change). ``design``: "paired" over ``pairs`` shared seeds, or "welch". ``seed_sd``: one
+    config's seed-to-seed sd on the test's scale (paired: the per-seed differences' sd over sqrt 2), what
+    :mod:`planning` needs to say how many seeds would resolve the effect."""
 
     effect: float
     low: float
@@ -96,6 +99,16 @@ class Contrast:
     design: str
     log_scale: bool
     pairs: int = 0
+    seed_sd: float = float("nan")
+
+    @property
+    def shift(self) -> float:
+        """The effect on the test's scale: log ratio, or difference."""
+        return float(np.log(self.effect)) if self.log_scale else self.effect
+
+    def seeds_for_power(self) -> int | None:
+        """Seeds per config a new study needs to find this effect 80% of the time (per-comparison 5%; :mod:`planning`)."""
+        return planning.seeds_needed(self.shift, self.seed_sd, paired=self.design == "paired")
 
     @property
     def null(self) -> float:
@@ -129,18 +142,20 @@ def contrast(a: Pooled, b: Pooled, log_scale: bool, level: float = LEVEL) -> Con
     if len(shared) >= 2:
         d = scale(np.array([by_seed_b[s] for s in shared])) - scale(np.array([by_seed_a[s] for s in shared]))
         centre, se, df, design = float(np.mean(d)), float(np.std(d, ddof=1) / np.sqrt(len(d))), len(d) - 1.0, "paired"
+        seed_sd = float(np.std(d, ddof=1) / np.sqrt(2))
     else:
         la, lb = scale(np.array(a.values)), scale(np.array(b.values))
         va, vb = np.var(la, ddof=1) / len(la), np.var(lb, ddof=1) / len(lb)
         centre, se, design = float(np.mean(lb) - np.mean(la)), float(np.sqrt(va + vb)), "welch"
         df = float((va + vb) ** 2 / (va**2 / (len(la) - 1) + vb**2 / (len(lb) - 1))) if se > 0 else float("nan")
+        seed_sd = float(np.sqrt((np.var(la, ddof=1) + np.var(lb, ddof=1)) / 2))
     pairs = len(shared) if design == "paired" else 0
     if not se > 0:
         nan = float("nan")
-        return Contrast(float(back(centre)), nan, nan, nan, nan, design, log_scale, pairs)
+        return Contrast(float(back(centre)), nan, nan, nan, nan, design, log_scale, pairs, seed_sd)
     half = stats.t.ppf((1 + level) / 2, df) * se
     p = float(2 * stats.t.sf(abs(centre) / se, df))
-    return Contrast(float(back(centre)), float(back(centre - half)), float(back(centre + half)), p, float(df), design, log_scale, pairs)
+    return Contrast(float(back(centre)), float(back(centre - half)), float(back(centre + half)), p, float(df), design, log_scale, pairs, seed_sd)
 
 
 def verdict(c: Contrast | None, q: float, better: str, replicates: tuple[int, int]) -> str:
