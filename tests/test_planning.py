@@ -17,6 +17,13 @@ def test_power_matches_the_textbook_two_sample_values():
     assert planning.seeds_needed(1.0, 1.0) == 17
 
 
+def test_power_stays_defined_where_scipys_noncentral_t_gives_nan():
+    """A 10% gap at a log-sd of 0.002 (d = 53): scipy's nct returns NaN; the power is 1, and more seeds never lower it."""
+    assert planning.power(2, 0.105, 0.002) == pytest.approx(1.0)
+    needed = [planning.seeds_needed(0.105, sd) for sd in (0.006, 0.004, 0.003, 0.002, 0.001)]
+    assert needed == sorted(needed, reverse=True) and needed[-1] == 2
+
+
 def test_pairing_needs_fewer_seeds_as_the_correlation_grows():
     unpaired = planning.seeds_needed(0.2, 0.2)
     paired = [planning.seeds_needed(0.2, 0.2, paired=True, correlation=r) for r in (0.0, 0.5, 0.8)]

@@ -36,7 +36,7 @@ def pilot_selection(rng: np.random.Generator, configs: int, seeds: int) -> compa
 
 def test_the_pilot_splits_the_replicate_spread_into_seed_and_sampling_parts():
     (pilot,) = study_plan.pilots(pilot_selection(np.random.default_rng(0), configs=4, seeds=30))
-    assert pilot.way == ("ddim", "uniform", 10) and pilot.configs == 4 and pilot.runs == 120 and pilot.images == N
+    assert pilot.way == ("ddim", "uniform", 10) and pilot.configs == 4 and pilot.runs == 120 and pilot.images == N and pilot.df == 4 * 29
     assert pilot.sampling_sd == pytest.approx(SAMPLING_SD, rel=1e-6)
     assert pilot.replicate_sd == pytest.approx(np.hypot(SEED_SD, SAMPLING_SD), rel=0.12)
     assert pilot.seed_sd == pytest.approx(SEED_SD, rel=0.2) and pilot.reference_images == 359
@@ -47,6 +47,7 @@ def test_the_pilot_splits_the_replicate_spread_into_seed_and_sampling_parts():
     assert [r["seeds"] for r in rows] == [planning.seeds_needed(-np.log(0.9), pilot.sd_at(r["images"])) for r in rows]
     assert rows[0]["seeds"] >= rows[-1]["seeds"]  # more images never need more seeds
     assert rows[0]["seconds"] == pytest.approx(2 * rows[0]["seeds"] * (300 + N * 0.01))
+    assert all(r["seeds_upper"] >= r["seeds"] for r in rows)
 
 
 def test_the_planned_seeds_give_80_percent_power_on_a_simulated_pilot():
@@ -98,6 +99,15 @@ def test_the_images_share_never_exceeds_the_spread_replicates_show():
                              train_seconds=10.0, seconds_per_image=0.01, reference_images=359)  # fmt: skip
     assert pilot.images_sd == 0.006 and pilot.seed_sd == 0.0 and pilot.sd_at(24) == pytest.approx(0.006)
     assert pilot.sd_at(96) == pytest.approx(0.003)
+
+
+def test_a_small_pilot_says_how_uncertain_its_spread_is():
+    """One degree of freedom (two replicates): the spread's one-sided 80% upper bound is sqrt(1 / chi2_0.2(1)) = 3.9x."""
+    pilot = study_plan.Pilot(("ddpm", "uniform", 50), 1, 2, replicate_sd=0.1, sampling_sd=0.05, fid=2.0, images=500,
+                             train_seconds=300.0, seconds_per_image=0.01, reference_images=359, df=1)  # fmt: skip
+    assert pilot.upper_factor() == pytest.approx(3.9, abs=0.05)
+    (row, *_) = study_plan.plan_rows(pilot, study_plan.Target.parse("10%"))
+    assert row["seeds_upper"] == planning.seeds_needed(-np.log(0.9), row["sd"] * pilot.upper_factor()) > row["seeds"]
 
 
 def test_a_pilot_without_replicates_says_how_to_get_some():

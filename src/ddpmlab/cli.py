@@ -207,14 +207,15 @@ def plan(experiment: str | None, params_path: Path, difference: str, filter_stri
     for pilot in found:
         sampler_name, spacing, step_count = pilot.way
         reference = f"{pilot.reference_images} test images" if pilot.reference_images else "the test split"
-        click.echo(f"\n{sampler_name}, {spacing}, {step_count} steps: pilot of {pilot.runs} runs over {pilot.configs} configs, geometric-mean "
-                   f"FID {pilot.fid:.3g}; log-FID spread between replicates {pilot.replicate_sd:.3f}, of which sampling {pilot.sampling_sd:.3f} "
-                   f"at {pilot.images} images and the training seed {pilot.seed_sd:.3f}")  # fmt: skip
-        click.echo(f"  {'images per run':>14}  {'replicate sd':>12}  {'seeds per config':>16}  {'cost (2 configs)':>16}")
+        click.echo(f"\n{sampler_name}, {spacing}, {step_count} steps: pilot of {pilot.runs} runs over {pilot.configs} config(s), geometric-mean "
+                   f"FID {pilot.fid:.3g}; log-FID spread between replicates {pilot.replicate_sd:.3f} ({pilot.df} degree(s) of freedom: "
+                   f"its 80% upper bound is {pilot.upper_factor():.2g}x that), of which the images' share {pilot.images_sd:.3f} at "
+                   f"{pilot.images} images and the training seed's {pilot.seed_sd:.3f}")  # fmt: skip
+        click.echo(f"  {'images per run':>14}  {'replicate sd':>12}  {'seeds per config':>16}  {'at the upper bound':>18}  {'cost (2 configs)':>16}")
         for row in study_plan.plan_rows(pilot, target):
-            seeds = f"> {planning.MAX_SEEDS}" if row["seeds"] is None else str(row["seeds"])
+            seeds, upper = (f"> {planning.MAX_SEEDS}" if k is None else str(k) for k in (row["seeds"], row["seeds_upper"]))
             cost = _duration(row["seconds"]) if row["seconds"] is not None and math.isfinite(row["seconds"]) else ""
-            click.echo(f"  {row['images']:>14}  {row['sd']:>12.3f}  {seeds:>16}  {cost:>16}")
+            click.echo(f"  {row['images']:>14}  {row['sd']:>12.3f}  {seeds:>16}  {upper:>18}  {cost:>16}")
         click.echo(f"  More images shrink only the generated side's noise: the reference ({reference}) keeps its share, so these are the "
                    "most images can buy. A larger test split lifts that cap (the MNISTs have 10,000: data.source=mnist).")  # fmt: skip
     click.echo("\nPaired by seed (both configs run with the same train.seed values) needs fewer; `ddpmlab compare` shows, for each "

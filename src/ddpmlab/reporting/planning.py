@@ -33,7 +33,10 @@ def power(k: int, effect: float, sd: float, paired: bool = False, correlation: f
     else:
         df, ncp = 2 * k - 2, abs(effect) / (sd * np.sqrt(2 / k))
     critical = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(critical, df, ncp) + stats.nct.cdf(-critical, df, ncp))
+    value = stats.nct.sf(critical, df, ncp) + stats.nct.cdf(-critical, df, ncp)
+    if not np.isfinite(value):  # scipy's nct gives NaN at large noncentrality, where T is close to normal around ncp
+        value = stats.norm.sf(critical - ncp) + stats.norm.cdf(-critical - ncp)
+    return float(value)
 
 
 def seeds_needed(effect: float, sd: float, paired: bool = False, correlation: float = 0.0, target: float = POWER,

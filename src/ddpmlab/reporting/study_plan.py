@@ -24,11 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ddpmlab.reporting import planning
 from ddpmlab.reporting.compare import Selection
 
 Z95 = 1.959964
+UPPER_CONFIDENCE = 0.8
 IMAGE_MULTIPLES = (1, 2, 4, 8)
 
 
@@ -71,6 +73,12 @@ class Pilot:
     train_seconds: float
     seconds_per_image: float
     reference_images: int | None
+    df: int = 0  # degrees of freedom behind replicate_sd: sum over configs of (replicates - 1)
+
+    def upper_factor(self, confidence: float = UPPER_CONFIDENCE) -> float:
+        """How much larger the true spread may be: its one-sided ``confidence`` upper bound over the estimate (chi-square,
+        ``df`` degrees of freedom). A pilot of two replicates has one: the bound is 3.9x the estimate."""
+        return float(np.sqrt(self.df / stats.chi2.ppf(1 - confidence, self.df))) if self.df else float("inf")
 
     @property
     def images_sd(self) -> float:
@@ -107,7 +115,7 @@ def pilots(selection: Selection) -> list[Pilot]:
             images=int(pd.to_numeric(rows["params.num_generated"]).iloc[0]) if "params.num_generated" in rows else 0,
             train_seconds=float(train_seconds) if np.isfinite(train_seconds) else float("nan"),
             seconds_per_image=float(rows["metrics.seconds_per_sample"].mean()) if "metrics.seconds_per_sample" in rows else float("nan"),
-            reference_images=int(reference.iloc[0]) if len(reference) else None,
+            reference_images=int(reference.iloc[0]) if len(reference) else None, df=sum(len(g) - 1 for g in groups),
         ))  # fmt: skip
     if not out:
         raise NoPilot("the selection holds no config with two or more replicates, so no seed-to-seed spread to plan from: "
@@ -116,14 +124,16 @@ def pilots(selection: Selection) -> list[Pilot]:
 
 
 def plan_rows(pilot: Pilot, target: Target, multiples: tuple[int, ...] = IMAGE_MULTIPLES) -> list[dict]:
-    """For N, 2N, 4N, 8N images per run: the replicate spread, seeds per config for 80% power, and the cost of
-    two configs at that many seeds (their training runs, and sampling this one way)."""
+    """For N, 2N, 4N, 8N images per run: the replicate spread, seeds per config for 80% power at that spread and at
+    its 80% upper bound (a small pilot's spread is itself uncertain), and the cost of two configs at the first count
+    (their training runs, and sampling this one way)."""
     effect = target.log_effect(pilot.fid)
     out = []
     for multiple in multiples:
         images = pilot.images * multiple
         sd = pilot.sd_at(images)
         seeds = planning.seeds_needed(effect, sd)
+        cautious = planning.seeds_needed(effect, sd * pilot.upper_factor()) if np.isfinite(pilot.upper_factor()) else None
         seconds = None if seeds is None else 2 * seeds * (pilot.train_seconds + images * pilot.seconds_per_image)
-        out.append({"images": images, "sd": sd, "seeds": seeds, "seconds": seconds})
+        out.append({"images": images, "sd": sd, "seeds": seeds, "seeds_upper": cautious, "seconds": seconds})
     return out
