@@ -22,27 +22,23 @@ from ddpmlab.team.commands import team
 DEFAULT_EXPERIMENT = "ddpmlab"
 
 
+def params_value(params_path: Path, section: str, key: str, default: str) -> str:
+    """params.yaml's ``section.key`` as text, else ``default`` (also where the file does not exist)."""
+    raw = (yaml.safe_load(params_path.read_text()) or {}) if params_path.is_file() else {}
+    return str((raw.get(section) or {}).get(key) or default)
+
+
 def correction_of(params_path: Path, given: str | None) -> str:
     """--correction, else params.yaml's evaluate.correction, else Benjamini-Hochberg."""
-    if given:
-        return given
-    if params_path.is_file():
-        raw = yaml.safe_load(params_path.read_text()) or {}
-        value = str((raw.get("evaluate") or {}).get("correction") or CORRECTIONS[0])
-        if value not in CORRECTIONS:
-            raise click.BadParameter(f"evaluate.correction = {value!r} in {params_path}: use one of {', '.join(CORRECTIONS)}")
-        return value
-    return CORRECTIONS[0]
+    value = given or params_value(params_path, "evaluate", "correction", CORRECTIONS[0])
+    if value not in CORRECTIONS:
+        raise click.BadParameter(f"evaluate.correction = {value!r} in {params_path}: use one of {', '.join(CORRECTIONS)}")
+    return value
 
 
 def experiment_name(params_path: Path, given: str | None) -> str:
     """--experiment, else params.yaml's tracking.experiment, else the default."""
-    if given:
-        return given
-    if params_path.is_file():
-        raw = yaml.safe_load(params_path.read_text()) or {}
-        return str((raw.get("tracking") or {}).get("experiment") or DEFAULT_EXPERIMENT)
-    return DEFAULT_EXPERIMENT
+    return given or params_value(params_path, "tracking", "experiment", DEFAULT_EXPERIMENT)
 
 
 def runs_link(host: str, port: int, experiment_id: str) -> str:
