@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from ddpmlab.evaluation.bootstrap import Resampler
 from ddpmlab.evaluation.metrics import FeatureSet
 from ddpmlab.evaluation.protocol import Protocol
+from ddpmlab.evaluation.resampling import Bootstrap
 
 
 def feature_set(n: int, generator: torch.Generator) -> FeatureSet:
@@ -36,7 +36,7 @@ def main() -> None:
     references = {"test": feature_set(359, g), "train": feature_set(1438, g)}
     runs = [feature_set(500, g) for _ in range(args.runs)]
     timings = {}
-    for name, resampler in (("point scores", None), (f"+ {args.resamples} resamples", Resampler(args.resamples, seed=0))):
+    for name, resampler in (("point scores", None), (f"+ {args.resamples} resamples", Bootstrap(args.resamples, seed=0))):
         protocol = Protocol(references, kid_subset_size=100, isc_splits=10, seed=0, resampler=resampler)
         start = time.perf_counter()
         protocol.real_floor(500)

@@ -12,8 +12,8 @@ Reference features are cached by content hash (--cache-dir). The NLL is the vari
 bits/dim (Ho et al. eq. 5) on evaluate.nll_images test images. Each run becomes one MLflow run
 nested under the training run.
 
-Every score gets a 95% bootstrap interval from evaluate.bootstrap resamples of the images (no
-network calls), and the runs are compared pair by pair, since they share their x_T: per NFE budget
+Every score gets a 95% interval from evaluate.jackknife_groups leave-one-group-out replicates of
+the images (no network calls), and the runs are compared pair by pair, since they share their x_T: per NFE budget
 the lowest FID and the runs tied with it, and each run against the real-data floor
 (evaluation.json "comparisons"; docs/comparing.md).
 """

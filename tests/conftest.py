@@ -26,7 +26,7 @@ TINY_OVERRIDES = {
     "train": {"steps": 4, "batch_size": 8, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 2},
     "sample": {"sampler": ["ddpm", "dpmpp_2m"], "steps": [30, 5], "spacing": ["uniform"], "precision": "fp32", "num_samples": 24, "batch_size": 16, "strip_images": 2, "strip_columns": 4},
     "classifier": {"steps": 3, "min_accuracy": 0.0},  # three batches cannot reach a real threshold
-    "evaluate": {"batch_size": 64, "kid_subset_size": 8, "isc_splits": 4, "nll_images": 12, "snapshot_samples": 8, "snapshot_steps": 5, "bootstrap": 40},
+    "evaluate": {"batch_size": 64, "kid_subset_size": 8, "isc_splits": 4, "nll_images": 12, "snapshot_samples": 8, "snapshot_steps": 5, "jackknife_groups": 8},
 }
 
 

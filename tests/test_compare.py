@@ -63,7 +63,7 @@ def test_compare_reports_every_schedule_at_every_sampler_and_step_count(schedule
     assert all(cells(header, r, "spacing", "T", "objective") == ("uniform", "30", "eps") for r in body)
     assert all(r[header.index("NFE")] == r[header.index("steps")] for r in body)  # one network evaluation per step, unguided
 
-    # Each FID is the one the evaluate stage wrote for that (model, run), with its bootstrap interval; one run per
+    # Each FID is the one the evaluate stage wrote for that (model, run), with its interval; one run per
     # model says nothing about the training seed, so nothing in this table is bold.
     fid_col = header.index("FID")
     expected = {}

@@ -67,7 +67,7 @@ def with_change(path: str, value) -> dict:
         ("evaluate.isc_splits", 501, "evaluate.isc_splits: got 501; allowed: an integer in [1, sample.num_samples = 500]"),
         ("evaluate.snapshot_steps", 101, "evaluate.snapshot_steps: got 101; allowed: an integer in [1, T = 100]"),
         ("evaluate.snapshot_samples", -1, "evaluate.snapshot_samples: got -1"),
-        ("evaluate.bootstrap", 5, "evaluate.bootstrap: got 5; allowed: 0 (no intervals) or an integer >= 20"),
+        ("evaluate.jackknife_groups", 4, "evaluate.jackknife_groups: got 4; allowed: 0 (no intervals) or an integer in [5, sample.num_samples"),
         ("classifier.min_accuracy", 1.5, "classifier.min_accuracy: got 1.5; allowed: a fraction in [0, 1]"),
     ],
 )

@@ -1,5 +1,5 @@
 """train.seed is training randomness only: replicates share the prepared data, the reference sets,
-the real-data floor and the bootstrap resamples bit for bit, and train different weights."""
+the real-data floor and the jackknife groups bit for bit, and train different weights."""
 
 from __future__ import annotations
 

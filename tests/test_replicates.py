@@ -30,7 +30,7 @@ def params(**changes) -> Params:
 def test_replicates_share_a_config_id_and_any_other_param_changes_it():
     base = config_id(params())
     assert config_id(params(train__seed=7)) == config_id(params(sample__seed=3)) == base  # replicate seeds only
-    assert config_id(params(tracking__experiment="other")) == config_id(params(evaluate__bootstrap=50)) == base  # never change a score
+    assert config_id(params(tracking__experiment="other")) == config_id(params(evaluate__jackknife_groups=20)) == base  # never change a score
     assert config_id(params(evaluate__correction="holm")) == base
     others = [params(schedule="cosine"), params(T=50), params(seed=1), params(train__lr=2e-3), params(sample__eta=0.5),
               params(model__dropout=0.0), params(evaluate__kid_subset_size=50), params(classifier__steps=10)]  # fmt: skip
@@ -42,7 +42,7 @@ def test_the_config_label_names_the_params_changed_from_the_defaults():
     assert config_label(params()) == "defaults" == config_label(params(train__seed=3, evaluate__correction="holm"))
     assert config_label(params(schedule="sigmoid", T=1000)) == "schedule=sigmoid T=1000"
     assert config_label(params(train__lr=2e-3, schedule="cosine")) == "schedule=cosine train.lr=0.002"  # params.yaml's order
-    assert config_label(params(evaluate__correction="holm", evaluate__bootstrap=50)) == "defaults"  # verdict settings: not the config
+    assert config_label(params(evaluate__correction="holm", evaluate__jackknife_groups=20)) == "defaults"  # verdict settings: not the config
 
 
 def test_config_id_is_stable_under_key_order_and_across_processes(tmp_path):
@@ -62,7 +62,7 @@ def test_pooled_interval_is_the_student_t_interval():
     p = replicates.pool(values)
     half = stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / np.sqrt(3)
     assert (p.mean, p.low, p.high) == pytest.approx((np.mean(values), np.mean(values) - half, np.mean(values) + half))
-    assert replicates.pool([2.0], single_interval=(1.0, 3.5)) == replicates.Pooled((2.0,), 1.0, 3.5)  # one replicate keeps its bootstrap interval
+    assert replicates.pool([2.0], single_interval=(1.0, 3.5)) == replicates.Pooled((2.0,), 1.0, 3.5)  # one replicate keeps its own interval
 
 
 def pooled(values, seeds=None) -> replicates.Pooled:

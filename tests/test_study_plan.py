@@ -16,7 +16,7 @@ SAMPLING_SD, SEED_SD, N = 0.05, 0.10, 500  # log-FID scale
 
 def pilot_selection(rng: np.random.Generator, configs: int, seeds: int) -> compare.Selection:
     """Evaluations as mlflow.search_runs returns them: each run's log FID = config mean + seed part + sampling part,
-    its bootstrap interval as wide as the known sampling sd says (delta method: half-width 1.96 sd FID)."""
+    its interval as wide as the known sampling sd says (delta method: half-width 1.96 sd FID)."""
     rows, trainings = [], []
     for c in range(configs):
         for s in range(seeds):
@@ -93,7 +93,7 @@ def test_plan_reads_the_pilot_from_mlflow(schedules_store, monkeypatch: pytest.M
 
 
 def test_the_images_share_never_exceeds_the_spread_replicates_show():
-    """Replicates with one sample.seed share x_T: their spread can be below the bootstrap's sampling sd. Then the plan
+    """Replicates with one sample.seed share x_T: their spread can be below the intervals' sampling sd. Then the plan
     at the pilot's N keeps the spread seen, and all of it is taken as the images' share (the most images can buy)."""
     pilot = study_plan.Pilot(("ddpm", "uniform", 5), 3, 4, replicate_sd=0.006, sampling_sd=0.096, fid=0.4, images=24,
                              train_seconds=10.0, seconds_per_image=0.01, reference_images=359)  # fmt: skip

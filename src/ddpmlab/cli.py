@@ -93,7 +93,7 @@ def compare(experiment: str | None, params_path: Path, filter_string: str, run_i
     (better, worse, no detectable difference) for every pair of configs that differ in one param,
     tested on log FID (paired by seed where both configs ran the same seeds) and corrected for the
     number of comparisons in the table (--correction).
-    Also: every evaluation with its bootstrap interval, FID against network evaluations and
+    Also: every evaluation with its interval, FID against network evaluations and
     sampling cost, training losses, schedules, forward-process strips and sample grids at matched
     steps. Reads all runs with one MLflow search."""
     from ddpmlab.pipeline import tracking
@@ -174,7 +174,7 @@ def plan(experiment: str | None, params_path: Path, difference: str, filter_stri
     """How many images per run and training seeds per config a comparison of two configs needs for
     80% power, and what that costs, read off a pilot: the evaluated runs already in the experiment.
     It needs a config with two or more replicates (train.seed) for the seed-to-seed spread; each
-    run's bootstrap interval gives the sampling noise at its N, and the runs' logged times give the
+    run's own interval gives the sampling noise at its N, and the runs' logged times give the
     cost on the machine that ran them. Seeds are for an unpaired test at 5% (docs/comparing.md)."""
     from ddpmlab.pipeline import tracking
     from ddpmlab.reporting import compare as cmp

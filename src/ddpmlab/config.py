@@ -122,7 +122,7 @@ class EvaluateConfig:
     nll_images: int = 200
     snapshot_samples: int = 200
     snapshot_steps: int = 20
-    bootstrap: int = 200
+    jackknife_groups: int = 50
     correction: str = "bh"
 
 
@@ -172,17 +172,17 @@ class Params:
         return {k: full[k] for k in ("seed", "schedule", "T", "objective", "device", "data", "model", "train")}
 
 
-# Bootstrap intervals hold N x N kernel matrices in memory (0.8 GB each at this N): above it, evaluate.bootstrap must be 0.
-MAX_BOOTSTRAP_SAMPLES = 10_000
+# Intervals recompute KID from N x N kernel sums (0.8 GB of kernel per reference at this N): above it, evaluate.jackknife_groups must be 0.
+MAX_INTERVAL_SAMPLES = 10_000
 
 # Seeds whose change makes another replicate of the same experiment, not another experiment:
 # training randomness (weight init, batch order, t and noise draws, dropout) and the sampling noise.
 # The top-level `seed` is not one: it fixes the data split and the evaluation protocol.
 REPLICATE_SEEDS = ("train.seed", "sample.seed")
 # Keys that never tell two configs apart: where runs are logged, the sweep lists (every
-# evaluation is keyed by its own sampler, spacing, steps and w) and the number of bootstrap
-# resamples (it changes intervals, never a score).
-NOT_CONFIG = ("tracking.", "sample.sampler", "sample.steps", "sample.spacing", "sample.guidance", "evaluate.bootstrap",
+# evaluation is keyed by its own sampler, spacing, steps and w) and the number of jackknife
+# groups (it changes intervals, never a score).
+NOT_CONFIG = ("tracking.", "sample.sampler", "sample.steps", "sample.spacing", "sample.guidance", "evaluate.jackknife_groups",
               "evaluate.correction")  # fmt: skip
 
 
@@ -468,7 +468,7 @@ def _classifier_problems(c: ClassifierConfig) -> list[str]:
 
 def _evaluate_problems(e: EvaluateConfig, T: int, num_samples: int) -> list[str]:
     """The protocol: the feature extractor, the KID and IS splits (at most sample.num_samples), the NLL, the snapshot
-    curve (steps up to T) and the bootstrap (kernel matrices of sample.num_samples squared)."""
+    curve (steps up to T) and the jackknife (groups at most the images; kernel matrices of sample.num_samples squared)."""
     problems = _Problems()
     problems.one_of("evaluate.feature_extractor", e.feature_extractor, FEATURE_EXTRACTORS)
     problems.one_of("evaluate.correction", e.correction, CORRECTIONS)
@@ -481,10 +481,10 @@ def _evaluate_problems(e: EvaluateConfig, T: int, num_samples: int) -> list[str]
     problems.require(e.snapshot_samples >= 0, "evaluate.snapshot_samples", e.snapshot_samples,
                      "an integer >= 0 (0 skips the curve)")  # fmt: skip
     problems.require(1 <= e.snapshot_steps <= T, "evaluate.snapshot_steps", e.snapshot_steps, f"an integer in [1, T = {T}]")
-    problems.require(e.bootstrap == 0 or e.bootstrap >= 20, "evaluate.bootstrap", e.bootstrap,
-                     "0 (no intervals) or an integer >= 20 (resamples per score; 2.5% tails need tens of them)")  # fmt: skip
-    problems.require(e.bootstrap == 0 or num_samples <= MAX_BOOTSTRAP_SAMPLES, "evaluate.bootstrap", e.bootstrap,
-                     f"0 when sample.num_samples = {num_samples} > {MAX_BOOTSTRAP_SAMPLES}: the resampled KID keeps N x N kernel "
+    problems.require(e.jackknife_groups == 0 or 5 <= e.jackknife_groups <= num_samples, "evaluate.jackknife_groups", e.jackknife_groups,
+                     f"0 (no intervals) or an integer in [5, sample.num_samples = {num_samples}] (fewer groups: a wider t quantile)")  # fmt: skip
+    problems.require(e.jackknife_groups == 0 or num_samples <= MAX_INTERVAL_SAMPLES, "evaluate.jackknife_groups", e.jackknife_groups,
+                     f"0 when sample.num_samples = {num_samples} > {MAX_INTERVAL_SAMPLES}: the replicated KID keeps N x N kernel "
                      f"matrices ({8 * num_samples**2 / 1e9:.0f} GB each at this N)")  # fmt: skip
     return problems
 

@@ -88,7 +88,7 @@ class Memorisation:
 
     def copied(self, nearest: Nearest) -> dict[str, torch.Tensor]:
         """Per image (N,), bool: closer to a training image than the threshold, by score name
-        (copy_rate, copy_rate_pixels); what the bootstrap resamples, the threshold held fixed."""
+        (copy_rate, copy_rate_pixels); what the replicates vary, the threshold held fixed."""
         return {f"copy_rate{space_suffix(s)}": nearest.distances[s] < self.baselines[s].threshold for s in SPACES}
 
     def floor(self) -> dict[str, float]:

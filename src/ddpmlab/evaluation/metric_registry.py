@@ -3,8 +3,8 @@
 
 A metric with ``per_split`` is measured against both references (``evaluation.protocol.SPLITS``): the
 bare name against the test split, ``<name>_train`` against the training split. A metric with
-``interval`` also has ``<column>_ci_low`` / ``<column>_ci_high``: its 95% bootstrap interval
-(:mod:`ddpmlab.evaluation.bootstrap`).
+``interval`` also has ``<column>_ci_low`` / ``<column>_ci_high``: its 95% interval
+(:mod:`ddpmlab.evaluation.resampling`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Metric:
     headline: tuple[str, ...] = ()  # split suffixes in metrics.json (the headline run's values) and on the MLflow training run
     conditional: bool = False  # only for class-conditional models
     in_table: bool = True  # a column of `ddpmlab compare`
-    interval: bool = False  # has a bootstrap interval (<column>_ci_low, <column>_ci_high)
+    interval: bool = False  # has an interval (<column>_ci_low, <column>_ci_high)
     bounds: tuple[float | None, float | None] = (None, None)  # the valid range: every interval is cut to it
 
     @property

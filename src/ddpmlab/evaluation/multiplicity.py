@@ -9,7 +9,7 @@ its p-values are adjusted together and a verdict is "detected" when the adjusted
 - ``bh`` (the default): Benjamini & Hochberg (1995). The step-up adjustment
   q_(i) = min_{j >= i} m p_(j) / j over the sorted p-values. Rejecting q <= alpha keeps the
   expected share of false discoveries among the detected at most alpha (independent or
-  positively dependent tests, which paired bootstrap differences against one shared best are).
+  positively dependent tests, which paired differences against one shared best are).
 - ``holm``: Holm (1979). The step-down adjustment q_(i) = max_{j <= i} (m - j + 1) p_(j). Keeps the
   chance of *any* false discovery at most alpha, under any dependence; fewer detections.
 - ``none``: p-values as they are, for one comparison made on purpose.

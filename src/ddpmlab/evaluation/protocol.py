@@ -13,12 +13,13 @@ permutation per split, so subsets of different sizes are nested). Each subset's 
 computed once and, given a ``store`` (:class:`ddpmlab.evaluation.feature_cache.FeatureCache`), cached on
 disk by the reference's content key.
 
-Given a :class:`ddpmlab.evaluation.bootstrap.Resampler`, every score also comes with its B
-bootstrap replicates (:meth:`Protocol.score_resampled`). FID and KID resample the generated
-images and the reference split, independently; IS resamples the generated images; precision
-resamples the generated points and recall the reference subset's points, each with the other
-side's k-NN balls held fixed (the support estimate is not recomputed per resample). Generated
-sets of equal size get the same resampled indices, so two runs' replicates are paired.
+Given a :class:`ddpmlab.evaluation.resampling.Resampler` (a grouped jackknife in the pipeline),
+every score also comes with its replicates (:meth:`Protocol.score_resampled`). FID and KID
+replicate the generated images and the reference split together (replicate k leaves out group k
+of each); IS the generated images; precision the generated points and recall the reference
+subset's points, each with the other side's k-NN balls held fixed (the support estimate is not
+recomputed per replicate). Generated sets of equal size get the same groups, so two runs'
+replicates are paired.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import numpy as np
 import torch
 
 from ddpmlab.evaluation import resampled_scores
-from ddpmlab.evaluation.bootstrap import Resampler
 from ddpmlab.evaluation.metrics import (
     KID_SUBSETS,
     PRC_NEIGHBORHOOD,
@@ -40,6 +40,7 @@ from ddpmlab.evaluation.metrics import (
     inception_score,
     membership,
 )
+from ddpmlab.evaluation.resampling import Resampler
 
 SPLITS = ("test", "train")  # the first is the headline reference
 
@@ -57,7 +58,7 @@ class Protocol:
     reference_keys: dict[str, str] | None = None  # split -> content key: names cached radii in ``store``
     store: object | None = None  # anything with FeatureCache.derived(recipe, compute)
     device: torch.device | None = None  # where the k-NN work runs
-    resampler: Resampler | None = None  # bootstrap replicates for score_resampled / real_floor
+    resampler: Resampler | None = None  # replicates for score_resampled / real_floor
     _manifolds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _resampled_references: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -70,12 +71,12 @@ class Protocol:
         return self._score(generated, {split: generated for split in SPLITS})[0]
 
     def score_resampled(self, generated: FeatureSet) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """(scores, score name -> its B bootstrap replicates); needs a ``resampler``."""
+        """(scores, score name -> its replicates (R,)); needs a ``resampler``."""
         return self._score(generated, {split: generated for split in SPLITS}, resampled=True)
 
     def real_floor(self, num_images: int) -> tuple[dict[str, float], dict[str, int], dict[str, torch.Tensor]]:
         """(metrics of real images scored like a generated set of ``num_images``, images used per
-        reference, their bootstrap replicates: empty without a ``resampler``).
+        reference, their replicates: empty without a ``resampler``).
 
         Against the test split: ``num_images`` training images (IS is theirs); against the
         training split: min(num_images, test size) test images.
@@ -115,7 +116,10 @@ class Protocol:
         out = inception_score(for_is, splits=self.isc_splits, seed=self.seed)
         replicates = {}
         if resampled:
-            indices = self.resampler.indices(role, len(for_is))
+            # In the order the point estimate's seeded shuffle puts the images, so that leaving out a group
+            # moves the split boundaries by a few images and does not reshuffle every split.
+            rank = torch.from_numpy(np.argsort(np.random.RandomState(self.seed).permutation(len(for_is))))
+            indices = [index[torch.argsort(rank[index], stable=True)] for index in self.resampler.indices(role, len(for_is))]
             replicates["is_mean"] = resampled_scores.inception_score(for_is.logits, indices, min(self.isc_splits, len(for_is)))
         for split in SPLITS:
             generated, reference = candidates[split], self.references[split]
@@ -201,8 +205,9 @@ def protocol_record(params, weights_sha256: str, num_generated: int, num_real: d
         "kid_subset_size": min(cfg.kid_subset_size, num_generated, *num_real.values()),
         "kid_subsets": KID_SUBSETS,
         "isc_splits": cfg.isc_splits,
-        "bootstrap": {"resamples": cfg.bootstrap, "level": 0.95, "interval": "percentile, recentred on the estimate",
-                      "resampled": "generated and reference images, independently, with replacement; paired across runs"},
+        "intervals": {"method": "grouped jackknife", "groups": cfg.jackknife_groups, "level": 0.95,
+                      "interval": "estimate +- t(groups - 1) * jackknife standard error",
+                      "replicated": "replicate k leaves out group k of the generated and of the reference images; the same groups in every run: paired"},
         "prc_neighborhood": PRC_NEIGHBORHOOD,
         "prc_images": {split: min(num_generated, reference_images[split]) for split in SPLITS},  # per side; subset seed [seed, split index]
         "checkpoint_step": sampling["checkpoint_step"],

@@ -1,9 +1,9 @@
-"""Scores recomputed on B bootstrap resamples at once, from features and per-image indicators.
+"""Scores recomputed on R replicates at once (jackknife leave-outs or bootstrap resamples), from features and per-image indicators.
 
-Resamples are given as counts (B, N): how often each image appears in resample b
-(:meth:`ddpmlab.evaluation.bootstrap.Resampler.counts`), so a resampled mean is a weighted one
-and nothing is copied B times. The formulas are those of the point estimates in
-:mod:`ddpmlab.evaluation.metrics` (torch-fidelity's definitions); tests/test_bootstrap.py
+Replicates are given as counts (R, N): how often (with what weight) each image appears in replicate r
+(:meth:`ddpmlab.evaluation.resampling.Resampler.counts`), so a resampled mean is a weighted one
+and nothing is copied R times. The formulas are those of the point estimates in
+:mod:`ddpmlab.evaluation.metrics` (torch-fidelity's definitions); tests/test_resampling.py
 checks that all-ones counts give torch-fidelity's values.
 """
 
@@ -30,16 +30,17 @@ class ResampledMoments:
 def weighted_moments(features: torch.Tensor, counts: torch.Tensor, with_sqrt: bool = False) -> ResampledMoments:
     """Mean and unbiased covariance (divisor N - 1, as np.cov) of each resample.
 
-    features: (N, D); counts: (B, N), rows summing to N."""
+    features: (N, D); counts: (B, N), each row summing to its own n (N for a resample, the kept
+    images for a jackknife's leave-out)."""
     x = features.double()
-    n = counts.sum(1)[0].item()
-    mean = counts @ x / n  # (B, D)
+    n_all = counts.sum(1)  # (B,)
+    mean = counts @ x / n_all[:, None]  # (B, D)
     covs, roots = [], []
     chunk = max(1, min(CHUNK, WEIGHTED_BYTES // (x.numel() * x.element_size())))
     for start in range(0, len(counts), chunk):
         w = counts[start : start + chunk]
         weighted = x[None] * w[:, :, None].sqrt()  # (b, N, D)
-        m = mean[start : start + chunk]
+        m, n = mean[start : start + chunk], n_all[start : start + chunk, None, None]
         cov = (weighted.transpose(1, 2) @ weighted - n * m[:, :, None] * m[:, None, :]) / (n - 1)
         covs.append(cov)
         if with_sqrt:
@@ -73,19 +74,19 @@ def frechet_low_rank(generated: torch.Tensor, reference: torch.Tensor, w_g: torc
     N and M, not with D. generated (N, D), reference (M, D), counts (B, N), (B, M). Returns (B,)."""
     xg, xr = generated.double(), reference.double()
     k_gg, k_rr, k_rg = xg @ xg.T, xr @ xr.T, xr @ xg.T
-    n, m = w_g.sum(1)[0].item(), w_r.sum(1)[0].item()
     out = []
     for start in range(0, len(w_g), LOW_RANK_CHUNK):
         wg, wr = w_g[start : start + LOW_RANK_CHUNK], w_r[start : start + LOW_RANK_CHUNK]
+        n, m = wg.sum(1), wr.sum(1)  # (b,) each
         mean_g2 = ((wg @ k_gg) * wg).sum(1) / n**2  # |mu_g|^2
         mean_r2 = ((wr @ k_rr) * wr).sum(1) / m**2
         cross = ((wr @ k_rg) * wg).sum(1) / (n * m)  # mu_r . mu_g
         trace_g = (wg @ torch.diagonal(k_gg) - n * mean_g2) / (n - 1)
         trace_r = (wr @ torch.diagonal(k_rr) - m * mean_r2) / (m - 1)
         # (X_r - 1 mu_r^T)(X_g - 1 mu_g^T)^T: the cross-Gram centred with each resample's own means
-        centred = k_rg[None] - (wg @ k_rg.T)[:, :, None] / n - (wr @ k_rg)[:, None, :] / m + cross[:, None, None]
-        a = wr.sqrt()[:, :, None] * centred * wg.sqrt()[:, None, :] / ((n - 1) * (m - 1)) ** 0.5
-        gram = a.transpose(1, 2) @ a if n <= m else a @ a.transpose(1, 2)  # the smaller of M^T M and M M^T
+        centred = k_rg[None] - (wg @ k_rg.T)[:, :, None] / n[:, None, None] - (wr @ k_rg)[:, None, :] / m[:, None, None] + cross[:, None, None]
+        a = wr.sqrt()[:, :, None] * centred * wg.sqrt()[:, None, :] / (((n - 1) * (m - 1)) ** 0.5)[:, None, None]
+        gram = a.transpose(1, 2) @ a if len(xg) <= len(xr) else a @ a.transpose(1, 2)  # the smaller of M^T M and M M^T
         nuclear = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().sum(1)
         out.append(mean_g2 + mean_r2 - 2 * cross + trace_g + trace_r - 2 * nuclear)
     return torch.cat(out)
@@ -130,14 +131,17 @@ def kid(generated: torch.Tensor, reference: torch.Tensor, w_g: torch.Tensor, w_r
     return within_mean(generated, w_g) + within_r - 2 * cross / (w_g.sum(1) * w_r.sum(1))
 
 
-def inception_score(logits: torch.Tensor, indices: torch.Tensor, splits: int) -> torch.Tensor:
-    """IS per resample: the resampled images (B, N) are cut into ``splits`` consecutive splits, as
-    torch-fidelity cuts its shuffled set, and exp E KL(p(y|x) || p_split(y)) is averaged over them. Returns (B,)."""
+def inception_score(logits: torch.Tensor, indices: list[torch.Tensor], splits: int) -> torch.Tensor:
+    """IS per replicate: each replicate's images (indices: R tensors, of equal length within a call
+    to stack) are cut into ``splits`` consecutive splits, as torch-fidelity cuts its shuffled set, and
+    exp E KL(p(y|x) || p_split(y)) is averaged over them. Returns (R,)."""
+    if len({len(index) for index in indices}) > 1:  # a jackknife's groups differ by one image: one replicate at a time
+        return torch.cat([inception_score(logits, [index], splits) for index in indices])
     log_p = logits.double().log_softmax(dim=1)
-    n = indices.shape[1]
+    n = len(indices[0])
     out = []
     for start in range(0, len(indices), CHUNK):
-        chosen = log_p[indices[start : start + CHUNK]]  # (b, N, K)
+        chosen = log_p[torch.stack(indices[start : start + CHUNK])]  # (b, N, K)
         scores = []
         for i in range(splits):
             chunk = chosen[:, i * n // splits : (i + 1) * n // splits]

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ddpmlab.evaluation import metric_registry, resampled_scores
-from ddpmlab.evaluation.bootstrap import interval
 from ddpmlab.evaluation.metrics import FeatureSet
 from ddpmlab.evaluation.protocol import per_class_fid
+from ddpmlab.evaluation.resampling import Resampler, interval
 from ddpmlab.sampling.plan import Run, guidance_sweep, step_sweep
 from ddpmlab.sampling.registry import SAMPLERS
 
@@ -34,7 +34,8 @@ def rounded(metrics: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 5) for k, v in metrics.items()}
 
 
-def score_row(run: Run, entry: dict, scores: dict[str, float], floor: dict[str, float], replicates: dict | None = None, floor_replicates: dict | None = None) -> dict:
+def score_row(run: Run, entry: dict, scores: dict[str, float], floor: dict[str, float], replicates: dict | None = None, floor_replicates: dict | None = None,
+              scheme: Resampler | None = None) -> dict:
     """A run's row: its plan fields, its scores, the ratios to the real floor and its sampling cost,
     and with ``replicates`` (score -> (B,)) every score's interval. entry: the run's record in
     sampling.json (seconds_per_sample)."""
@@ -52,29 +53,29 @@ def score_row(run: Run, entry: dict, scores: dict[str, float], floor: dict[str, 
             "fid_ratio": replicates["fid"] / floor_replicates["fid"],
             "is_ratio": replicates["is_mean"] / floor_replicates["is_mean"],
         }
-        row.update(with_intervals(row, {**replicates, **ratios}))
+        row.update(with_intervals(row, {**replicates, **ratios}, scheme))
     return row
 
 
-def with_intervals(values: dict, replicates: dict) -> dict:
-    """<name>_ci_low / <name>_ci_high for every value that has replicates (B,), rounded like the values
-    and cut to the score's valid range (metric_registry.bounds)."""
+def with_intervals(values: dict, replicates: dict, scheme: Resampler) -> dict:
+    """<name>_ci_low / <name>_ci_high for every value that has replicates (R,) under ``scheme``, rounded
+    like the values and cut to the score's valid range (metric_registry.bounds)."""
     out = {}
     for name, reps in replicates.items():
         if values.get(name) is not None:
-            iv = interval(values[name], reps).clamped(metric_registry.bounds(name))
+            iv = interval(values[name], reps, scheme).clamped(metric_registry.bounds(name))
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = round(iv.low, 5), round(iv.high, 5)
     return out
 
 
 def add_class_scores(row: dict, predicted: np.ndarray, labels: np.ndarray, generated: FeatureSet, reference: FeatureSet, reference_labels: np.ndarray,
-                     counts: torch.Tensor | None = None) -> dict | None:  # fmt: skip
+                     counts: torch.Tensor | None = None, scheme: Resampler | None = None) -> dict | None:  # fmt: skip
     """Conditional models: accuracy against the classes asked for (with its interval given
-    resample ``counts`` (B, N)), and per-class FID (None when too few per class)."""
+    replicate ``counts`` (R, N) under ``scheme``), and per-class FID (None when too few per class)."""
     correct = torch.from_numpy(predicted == labels)
     row["cond_accuracy"] = round(float(correct.double().mean()), 4)
     if counts is not None:
-        row.update(with_intervals(row, {"cond_accuracy": resampled_scores.proportion(correct, counts)}))
+        row.update(with_intervals(row, {"cond_accuracy": resampled_scores.proportion(correct, counts)}, scheme))
     per_class = per_class_fid(generated, labels, reference, reference_labels)
     if per_class is None:
         return None

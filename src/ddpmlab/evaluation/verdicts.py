@@ -1,8 +1,8 @@
 """Which runs of one checkpoint can be told apart, from each other and from real data.
 
-All runs of an evaluation share per-image seeds (the same x_T) and their bootstrap replicates
-share resampled indices (:mod:`ddpmlab.evaluation.bootstrap`), so the difference of two runs'
-scores is resampled pair by pair. Three statements come out:
+All runs of an evaluation share per-image seeds (the same x_T) and their replicates leave out
+the same images (:mod:`ddpmlab.evaluation.resampling`), so the difference of two runs' scores is
+replicated pair by pair. Three statements come out:
 
 - per NFE budget, the run with the lowest FID among those spending at most that many network
   evaluations, and every run not detectably worse than it: the *tied* group. The best run is
@@ -15,7 +15,7 @@ scores is resampled pair by pair. Three statements come out:
   names the KID gap the test would have found with 80% power, so "indistinguishable" always says
   at what resolution.
 
-Each of the three lists is one family of comparisons: its p-values (paired bootstrap for the
+Each of the three lists is one family of comparisons: its p-values (paired jackknife for the
 first two, permutation for the third) are adjusted together (``evaluate.correction``,
 Benjamini-Hochberg by default; :mod:`ddpmlab.evaluation.multiplicity`), and a comparison counts
 as detected when its adjusted value is at most 5%. The intervals stay the per-comparison 95% ones.
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ddpmlab.evaluation import multiplicity
-from ddpmlab.evaluation.bootstrap import LEVEL, Difference, Interval, difference
 from ddpmlab.evaluation.multiplicity import ALPHA
 from ddpmlab.evaluation.real_data_test import RealDataTest
+from ddpmlab.evaluation.resampling import LEVEL, Difference, Interval, Resampler, difference
 
 METRIC = "fid"
 
@@ -51,10 +51,11 @@ def floor_verdict(entry: dict) -> str:
 
 
 def sampling_verdicts(
-    rows: list[dict], replicates: dict[str, dict[str, torch.Tensor]], floor: dict, floor_replicates: dict[str, torch.Tensor], *,
+    rows: list[dict], replicates: dict[str, dict[str, torch.Tensor]], floor: dict, floor_replicates: dict[str, torch.Tensor],
+    scheme: Resampler, *,
     num_images: int, floor_images: int, correction: str = multiplicity.DEFAULT, against_real: dict[str, RealDataTest] | None = None,
 ) -> dict:  # fmt: skip
-    """rows: the step sweep's score rows (key, nfe, fid); replicates: run key -> score -> (B,);
+    """rows: the step sweep's score rows (key, nfe, fid); replicates: run key -> score -> (R,) under ``scheme``;
     num_images: images per run; floor_images: real images behind the floor's FID; against_real: run key -> its
     exact test against the test split (the runs of ``rows`` that have one are the third family).
 
@@ -64,7 +65,7 @@ def sampling_verdicts(
     multiplicity.check_method(correction)
 
     def paired(a: dict, b: dict) -> Difference:
-        return difference(a[METRIC], replicates[a["key"]][METRIC], b[METRIC], replicates[b["key"]][METRIC],
+        return difference(a[METRIC], replicates[a["key"]][METRIC], b[METRIC], replicates[b["key"]][METRIC], scheme,
                           sizes=(num_images, num_images), names=(a["key"], b["key"]))  # fmt: skip
 
     budgets = sorted({row["nfe"] for row in rows})
@@ -87,7 +88,7 @@ def sampling_verdicts(
     vs_floor: dict[str, dict] = {}
     if floor_images == num_images:
         against = {
-            row["key"]: difference(row[METRIC], replicates[row["key"]][METRIC], floor[METRIC], floor_replicates[METRIC],
+            row["key"]: difference(row[METRIC], replicates[row["key"]][METRIC], floor[METRIC], floor_replicates[METRIC], scheme,
                                    sizes=(num_images, floor_images), names=(row["key"], "the real-data floor"))
             for row in rows
         }  # fmt: skip
@@ -104,8 +105,8 @@ def sampling_verdicts(
         "metric": METRIC,
         "level": LEVEL,
         "alpha": ALPHA,
-        "method": "paired bootstrap: the same resampled image indices (same x_T) for every run and the same reference "
-        "resamples; percentile interval of the difference, recentred on the observed difference; p-value inverting it",
+        "method": f"paired {scheme.name}: every run's replicate k leaves out (or resamples) the same images (same x_T) and "
+        "the same reference images; the difference +- t * its standard error; p-value inverting that interval",
         "correction": correction,
         "by_budget_family": multiplicity.describe(correction, len(pairs)),
         "vs_floor_family": multiplicity.describe(correction, len(vs_floor)) if vs_floor

@@ -1,8 +1,8 @@
 """The evaluate stage's work: every score of every run of the plan, the real-data floor, FID over
 training and the NLL bound, written to the stage's files and logged to MLflow.
 
-Reference features are cached by content hash; with evaluate.bootstrap > 0 every score gets a 95%
-bootstrap interval over images and the runs are compared pair by pair (they share their x_T).
+Reference features are cached by content hash; with evaluate.jackknife_groups > 0 every score gets a 95%
+interval over images (grouped jackknife) and the runs are compared pair by pair (they share their x_T).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from ddpmlab.config import Params
 from ddpmlab.core.likelihood import summarize, vlb_terms
 from ddpmlab.data.image_set import ImageSet, to_model_range
 from ddpmlab.evaluation import memorisation, resampled_scores, scorecard
-from ddpmlab.evaluation.bootstrap import Resampler
 from ddpmlab.evaluation.classifier import check_accuracy, load_classifier, predict
 from ddpmlab.evaluation.feature_cache import FeatureCache, default_cache_dir
 from ddpmlab.evaluation.inception import resolve_weights
 from ddpmlab.evaluation.metrics import Extractor
 from ddpmlab.evaluation.protocol import MIN_PER_CLASS, SPLITS, Protocol, protocol_record
 from ddpmlab.evaluation.real_data_test import kid_permutation_test
+from ddpmlab.evaluation.resampling import Jackknife, Resampler
 from ddpmlab.evaluation.snapshots import checkpoints_over_training, sample_checkpoint
 from ddpmlab.evaluation.verdicts import sampling_verdicts
 from ddpmlab.model.trained import TrainedDiffusion
@@ -116,7 +116,7 @@ def prepare_scoring(params: Params, weights: Path, data: dict[str, ImageSet], n:
     references, keys = {}, {}
     for split in SPLITS:
         references[split], keys[split] = cache.features(data[split].images, extractor.identity, extractor)
-    resampler = Resampler(cfg.bootstrap, params.seed) if cfg.bootstrap else None
+    resampler = Jackknife(cfg.jackknife_groups, params.seed) if cfg.jackknife_groups else None
     protocol = Protocol(references, kid_subset_size=cfg.kid_subset_size, isc_splits=cfg.isc_splits, seed=params.seed,
                         reference_keys=keys, store=cache, device=device, resampler=resampler)  # fmt: skip
     copies = memorisation.build(
@@ -124,7 +124,7 @@ def prepare_scoring(params: Params, weights: Path, data: dict[str, ImageSet], n:
     )
     floor, num_real, floor_replicates = protocol.real_floor(n)
     floor = scorecard.rounded({**floor, **copies.floor()})
-    floor.update(scorecard.with_intervals(floor, floor_replicates))
+    floor.update(scorecard.with_intervals(floor, floor_replicates, resampler))
     click.echo(f"{cfg.feature_extractor} features; references: test {len(data['test'])} / train {len(data['train'])} images "
                f"({cache.hits} cached, {cache.misses} extracted); {n} generated images per run")  # fmt: skip
     return Scoring(extractor, protocol, references, copies, resampler, floor, floor_replicates), keys, num_real
@@ -145,11 +145,11 @@ def score_runs(scoring: Scoring, runs: list[Run], sampling: dict, samples_dir: P
         if counts is not None:
             replicates[run.key].update({name: resampled_scores.proportion(hit, counts) for name, hit in copies.copied(nearest).items()})
             against_real[run.key] = kid_permutation_test(generated.features, scoring.references["test"].features, seed=protocol.seed)
-        row = scorecard.score_row(run, entry, {**scores, **copies.score(nearest)}, scoring.floor, replicates[run.key], scoring.floor_replicates)
+        row = scorecard.score_row(run, entry, {**scores, **copies.score(nearest)}, scoring.floor, replicates[run.key], scoring.floor_replicates, resampler)
         copied = copied or {"run": run.key, **copies.summary(nearest)}  # the headline run's closest pairs
         if classifier is not None and labels is not None:
             predicted = predict(classifier, samples, device)
-            per_class[run.key] = scorecard.add_class_scores(row, predicted, labels, generated, scoring.references["train"], train_labels, counts)
+            per_class[run.key] = scorecard.add_class_scores(row, predicted, labels, generated, scoring.references["train"], train_labels, counts, resampler)
         rows.append(row)
         accuracy_note = f"  accuracy {row['cond_accuracy']:.3f}" if "cond_accuracy" in row else ""
         tqdm.write(f"  {run.key:>22} ({run.nfe:>4} NFE): FID {row['fid']:.3f} (x{row['fid_ratio']}; vs train {row['fid_train']:.3f})  "
@@ -183,7 +183,7 @@ def run_evaluation(params: Params, inputs: EvaluationInputs, outputs: Evaluation
     if scoring.resampler:
         swept = {r.key for r in step_sweep(runs)}
         extras["comparisons"] = sampling_verdicts([row for row in rows if row["key"] in swept], replicates, floor, scoring.floor_replicates,
-                                                  num_images=n, floor_images=num_real["test"], correction=cfg.correction,
+                                                  scoring.resampler, num_images=n, floor_images=num_real["test"], correction=cfg.correction,
                                                   against_real=against_real)  # fmt: skip
     evaluation = scorecard.details(rows, floor, nll, curve, {k: v for k, v in per_class.items() if v}, record, extras)
     scorecard.write_tables(rows, runs, curve, bool(sampling.get("num_classes")), outputs.steps_csv, outputs.guidance_csv, outputs.nfe_csv,

@@ -27,7 +27,7 @@ def protocol_params(protocol: dict) -> dict:
 
 def model_version_fid_tags(row: dict, run: Run, protocol: dict) -> dict[str, str]:
     """The headline FID as tags of the training run's registered model versions: the value, its 95%
-    bootstrap interval, the run it comes from and how it was measured (comparable only under one protocol)."""
+    95% interval, the run it comes from and how it was measured (comparable only under one protocol)."""
     measured = f"{protocol['feature_extractor']} features, {protocol['num_generated']} generated vs the test split"
     tags = {"fid": f"{row['fid']:.4g}", "fid_run": run.key, "fid_protocol": measured}
     if row.get("fid_ci_low") is not None:

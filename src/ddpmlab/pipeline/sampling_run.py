@@ -20,8 +20,8 @@ from ddpmlab.config import Params, SampleConfig
 from ddpmlab.data import images
 from ddpmlab.data.image_set import to_uint8
 from ddpmlab.evaluation import metric_registry
-from ddpmlab.evaluation.bootstrap import mean_interval
 from ddpmlab.evaluation.inception import resolve_weights
+from ddpmlab.evaluation.resampling import mean_interval
 from ddpmlab.model.draw import draw_tensor
 from ddpmlab.model.trained import TrainedDiffusion, learns_variance
 from ddpmlab.nn.acceleration import InferenceNetwork
@@ -35,8 +35,6 @@ from ddpmlab.sampling import endpoint
 from ddpmlab.sampling.guidance import class_labels
 from ddpmlab.sampling.plan import Run, build_plan
 from ddpmlab.sampling.trajectory import StepInfo, TrajectoryRecorder, image_seeds
-
-ENDPOINT_RESAMPLES = 1000  # bootstrap resamples of the per-image endpoint errors behind their 95% interval
 
 
 @dataclass
@@ -59,8 +57,8 @@ class Drawer:
 
 
 def endpoint_summary(errors: torch.Tensor) -> dict[str, float]:
-    """Mean endpoint error (B,) -> with the project's 95% bootstrap interval over images (``evaluation.bootstrap``)."""
-    mean, band = mean_interval(errors.cpu().numpy(), ENDPOINT_RESAMPLES)
+    """Mean endpoint error over images (N,) -> with its 95% t interval (``evaluation.resampling.mean_interval``)."""
+    mean, band = mean_interval(errors.cpu().numpy())
     band = band.clamped(metric_registry.bounds("endpoint_error"))
     return {"endpoint_error": round(mean, 5), "endpoint_error_ci_low": round(band.low, 5), "endpoint_error_ci_high": round(band.high, 5)}
 

@@ -231,8 +231,8 @@ def execution_differences(selection: Selection) -> list[str]:
 
 
 def table(selection: Selection) -> tuple[list[str], list[list[object]]]:
-    """Header and rows of the table of every evaluation: each score with its run's 95% bootstrap
-    interval (sampling noise only). Nothing is marked best here: one run per config says nothing
+    """Header and rows of the table of every evaluation: each score with its run's 95% interval
+    (sampling noise only). Nothing is marked best here: one run per config says nothing
     about the training seed; :func:`pooled_table` marks what replicates support."""
     evaluations = selection.evaluations
     values = {c.header: evaluations[c.source] if c.source in evaluations else pd.Series([None] * len(evaluations)) for c in COLUMNS}
@@ -259,7 +259,7 @@ POOLED_START = ["config", "train seeds", "replicates", "sampler", "spacing", "st
 
 def pooled_table(selection: Selection, correction: str = multiplicity.DEFAULT) -> tuple[list[str], list[list[object]]]:
     """One row per (config, sampler, spacing, options, w, steps): each score's mean over replicates
-    with its t interval (one replicate: the run's bootstrap interval). Bold: detectably better than
+    with its t interval (one replicate: the run's own interval). Bold: detectably better than
     every other config at this way of sampling; italics: the group tied with the best
     (:func:`replicates.marks`, each score's comparisons one family under ``correction``)."""
     scored = [c for c in COLUMNS if c.better and c.source.startswith("metrics.") and c.source in selection.evaluations]
@@ -374,14 +374,14 @@ def document(selection: Selection, figures: dict[str, str], source: str, plotted
         "Each best-vs-other comparison is a t test over replicates on the log scale for positive scores, paired by seed where both "
         f"configs ran the same seeds, else Welch's; each score's comparisons are one family under {multiplicity.METHODS[correction]} "
         f"at {multiplicity.ALPHA:.0%} (`ddpmlab.reporting.replicates`)."
-        + (f" {single} config{'s have' if single > 1 else ' has'} a single replicate: such a row shows its run's bootstrap interval, which "
+        + (f" {single} config{'s have' if single > 1 else ' has'} a single replicate: such a row shows its run's own interval, which "
            "covers sampling noise but not the training seed, and no value in a block with such a config is marked. Queue replicates "
            "with `dvc exp run --queue -S train.seed=0,1,2`." if single else "")
     )  # fmt: skip
     doc.table(header, rows)
     _differences_section(doc, selection, configs, correction)
     doc.heading("Every evaluation")
-    doc.paragraph("Each score with its run's 95% bootstrap interval over images (sampling noise of that one trained model).")
+    doc.paragraph("Each score with its run's 95% interval over images (sampling noise of that one trained model).")
     header, rows = table(selection)
     doc.table(header, rows)
     captions = {

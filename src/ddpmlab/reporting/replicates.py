@@ -35,7 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from ddpmlab.evaluation import metric_registry, multiplicity
-from ddpmlab.evaluation.bootstrap import Interval
+from ddpmlab.evaluation.resampling import Interval
 from ddpmlab.reporting import planning
 
 LEVEL = 0.95
@@ -51,7 +51,7 @@ SAMPLING_KEYS = GROUP_KEYS[1:]
 @dataclass(frozen=True)
 class Pooled:
     """Replicate values of one score (with the replicate seeds each came from): mean and interval (t over
-    replicates; with one replicate the run's own bootstrap interval, which covers sampling noise only)."""
+    replicates; with one replicate the run's own interval, which covers sampling noise only)."""
 
     values: tuple[float, ...]
     low: float | None

@@ -145,13 +145,13 @@ def _headline_text(metrics: dict, run: Run) -> str:
     text = f"Headline: {run.key} scores FID {Estimate.of(generated, 'fid')} against the test split; real images scored the same way give {Estimate.of(real, 'fid')}."
     comparisons = metrics.get("comparisons")
     if not comparisons:
-        return text + " No intervals were computed (evaluate.bootstrap = 0), so no difference here can be called real."
+        return text + " No intervals were computed (evaluate.jackknife_groups = 0), so no difference here can be called real."
     text += " " + floor_sentence(run.key, comparisons, n)
     widest = comparisons["by_budget"][-1]
     others = len(widest["tied"]) - 1
     text += (f" Over the whole sweep the lowest FID is {widest['best']}'s; "
              + (f"{others} other run{'s' if others > 1 else ''} cannot be told apart from it." if others else "every other run is detectably worse.")
-             + f" Intervals are {comparisons['level']:.0%} bootstrap intervals over {metrics['protocol']['bootstrap']['resamples']} resamples"
+             + f" Intervals are {comparisons['level']:.0%} grouped-jackknife intervals over {metrics['protocol']['intervals']['groups']} groups"
              " of the images; they cover sampling noise, not the training seed.")  # fmt: skip
     return text
 

@@ -80,7 +80,7 @@ def options_text(runs: list[Run]) -> str:
 
 def best_by_budget(rows: pd.DataFrame, budgets: tuple[int, ...] = (5, 10, 20, 50)) -> list[list]:
     """Per NFE budget: the run with the lowest FID among those that spend at most that many evaluations
-    (no intervals: for evaluations made with evaluate.bootstrap = 0)."""
+    (no intervals: for evaluations made with evaluate.jackknife_groups = 0)."""
     out = []
     for budget in budgets:
         within = rows[rows["nfe"] <= budget]
@@ -144,13 +144,13 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
         f"The real-data floor is FID {Estimate.of(real, 'fid')}."
     )
     nfe_figure(rows, real, figures / "nfe.png")
-    doc.image("figures/nfe.png", "FID (log scale) and IS against network evaluations per image, one line per sampler, bars: 95% bootstrap "
+    doc.image("figures/nfe.png", "FID (log scale) and IS against network evaluations per image, one line per sampler, bars: 95% "
               "intervals; dashed: real images scored the same way")  # fmt: skip
     if comparisons:
         doc.paragraph(
             f"Which runs differ: per NFE budget, the run with the lowest FID among those spending at most that many evaluations, and "
-            f"every run not detectably worse than it (tied: not told apart at N = {sampling['num_samples']}). Paired bootstrap over the "
-            "same images (same x_T) and the same reference resamples, each difference with its 95% interval; a difference counts as "
+            f"every run not detectably worse than it (tied: not told apart at N = {sampling['num_samples']}). Paired jackknife over the "
+            "same images (same x_T) and the same reference groups, each difference with its 95% interval; a difference counts as "
             f"detected when its p-value, adjusted across the table, is at most {comparisons.get('alpha', 0.05):.0%}: "
             f"{comparisons.get('by_budget_family', 'no correction')} (`ddpmlab.evaluation.verdicts`). The floor verdicts below are "
             f"a second family: {comparisons.get('vs_floor_family', 'no correction')}. These intervals cover sampling noise of this one "
@@ -165,7 +165,7 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
             )
         doc.table(["NFE budget", "lowest FID", "FID", "tied with it (FID difference [95% CI])", "runs detectably worse"], budget_rows(comparisons))
     else:
-        doc.paragraph("No intervals (evaluate.bootstrap = 0): the lowest FID per budget is listed without saying whether it differs from the others.")
+        doc.paragraph("No intervals (evaluate.jackknife_groups = 0): the lowest FID per budget is listed without saying whether it differs from the others.")
         doc.table(["NFE budget", "best run", "NFE", "FID", "FID / real"], best_by_budget(rows))
     floor = comparisons["vs_floor"] if comparisons else {}
     against_real = (comparisons or {}).get("vs_real") or {}
@@ -184,7 +184,7 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
         doc.paragraph(
             f"Endpoint error (deterministic runs): root-mean-square pixel distance, in the data range [-1, 1], between a run's image and "
             f"the {reference['sampler']} solution on {reference['steps']} steps from the same x_T, mean over the first {reference['images']} "
-            "images with a 95% bootstrap interval (`ddpmlab.sampling.endpoint`). It measures the solver's error alone and keeps "
+            "images with a 95% interval (`ddpmlab.sampling.endpoint`). It measures the solver's error alone and keeps "
             "separating samplers where FID sits at the floor."
         )
     if step_grids_figure(sampling["runs"], sampling["T"], figures / "grids.png"):

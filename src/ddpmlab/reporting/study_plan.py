@@ -4,12 +4,13 @@ Per way of sampling (sampler, spacing, steps) the pilot gives, on the log-FID sc
 
 - the spread between replicates of one config (pooled over every config with two or more), which
   holds both the training seed's part and the sampling noise of N images;
-- the sampling noise alone, from each run's own bootstrap interval at N (half-width / 1.96,
+- the sampling noise alone, from each run's own interval at N (half-width / 1.96: the jackknife's t quantile on 49
+  degrees of freedom is 2.01, so this reads its sd 2.5% high,
   divided by the FID: the delta method on the log scale);
 - the cost: training seconds per run and sampling seconds per image, as measured.
 
 The seed's part is the difference of the two variances; the images' share is taken as the
-bootstrap's sampling variance but never more than the replicate spread itself (replicates drawn
+intervals' sampling variance but never more than the replicate spread itself (replicates drawn
 with one sample.seed share x_T and the reference, so part of the sampling noise cancels between
 them). More images shrink only the images' share: at N' images it is taken as (share) x N / N',
 which holds for the generated images and not for the reference split (its size stays), so the
@@ -82,7 +83,7 @@ class Pilot:
 
     @property
     def images_sd(self) -> float:
-        """The images' share of the replicate spread: at most the bootstrap's sampling sd, and never more than
+        """The images' share of the replicate spread: at most the intervals' sampling sd, and never more than
         the spread itself (replicates with one sample.seed share x_T and the reference, so part of it cancels)."""
         return min(self.sampling_sd, self.replicate_sd)
 

@@ -5,7 +5,7 @@ The reference is :data:`REFERENCE_SAMPLER` on min(T, :data:`REFERENCE_STEPS`) un
 (every timestep of the default T = 100 model). The error of one image is the root mean square of
 its pixel differences in the data range [-1, 1] (its L2 distance / sqrt(C H W)), so it does not
 grow with the image size; a run's error is the mean over images (its interval is the sample
-stage's, ``evaluation.bootstrap.mean_interval``: drawing never reaches up into scoring).
+stage's, ``evaluation.resampling.mean_interval``: drawing never reaches up into scoring).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def fid_figure(selection: Selection, path: Path) -> None:
 
 
 def _mean_over_replicates(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per NFE: mean FID over replicates with its interval (t over replicates; one replicate: its bootstrap
+    """Per NFE: mean FID over replicates with its interval (t over replicates; one replicate: its own
     interval, or none), and mean sampling ms per image. Lower ends are kept above 0 for the log axes."""
     out = []
     for nfe, at in rows.groupby("nfe", sort=True):

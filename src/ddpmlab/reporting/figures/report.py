@@ -93,7 +93,7 @@ def nfe_figure(runs: pd.DataFrame, real: dict, path: Path) -> None:
         ax_fid.plot(nudged, rows["fid"], marker="o", color=color, label=label)
         ax_is.plot(nudged, rows["is_mean"], marker="o", color=color, label=label)
         for ax, name in ((ax_fid, "fid"), (ax_is, "is_mean")):
-            if f"{name}_ci_low" in rows and rows[f"{name}_ci_low"].notna().all():  # 95% bootstrap intervals as bars
+            if f"{name}_ci_low" in rows and rows[f"{name}_ci_low"].notna().all():  # 95% intervals as bars
                 low = rows[f"{name}_ci_low"].clip(lower=rows[name] * 0.05)  # a log axis cannot show 0 or below
                 ax.errorbar(nudged, rows[name], yerr=[rows[name] - low, rows[f"{name}_ci_high"] - rows[name]], fmt="none",
                             ecolor=color, alpha=0.6, capsize=2)  # fmt: skip
