@@ -304,3 +304,28 @@ def test_the_gram_route_for_more_features_than_images_gives_the_same_fid():
     w_g, w_r = resampler.counts("generated", 45), resampler.counts("test", 30)
     by_covariance = rs.frechet(rs.weighted_moments(x, w_g), rs.weighted_moments(y, w_r, with_sqrt=True))
     assert torch.allclose(rs.frechet_low_rank(x, y, w_g, w_r), by_covariance, rtol=1e-6)
+
+
+def test_the_delete_one_jackknifes_bias_correction_of_the_plug_in_variance_is_the_unbiased_variance():
+    """Quenouille's correction removes a bias of order 1 / n exactly when the bias is exactly that: the plug-in
+    variance (divisor n, bias -sigma^2 / n) becomes the sample variance (divisor n - 1)."""
+    values = np.random.default_rng(9).exponential(size=30)
+    leave_outs = np.array([np.delete(values, i).var() for i in range(30)])
+    assert Jackknife(30, seed=0).bias_corrected(values.var(), leave_outs) == pytest.approx(values.var(ddof=1), rel=1e-12)
+
+
+def test_the_bias_corrected_fid_estimates_the_distance_itself():
+    """FID at N = 200 per side is 1.5x the closed-form distance here; the corrected value's mean over 300 draws
+    is within 3% of it, and its interval covers it in 93-99% of them (measured: 98.0%; binomial sd 1.3 points)."""
+    closed_form = D * 0.25**2 + float(((np.linspace(1, 1.5, D) - 1) ** 2).sum())
+    rng = np.random.default_rng(13)
+    scheme, corrected, hits = Jackknife(GROUPS, seed=0), [], 0
+    for r in range(300):
+        x, y = two_gaussians(rng)
+        jackknife = Jackknife(GROUPS, seed=r)
+        replicates = resampled_fid(x, y, jackknife).numpy()
+        value = jackknife.bias_corrected(frechet_distance(x, y), replicates)
+        corrected.append(value)
+        hits += interval(value, replicates, scheme).contains(closed_form)
+    assert np.mean(corrected) == pytest.approx(closed_form, rel=0.03)
+    assert 0.93 <= hits / 300 <= 0.99, hits / 300

@@ -126,6 +126,8 @@ def test_evaluate_reports_metrics_against_both_splits_with_real_floors(pipeline:
         assert row["images_per_s"] == pytest.approx(1 / row["seconds_per_sample"], rel=1e-2)
     assert metrics["by_run"]["dpmpp_2m-5"]["nfe"] == 5
     assert metrics["fid"] == metrics["by_run"]["ddpm-30"]["fid"]  # the first run of the plan is the headline
+    for scores in (metrics["by_run"]["ddpm-30"], metrics["real"]):  # the bias-corrected FID, with the FID's own standard error
+        assert scores["fid_inf"] < scores["fid"] and scores["fid_inf_ci_high"] - scores["fid_inf"] == pytest.approx(scores["fid_ci_high"] - scores["fid"], abs=2e-5)
     steps_rows = (pipeline / "steps.csv").read_text().splitlines()
     assert steps_rows[0].startswith("key,sampler,spacing,steps,nfe,guidance,fid,fid_ci_low,fid_ci_high,fid_train,fid_train_ci_low") and [r.split(",")[0] for r in steps_rows[1:]] == RUNS
     nfe_rows = (pipeline / "fid_vs_nfe.csv").read_text().splitlines()

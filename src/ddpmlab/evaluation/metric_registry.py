@@ -44,6 +44,9 @@ class Metric:
 NON_NEGATIVE, RATE = (0.0, None), (0.0, 1.0)
 METRICS = (
     Metric("fid", "FID", "min", per_split=True, headline=("", "_train"), interval=True, bounds=NON_NEGATIVE),
+    # FID with its 1 / N bias removed (resampling.Jackknife.bias_corrected), an estimate of the distance at
+    # infinite N. It falls below 0 when the two sets nearly coincide; docs/comparing.md#fid-at-infinite-n.
+    Metric("fid_inf", "FID at infinite N (bias-corrected)", "min", per_split=True, in_table=False, interval=True),
     Metric("fid_ratio", "FID / real floor", "min", interval=True, bounds=NON_NEGATIVE),
     Metric("is_mean", "IS", "max", headline=("",), interval=True, bounds=(1.0, None)),  # exp(E KL(p(y|x) || p(y))) >= 1
     Metric("is_std", "IS std over splits", in_table=False),
@@ -67,7 +70,7 @@ METRICS = (
 # What identifies a run in a row (``sampling.plan.Run``), ahead of its scores.
 RUN_FIELDS = ("key", "sampler", "spacing", "steps", "nfe", "guidance")
 # Real-data floors are reported for the metrics a real image set has (evaluation.Protocol.real_floor).
-FLOOR_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "copy_rate", "nn_ratio", "copy_rate_pixels", "nn_ratio_pixels")
+FLOOR_METRICS = ("fid", "fid_inf", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "copy_rate", "nn_ratio", "copy_rate_pixels", "nn_ratio_pixels")
 
 
 def bounds(column: str) -> tuple[float | None, float | None]:

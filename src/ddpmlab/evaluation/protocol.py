@@ -130,6 +130,9 @@ class Protocol:
             out.update({f"{name}{suffix(split)}": value for name, value in against.items()})
             if resampled:
                 got = self._replicates(split, generated, inside_real, inside_generated, role)
+                # Its interval: the same standard error around the corrected value (scorecard.with_intervals).
+                got["fid_inf"] = got["fid"]
+                out[f"fid_inf{suffix(split)}"] = self.resampler.bias_corrected(against["fid"], got["fid"].numpy())
                 replicates.update({f"{name}{suffix(split)}": value for name, value in got.items()})
         return out, replicates
 

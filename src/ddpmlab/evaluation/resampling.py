@@ -76,8 +76,12 @@ class Bootstrap:
         return counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
 
     def standard_error(self, replicates: np.ndarray) -> float:
-        """The sd of the B resampled scores (finite ones)."""
+        """The sd of the B resampled scores."""
         return float(np.std(replicates, ddof=1))
+
+    def bias_corrected(self, estimate: float, replicates: np.ndarray) -> float:
+        """estimate - (mean of the resamples - estimate) (Efron & Tibshirani 1993, eq. 10.8)."""
+        return float(2 * estimate - np.mean(replicates))
 
 
 @dataclass
@@ -119,6 +123,12 @@ class Jackknife:
         """sqrt((G - 1) / G * sum_k (theta_k - mean)^2) over the G leave-one-group-out scores."""
         g = len(replicates)
         return float(np.sqrt((g - 1) / g * ((replicates - replicates.mean()) ** 2).sum()))
+
+    def bias_corrected(self, estimate: float, replicates: np.ndarray) -> float:
+        """G * estimate - (G - 1) * mean(leave-outs) (Quenouille 1956): removes a bias of order 1 / N.
+        Each leave-out has (G - 1) / G of every set, so a bias a / N + b / M grows by G / (G - 1) in it."""
+        g = len(replicates)
+        return float(g * estimate - (g - 1) * np.mean(replicates))
 
 
 Resampler = Bootstrap | Jackknife
