@@ -240,13 +240,13 @@ def test_the_exact_tests_against_real_data_are_a_family_of_their_own():
     """Three runs' tests: p = 0.01, 0.04, 0.5. Uncorrected two would count; BH gives q = 0.03, 0.06, 0.5, so one does."""
     reps = torch.linspace(0.5, 1.5, RESAMPLES)
     rows = [{"key": k, "nfe": 5, "fid": f} for k, f in (("a-5", 1.0), ("b-5", 1.1), ("c-5", 1.2))]
-    tests = {k: RealDataTest(kid=0.01, p_value=p, detectable=0.004, permutations=999, sizes=(500, 359)) for k, p in (("a-5", 0.01), ("b-5", 0.04), ("c-5", 0.5))}
+    tests = {k: RealDataTest(fid=0.01, p_value=p, detectable=0.004, permutations=999, sizes=(500, 359)) for k, p in (("a-5", 0.01), ("b-5", 0.04), ("c-5", 0.5))}
     found = sampling_verdicts(rows, {k: {"fid": reps + i} for i, k in enumerate(("a-5", "b-5", "c-5"))}, {"fid": 1.0}, {"fid": reps},
                               BOOTSTRAP, num_images=500, floor_images=500, against_real=tests)  # fmt: skip
     real = found["vs_real"]
     assert [real[k]["q"] for k in ("a-5", "b-5", "c-5")] == pytest.approx([0.03, 0.06, 0.5])
     assert real["a-5"]["verdict"] == "differs from real data"
-    assert real["b-5"]["verdict"] == "indistinguishable from real data at N = 500 against 359 (a KID gap of 0.004 would be found 80% of the time)"
+    assert real["b-5"]["verdict"] == "indistinguishable from real data at N = 500 against 359 (a FID gap of 0.004 would be found 80% of the time)"
     assert "999 shuffles" in found["vs_real_method"] and found["vs_real_family"].endswith("across 3 comparisons")
 
 

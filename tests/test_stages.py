@@ -301,8 +301,8 @@ def test_report_has_every_section_and_embeds_images(pipeline: Path):
     comparisons = evaluation["comparisons"]
     assert comparisons["correction"] == "bh" and set(comparisons["vs_real"]) == set(evaluation["by_run"])
     for entry in comparisons["vs_real"].values():
-        assert 0 < entry["p"] <= entry["q"] <= 1 and entry["detectable_kid"] > 0 and entry["verdict"]
-        assert np.isfinite(entry["kid"]) and (entry["verdict"] == "differs from real data") == entry["detected"]
+        assert 0 < entry["p"] <= entry["q"] <= 1 and entry["detectable_fid"] > 0 and entry["verdict"]
+        assert np.isfinite(entry["fid"]) and (entry["verdict"] == "differs from real data") == entry["detected"]
     assert "vs real data" in md and comparisons["vs_real_family"] in md and comparisons["by_budget_family"] in md
 
 

@@ -11,8 +11,8 @@ replicated pair by pair. Three statements come out:
   reference resamples): above, indistinguishable from, or below it. Below the floor means the
   protocol cannot resolve the run from real data at this N, never that it beats real data;
 - per run, the exact test of its features against the test split's (:mod:`real_data_test`): a
-  permutation test of KID. Detected: the images differ from real ones. Not detected: the verdict
-  names the KID gap the test would have found with 80% power, so "indistinguishable" always says
+  permutation test of FID. Detected: the images differ from real ones. Not detected: the verdict
+  names the FID gap the test would have found with 80% power, so "indistinguishable" always says
   at what resolution.
 
 Each of the three lists is one family of comparisons: its p-values (paired jackknife for the
@@ -61,7 +61,7 @@ def sampling_verdicts(
 
     Returns {"by_budget": [{budget, best, tied, runs: [{run, nfe, fid, difference, low, high, p, q, detected}]}],
     "vs_floor": {run key: {difference, low, high, p, q, detected, verdict}},
-    "vs_real": {run key: {kid, p, q, detectable_kid, detected, verdict}}, ...}."""
+    "vs_real": {run key: {fid, p, q, detectable_fid, detected, verdict}}, ...}."""
     multiplicity.check_method(correction)
 
     def paired(a: dict, b: dict) -> Difference:
@@ -99,8 +99,8 @@ def sampling_verdicts(
     vs_real = {}
     for (key, test), q in zip(tested.items(), multiplicity.adjusted([t.p_value for t in tested.values()], correction)):
         detected = bool(q <= ALPHA)
-        vs_real[key] = {"kid": round(test.kid, 6), "p": round(test.p_value, 5), "q": round(float(q), 5),
-                        "detectable_kid": round(test.detectable, 6), "detected": detected, "verdict": real_verdict(test, detected)}  # fmt: skip
+        vs_real[key] = {"fid": round(test.fid, 5), "p": round(test.p_value, 5), "q": round(float(q), 5),
+                        "detectable_fid": round(test.detectable, 5), "detected": detected, "verdict": real_verdict(test, detected)}  # fmt: skip
     return {
         "metric": METRIC,
         "level": LEVEL,
@@ -112,7 +112,7 @@ def sampling_verdicts(
         "vs_floor_family": multiplicity.describe(correction, len(vs_floor)) if vs_floor
         else f"not compared: the floor has {floor_images} real images and each run {num_images}",
         "vs_real_family": multiplicity.describe(correction, len(vs_real)),
-        "vs_real_method": f"KID of the run's features against the test split's, permutation test ({next(iter(tested.values())).permutations} "
+        "vs_real_method": f"FID of the run's features against the test split's, permutation test ({next(iter(tested.values())).permutations} "
         "shuffles of which images are generated), one-sided" if tested else None,
         "by_budget": by_budget,
         "vs_floor": vs_floor,
@@ -121,8 +121,8 @@ def sampling_verdicts(
 
 
 def real_verdict(test: RealDataTest, detected: bool) -> str:
-    """"differs from real data" or "indistinguishable from real data at N = 500 (a KID gap of 0.0052 would be found 80% of the time)"."""
+    """"differs from real data" or "indistinguishable from real data at N = 500 against 359 (a FID gap of 0.93 would be found 80% of the time)"."""
     if detected:
         return "differs from real data"
-    return (f"indistinguishable from real data at N = {test.sizes[0]} against {test.sizes[1]} (a KID gap of {test.detectable:.2g} "
+    return (f"indistinguishable from real data at N = {test.sizes[0]} against {test.sizes[1]} (a FID gap of {test.detectable:.2g} "
             "would be found 80% of the time)")  # fmt: skip

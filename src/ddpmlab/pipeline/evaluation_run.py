@@ -24,7 +24,7 @@ from ddpmlab.evaluation.feature_cache import FeatureCache, default_cache_dir
 from ddpmlab.evaluation.inception import resolve_weights
 from ddpmlab.evaluation.metrics import Extractor
 from ddpmlab.evaluation.protocol import MIN_PER_CLASS, SPLITS, Protocol, protocol_record
-from ddpmlab.evaluation.real_data_test import kid_permutation_test
+from ddpmlab.evaluation.real_data_test import fid_permutation_test
 from ddpmlab.evaluation.resampling import Jackknife, Resampler
 from ddpmlab.evaluation.snapshots import checkpoints_over_training, sample_checkpoint
 from ddpmlab.evaluation.verdicts import sampling_verdicts
@@ -144,7 +144,7 @@ def score_runs(scoring: Scoring, runs: list[Run], sampling: dict, samples_dir: P
         counts = resampler.counts("generated", len(samples)) if resampler else None  # the same indices in every run: paired
         if counts is not None:
             replicates[run.key].update({name: resampled_scores.proportion(hit, counts) for name, hit in copies.copied(nearest).items()})
-            against_real[run.key] = kid_permutation_test(generated.features, scoring.references["test"].features, seed=protocol.seed)
+            against_real[run.key] = fid_permutation_test(generated.features, scoring.references["test"].features, seed=protocol.seed)
         row = scorecard.score_row(run, entry, {**scores, **copies.score(nearest)}, scoring.floor, replicates[run.key], scoring.floor_replicates, resampler)
         copied = copied or {"run": run.key, **copies.summary(nearest)}  # the headline run's closest pairs
         if classifier is not None and labels is not None:

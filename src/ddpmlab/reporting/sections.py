@@ -95,12 +95,12 @@ FLOOR_LABELS = {"above the floor": "above", "indistinguishable from the floor": 
 
 
 def real_label(entry: dict | None) -> str:
-    """The exact test's verdict in a table cell: "differs (p 0.001)" or "not told apart (KID gap >= 0.0052 found 80%)"."""
+    """The exact test's verdict in a table cell: "differs (p 0.001)" or "not told apart (would find a FID gap >= 0.93)"."""
     if not entry:
         return ""
     if entry["detected"]:
         return f"differs (adj. p {entry['q']:.2g})"
-    return f"not told apart (would find KID >= {entry['detectable_kid']:.2g})"
+    return f"not told apart (would find a FID gap >= {entry['detectable_fid']:.2g})"
 
 
 def difference_text(entry: dict) -> str:
@@ -160,7 +160,7 @@ def sampling_section(doc: Document, rows: pd.DataFrame, runs: list[Run], samplin
             doc.paragraph(
                 f"Against real data directly (column *vs real data*): {comparisons['vs_real_method']} "
                 "(`ddpmlab.evaluation.real_data_test`), a third family: "
-                f"{comparisons['vs_real_family']}. Where it finds no difference, it names the KID gap it would have found 80% of the "
+                f"{comparisons['vs_real_family']}. Where it finds no difference, it names the FID gap it would have found 80% of the "
                 "time at these sizes: that is the resolution of \"indistinguishable\" here, and more images lower it."
             )
         doc.table(["NFE budget", "lowest FID", "FID", "tied with it (FID difference [95% CI])", "runs detectably worse"], budget_rows(comparisons))
