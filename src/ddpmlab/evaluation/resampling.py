@@ -13,11 +13,12 @@ Two schemes share that interface, and the pipeline uses the one that measured be
 
 - :class:`Jackknife` (the default, ``evaluate.jackknife_groups``): the images are split into G
   seeded groups and replicate k leaves group k out (Quenouille-Tukey grouped jackknife). Its
-  standard error sqrt((G - 1) / G * sum_k (theta_k - mean theta)^2) was within 1.00-1.08x the true
-  sampling sd of FID at a real gap, and 1.4-1.5x with identical distributions.
+  standard error sqrt((G - 1) / G * sum_k (theta_k - mean theta)^2) was 1.10x the true sampling
+  sd of FID at the project's protocol (D = 128, 500 images against 359, a real gap), and 1.2-1.7x
+  with identical distributions.
 - :class:`Bootstrap`: B resamples with replacement. A resample repeats images (about 0.63 N
-  distinct ones), which the covariance and kernel terms of FID and KID read as lost diversity, so
-  its spread was 1.2-3.1x the true sd: the intervals were right but 1.5-10x too costly in images.
+  distinct ones), which the covariance terms of FID read as lost diversity, so its spread was
+  1.80x the true sd there (up to 4.3x elsewhere): valid intervals, but 3x too costly in images.
 
 Either way the interval is estimate +- t * se (Student t on the scheme's degrees of freedom: G - 1
 for the jackknife, normal for the bootstrap), and a paired difference's p-value is the one that
