@@ -18,8 +18,8 @@ Why not KID: in a simulation shaped like the default protocol (500 generated aga
 reference images, 128-d features whose real-vs-real FID is 1.4), a KID permutation test found a
 true gap of 1.0 FID in 30% of 40 draws and this test in 50% (docs/evaluation.md).
 
-Each permutation is a pair of weighted moments over the pooled images
-(:mod:`ddpmlab.evaluation.resampled_scores`), a batch of permutations at a time.
+Each permutation's FID comes from :func:`ddpmlab.evaluation.resampled_scores.frechet_split`, a batch of
+permutations at a time.
 """
 
 from __future__ import annotations
@@ -61,31 +61,9 @@ def fid_permutation_test(generated: torch.Tensor, reference: torch.Tensor, permu
     labels[0, :n] = 1.0  # row 0: the observed split
     for row in labels[1:]:
         row[rng.permutation(n + m)[:n]] = 1.0
-    values = torch.cat([_frechet(pooled, torch.from_numpy(labels[i : i + CHUNK])) for i in range(0, len(labels), CHUNK)])
+    values = torch.cat([resampled_scores.frechet_split(pooled, torch.from_numpy(labels[i : i + CHUNK])) for i in range(0, len(labels), CHUNK)])
     observed, null = float(values[0]), values[1:].numpy()
     p_value = (1 + int(np.count_nonzero(null >= observed))) / (1 + permutations)
     critical = float(np.quantile(null, 1 - alpha))
     detectable = critical - float(null.mean()) + stats.norm.ppf(POWER) * float(np.std(null, ddof=1))
     return RealDataTest(observed, p_value, detectable, permutations, (n, m))
-
-
-def _frechet(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """FID between the images each row of ``labels`` (P, n + m) marks 1 and those it marks 0. Returns (P,)."""
-    other = 1.0 - labels
-    n, m = labels[0].sum().item(), other[0].sum().item()
-    if pooled.shape[1] > min(n, m):  # more features than images: Gram matrices
-        return resampled_scores.frechet_low_rank(pooled, pooled, labels, other)
-    # One scatter per permutation: the other side's is the pooled scatter minus it.
-    total, scatter_all = pooled.sum(0), pooled.T @ pooled
-    sum_g = labels @ pooled  # (P, D)
-    scatter_g = (pooled.T[None] * labels[:, None, :]) @ pooled  # (P, D, D)
-    mean_g, mean_r = sum_g / n, (total - sum_g) / m
-    cov_g = (scatter_g - n * mean_g[:, :, None] * mean_g[:, None, :]) / (n - 1)
-    cov_r = (scatter_all - scatter_g - m * mean_r[:, :, None] * mean_r[:, None, :]) / (m - 1)
-    # tr((S_g S_r)^1/2) from the eigenvalues of L^T S_g L, S_r = L L^T: a Cholesky factor costs less than an
-    # eigendecomposition. The jitter keeps a feature with no variance factorable; every permutation gets the same one.
-    jitter = 1e-12 * torch.diagonal(scatter_all).mean() / (n + m) * torch.eye(pooled.shape[1], dtype=pooled.dtype)
-    factor = torch.linalg.cholesky(cov_r + jitter)
-    cross = torch.linalg.eigvalsh(factor.transpose(1, 2) @ cov_g @ factor).clamp_min(0).sqrt().sum(1)
-    trace = torch.diagonal(cov_g, dim1=1, dim2=2).sum(1) + torch.diagonal(cov_r, dim1=1, dim2=2).sum(1)
-    return ((mean_g - mean_r) ** 2).sum(1) + trace - 2 * cross

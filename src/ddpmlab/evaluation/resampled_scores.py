@@ -92,6 +92,29 @@ def frechet_low_rank(generated: torch.Tensor, reference: torch.Tensor, w_g: torc
     return torch.cat(out)
 
 
+def frechet_split(pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """FID between the images each row of ``labels`` (P, n + m) marks 1 and those it marks 0 (the exact test's
+    permutations of one pooled set (n + m, D); every row marks the same n). Returns (P,)."""
+    other = 1.0 - labels
+    n, m = labels[0].sum().item(), other[0].sum().item()
+    if pooled.shape[1] > min(n, m):  # more features than images: Gram matrices
+        return frechet_low_rank(pooled, pooled, labels, other)
+    # One scatter per permutation: the other side's is the pooled scatter minus it.
+    total, scatter_all = pooled.sum(0), pooled.T @ pooled
+    sum_g = labels @ pooled  # (P, D)
+    scatter_g = (pooled.T[None] * labels[:, None, :]) @ pooled  # (P, D, D)
+    mean_g, mean_r = sum_g / n, (total - sum_g) / m
+    cov_g = (scatter_g - n * mean_g[:, :, None] * mean_g[:, None, :]) / (n - 1)
+    cov_r = (scatter_all - scatter_g - m * mean_r[:, :, None] * mean_r[:, None, :]) / (m - 1)
+    # tr((S_g S_r)^1/2) from the eigenvalues of L^T S_g L, S_r = L L^T: a Cholesky factor costs less than an
+    # eigendecomposition. The jitter keeps a feature with no variance factorable; every permutation gets the same one.
+    jitter = 1e-12 * torch.diagonal(scatter_all).mean() / (n + m) * torch.eye(pooled.shape[1], dtype=pooled.dtype)
+    factor = torch.linalg.cholesky(cov_r + jitter)
+    cross = torch.linalg.eigvalsh(factor.transpose(1, 2) @ cov_g @ factor).clamp_min(0).sqrt().sum(1)
+    trace = torch.diagonal(cov_g, dim1=1, dim2=2).sum(1) + torch.diagonal(cov_r, dim1=1, dim2=2).sum(1)
+    return ((mean_g - mean_r) ** 2).sum(1) + trace - 2 * cross
+
+
 def polynomial_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """KID's kernel k(x, y) = (x.y / D + 1)^3 (Binkowski et al. 2018; torch-fidelity's defaults). (N, D), (M, D) -> (N, M)."""
     return (a.double() @ b.double().T / a.shape[1] + 1) ** 3
