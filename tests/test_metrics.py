@@ -47,8 +47,12 @@ def test_fid_of_a_set_against_itself_is_zero(digits_and_classifier):
     assert abs(result["fid"]) < 1e-3
     manifold = Manifold.of(features.features)
     assert precision_recall(manifold, manifold) == {"precision": 1.0, "recall": 1.0}  # every point lies in its own k-NN ball
-    # KID is an unbiased MMD estimate over random subsets: zero in expectation, not exactly.
-    assert abs(result["kid_mean"]) < 2 * result["kid_std"]
+    # KID's U-statistic leaves out i = j within a set but not across sets, so a set against itself gives
+    # 2 (mean over pairs i != j of k - mean of k(x_i, x_i)) / N: below 0, not 0.
+    x = features.features.numpy()
+    k = ((x @ x.T) / x.shape[1] + 1) ** 3
+    n = len(x)
+    assert result["kid_mean"] == pytest.approx(2 * ((k.sum() - np.trace(k)) / (n * (n - 1)) - np.trace(k) / n) / n, rel=1e-9)
 
 
 def test_fid_and_kid_grow_with_the_strength_of_added_noise(digits_and_classifier):
@@ -97,7 +101,15 @@ def test_metrics_equal_torch_fidelitys_one_call_pipeline(digits_and_classifier):
         rng_seed=3, save_cpu_ram=True, cache=False, verbose=False,
     )  # fmt: skip
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-9)
-    assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
+    assert ours["kid_std"] == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-9)
+    # KID over every pair, from its definition (Binkowski et al. 2018, eq. 4), torch-fidelity's kernel (x.y / D + 1)^3:
+    x, y = generated.features.numpy(), reference.features.numpy()
+    n, m, d = len(x), len(y), x.shape[1]
+    k_xx, k_yy, k_xy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    unbiased = (k_xx.sum() - np.trace(k_xx)) / (n * (n - 1)) + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1)) - 2 * k_xy.mean()
+    assert ours["kid_mean"] == pytest.approx(unbiased, rel=1e-9)
+    # ... with the expectation of torch-fidelity's subset mean: within a few of that mean's standard errors
+    assert abs(ours["kid_mean"] - theirs["kernel_inception_distance_mean"]) < 3 * theirs["kernel_inception_distance_std"] / 10
     assert ours["is_mean"] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
     assert ours["precision"] == pytest.approx(theirs["precision"], abs=1e-6)
     assert ours["recall"] == pytest.approx(theirs["recall"], abs=1e-6)

@@ -1,8 +1,8 @@
-"""FID, KID and IS through torch-fidelity, and precision / recall, on features extracted once per image set.
+"""FID, KID and IS with torch-fidelity's definitions, and precision / recall, on features extracted once per image set.
 
 Images are uint8 (N, C, H, W). Each set goes through the feature extractor once
-(:class:`Extractor`); the metrics are torch-fidelity's own functions applied to those
-features, so a generated set's features serve both references (test and train split) and
+(:class:`Extractor`); FID and IS are torch-fidelity's own functions applied to those
+features, and KID is its unbiased MMD^2 taken over every pair instead of random subsets, so a generated set's features serve both references (test and train split) and
 a reference set's features come from a content-keyed cache (:mod:`ddpmlab.evaluation.feature_cache`).
 Precision / recall use ddpmlab's chunked k-NN (:mod:`ddpmlab.evaluation.neighbours`) instead of
 torch-fidelity's all-pairs matrices, with the same definition (tested equal), so the reference
@@ -32,6 +32,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from ddpmlab.data.image_set import to_model_range
+from ddpmlab.evaluation import resampled_scores
 from ddpmlab.evaluation.classifier import load_classifier
 from ddpmlab.evaluation.neighbours import inside_any_ball, kth_neighbour_radii
 
@@ -149,12 +150,22 @@ def frechet_distance(generated: torch.Tensor, reference: torch.Tensor) -> float:
     return float(fid_statistics_to_metric(fid_features_to_statistics(generated), fid_features_to_statistics(reference), verbose=False)["frechet_inception_distance"])
 
 
-def compare(generated: FeatureSet, reference: FeatureSet, *, kid_subset_size: int, seed: int) -> dict[str, float]:
-    """FID and KID (mean, std over 100 subsets) of ``generated`` against ``reference``.
+def compare(generated: FeatureSet, reference: FeatureSet, *, kid_subset_size: int, seed: int,
+            reference_within: float | None = None) -> dict[str, float]:  # fmt: skip
+    """FID and KID of ``generated`` (N images) against ``reference`` (M images).
 
-    KID subsets have min(kid_subset_size, len(generated), len(reference)) images.
+    ``kid_mean`` is the unbiased MMD^2 over *every* pair (Binkowski et al. 2018, eq. 4): the
+    U-statistic whose spread the jackknife interval describes, with the same expectation as
+    torch-fidelity's mean over 100 random subsets and less variance. ``kid_std`` is torch-fidelity's
+    std over 100 subsets of min(kid_subset_size, N, M) images: the +/- papers print next to KID,
+    the spread of one subset's KID, not the standard error of ``kid_mean``.
+    ``reference_within``: the reference's within-set kernel mean, when the caller keeps it (the
+    O(M^2) part of KID, shared by every run scored against one reference).
     """
-    kid = kid_features_to_metric(
+    everyone = torch.ones(1, len(generated))
+    within_r = None if reference_within is None else torch.tensor([reference_within], dtype=torch.float64)
+    kid_mean = resampled_scores.kid(generated.features, reference.features, everyone, torch.ones(1, len(reference)), within_r)
+    spread = kid_features_to_metric(
         generated.features,
         reference.features,
         kid_subsets=KID_SUBSETS,
@@ -164,9 +175,14 @@ def compare(generated: FeatureSet, reference: FeatureSet, *, kid_subset_size: in
     )
     return {
         "fid": frechet_distance(generated.features, reference.features),
-        "kid_mean": float(kid["kernel_inception_distance_mean"]),
-        "kid_std": float(kid["kernel_inception_distance_std"]),
+        "kid_mean": float(kid_mean[0]),
+        "kid_std": float(spread["kernel_inception_distance_std"]),
     }
+
+
+def kid_within(reference: FeatureSet) -> float:
+    """The reference's term of KID's U-statistic (mean kernel over pairs of different images), for :func:`compare`."""
+    return float(resampled_scores.within_mean(reference.features, torch.ones(1, len(reference)))[0])
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from ddpmlab.evaluation.metrics import (
     compare,
     frechet_distance,
     inception_score,
+    kid_within,
     membership,
 )
 from ddpmlab.evaluation.resampling import Resampler
@@ -61,6 +62,7 @@ class Protocol:
     resampler: Resampler | None = None  # replicates for score_resampled / real_floor
     _manifolds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _resampled_references: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _kid_within: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # split -> KID's reference term
 
     def __post_init__(self) -> None:
         if set(self.references) != set(SPLITS):
@@ -123,7 +125,10 @@ class Protocol:
             replicates["is_mean"] = resampled_scores.inception_score(for_is.logits, indices, min(self.isc_splits, len(for_is)))
         for split in SPLITS:
             generated, reference = candidates[split], self.references[split]
-            against = compare(generated, reference, kid_subset_size=self.kid_subset_size, seed=self.seed)
+            if split not in self._kid_within:
+                self._kid_within[split] = kid_within(reference)
+            against = compare(generated, reference, kid_subset_size=self.kid_subset_size, seed=self.seed,
+                              reference_within=self._kid_within[split])  # fmt: skip
             n = min(len(generated), len(reference))  # equal sizes; generated images are seed-indexed, so the first n are a fair subset
             inside_real, inside_generated = membership(Manifold.of(generated.features[:n], self.device), self.manifold(split, n), self.device)
             against.update(precision=float(inside_real.double().mean()), recall=float(inside_generated.double().mean()))
