@@ -3,8 +3,10 @@ and the stages chained as dvc.yaml chains them."""
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +30,20 @@ TINY_OVERRIDES = {
     "classifier": {"steps": 3, "min_accuracy": 0.0},  # three batches cannot reach a real threshold
     "evaluate": {"batch_size": 64, "kid_subset_size": 8, "isc_splits": 4, "nll_images": 12, "snapshot_samples": 8, "snapshot_steps": 5, "jackknife_groups": 8},
 }
+
+
+# -- Debian packages a few tests need: .ci/run installs them; elsewhere those tests skip, naming the package --------
+
+
+def needs_debian_package(package: str, installed: bool) -> pytest.MarkDecorator:
+    """Skip where Debian's ``package`` is missing, with one line that names it (pytest -ra prints it)."""
+    return pytest.mark.skipif(not installed, reason=f"needs Debian's {package} (apt-get install {package}; .ci/run installs it)")
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+needs_chromium = needs_debian_package("chromium", Path(CHROMIUM).is_file())
+# The server binaries the team stack runs (ddpmlab.team.postgres looks for them there).
+needs_postgresql = needs_debian_package("postgresql", bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")))
 
 
 def pytest_configure(config: pytest.Config) -> None:

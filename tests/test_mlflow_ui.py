@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -16,15 +15,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-from conftest import COMPARED_SCHEDULES, ROOT, free_port, stop_process_group
+from conftest import CHROMIUM, COMPARED_SCHEDULES, ROOT, free_port, needs_chromium, stop_process_group
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "test-output"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Chromium: apt-get install chromium (CI installs it)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture

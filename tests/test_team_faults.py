@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, evaluate_args, prepare_inputs, report_args, train_args, write_tiny_params
+from conftest import ROOT, evaluate_args, needs_postgresql, prepare_inputs, report_args, train_args, write_tiny_params
 
 STAGE_TIMEOUT_S = 300
-pytestmark = pytest.mark.usefixtures("team_stack", "signed_in_as_writer")
+pytestmark = [needs_postgresql, pytest.mark.usefixtures("team_stack", "signed_in_as_writer")]
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -27,12 +27,13 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port
+from conftest import free_port, needs_postgresql
 from ddpmlab.cli import main as ddpmlab_command
 from ddpmlab.team.processes import TeamStackError, alive
 from ddpmlab.team.stack import TeamStack
 
 ADMIN_PASSWORD = f"admin-{secrets.token_hex(10)}"  # unique: searched for in files, command lines and environments
+pytestmark = needs_postgresql
 UP_TIMEOUT_S = 180  # `mlflow server` answers after ~20 s on 2 busy cores
 EXPERIMENT = "ddpmlab"
 S3_CONFIG = Config(

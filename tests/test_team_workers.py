@@ -18,9 +18,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, tiny_params
+from conftest import ROOT, needs_postgresql, tiny_params
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("team_stack", "signed_in_as_writer")]
+pytestmark = [needs_postgresql, pytest.mark.e2e, pytest.mark.usefixtures("team_stack", "signed_in_as_writer")]
 EXPERIMENTS = {"worker1": ("w1-seed1", "train.seed=1"), "worker2": ("w2-cosine", "schedule=cosine")}
 
 
