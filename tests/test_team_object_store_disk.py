@@ -44,7 +44,8 @@ def test_every_bucket_takes_writes_on_a_nearly_full_disk(small_disk: Path):
     ports["s3_grpc"] = free_port("127.0.0.1", taken)
     data = small_disk / "seaweedfs"
     data.mkdir()
-    store = ObjectStore(data, "127.0.0.1", free_port("127.0.0.1", taken), ports, data / "identities.json", f"k{secrets.token_hex(8)}", secrets.token_hex(20))
+    keys = [(f"k{secrets.token_hex(8)}", secrets.token_hex(20)) for _ in ("admin", "mlflow")]
+    store = ObjectStore(data, "127.0.0.1", free_port("127.0.0.1", taken), ports, data / "identities.json", *keys)
     store.write_config()
     store.write_security()
     log = small_disk.parent / "weed.log"

@@ -13,6 +13,8 @@ import secrets
 import stat
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,8 +76,8 @@ def team_cli(*args: object, env: dict[str, str] | None = None, input: str | None
     return result
 
 
-def s3(stack: TeamStack, signed: bool = True):
-    """A boto3 client of the stack's S3 API, with its key or anonymous."""
+def s3(stack: TeamStack, signed: bool = True, key: tuple[str, str] | None = None):
+    """A boto3 client of the stack's S3 API, with ``key`` (default: the stack's own) or anonymous."""
     if not signed:
         return boto3.client(
             "s3",
@@ -83,9 +85,9 @@ def s3(stack: TeamStack, signed: bool = True):
             region_name="us-east-1",
             config=S3_CONFIG.merge(Config(signature_version=UNSIGNED)),
         )
-    access, secret = stack.s3_credentials
-    key = {"aws_access_key_id": access, "aws_secret_access_key": secret}
-    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1", config=S3_CONFIG, **key)
+    access, secret = key or stack.s3_admin_key
+    signing = {"aws_access_key_id": access, "aws_secret_access_key": secret}
+    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1", config=S3_CONFIG, **signing)
 
 
 def bucket_keys(stack: TeamStack, name: str) -> list[str]:
@@ -220,22 +222,103 @@ def test_a_read_user_searches_but_cannot_log_and_an_edit_user_logs(stack: TeamSt
     assert refused.value.get_http_status_code() == 401
 
 
-def test_dvc_remote_points_a_repository_at_the_dvc_bucket(stack: TeamStack, tmp_path: Path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    dvc = [sys.executable, "-m", "dvc"]
+def dvc_repo(folder: Path) -> tuple[Path, dict[str, str]]:
+    """A new git + DVC repository and the environment to run dvc in (none of the caller's AWS or DVC settings)."""
+    folder.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DVC_"))} | {"DVC_NO_ANALYTICS": "1"}
-    for command in (["git", "init", "-q"], [*dvc, "init", "-q"]):
-        subprocess.run(command, cwd=repo, env=env, check=True, timeout=60)
-    team_cli("dvc-remote", "--dir", stack.state_dir, "--repo", repo, "--path", "test-project")
-    _, secret = stack.s3_credentials
-    assert secret not in (repo / ".dvc" / "config").read_text() and secret in (repo / ".dvc" / "config.local").read_text()
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=folder, env=env, check=True, timeout=60)
+    return folder, env
+
+
+def dvc(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def key_in(path: Path) -> tuple[str, str]:
+    from ddpmlab.team.credentials import load
+
+    key = load(path)
+    return key.access_key, key.secret_key
+
+
+def test_dvc_remote_takes_a_persons_key_file_even_with_a_secret_that_looks_like_an_option(stack: TeamStack, tmp_path: Path):
+    """About one generated secret in 64 began with '-', and `dvc remote modify` took it for an option."""
+    secret = "-Lp-" + secrets.token_urlsafe(24)
+    key_file = stack.issue_dvc_key("dash", write=True, path=tmp_path / "dash.s3-credentials", secret=secret)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and key_in(key_file)[1] == secret
+    repo, env = dvc_repo(tmp_path / "repo")
+    team_cli("dvc-remote", "--credentials", key_file, "--repo", repo, "--path", "test-project")
+    for name in ("config", "config.local"):
+        assert secret not in (repo / ".dvc" / name).read_text(), name  # DVC reads the key from the file itself
+    assert stat.S_IMODE((repo / ".dvc" / "config.local").stat().st_mode) == 0o600
     assert "s3://dvc/test-project" in (repo / ".dvc" / "config").read_text()
     (repo / "data.txt").write_text("tracked by dvc\n")
-    for command in ([*dvc, "add", "-q", "data.txt"], [*dvc, "push", "-q"]):
-        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=120, check=False)
+    for args in (["add", "-q", "data.txt"], ["push", "-q"]):
+        done = dvc(repo, env, *args)
         assert done.returncode == 0, done.stdout + done.stderr
     assert any(key.startswith("test-project/files/md5/") for key in bucket_keys(stack, "dvc"))
+
+
+def test_dvc_remote_refuses_a_key_file_others_can_read_or_that_is_not_one(stack: TeamStack, tmp_path: Path):
+    repo, _ = dvc_repo(tmp_path / "repo")
+    key_file = stack.issue_dvc_key("open", write=False, path=tmp_path / "open.s3-credentials")
+    key_file.chmod(0o644)
+    result = team_cli("dvc-remote", "--credentials", key_file, "--repo", repo, exit_code=1)
+    assert "readable by others (mode 0644): chmod 600" in result.output
+    other = tmp_path / "other.ini"
+    other.write_text("[default]\naws_access_key_id = x\n")
+    other.chmod(0o600)
+    assert "not a ddpmlab team credentials file" in team_cli("dvc-remote", "--credentials", other, "--repo", repo, exit_code=1).output
+    assert not (repo / ".dvc" / "config.local").exists()
+
+
+def refused(call, **kwargs) -> int:
+    """The HTTP status of S3 call ``call(**kwargs)``, which must be refused (403: not allowed, or an unknown key)."""
+    with pytest.raises(ClientError) as error:
+        call(**kwargs)
+    return error.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def test_each_key_reaches_its_own_bucket_and_nothing_else(stack: TeamStack, tmp_path: Path):
+    run_id = log_a_run(stack, tmp_path, "scoped")
+    artifact = next(k for k in bucket_keys(stack, "mlflow-artifacts") if k.endswith(f"{run_id}/artifacts/notes/scoped.txt"))
+    writer = s3(stack, key=key_in(stack.issue_dvc_key("writer", write=True, path=tmp_path / "writer")))
+    reader = s3(stack, key=key_in(stack.issue_dvc_key("reader", write=False, path=tmp_path / "reader")))
+    mlflow = s3(stack, key=stack.s3_mlflow_key)
+    writer.put_object(Bucket="dvc", Key="scoped/object", Body=b"dvc data")
+    assert reader.get_object(Bucket="dvc", Key="scoped/object")["Body"].read() == b"dvc data"
+    for person in (writer, reader):  # a DVC user cannot read, list, overwrite or delete MLflow's artifacts
+        assert refused(person.get_object, Bucket="mlflow-artifacts", Key=artifact) == 403
+        assert refused(person.list_objects_v2, Bucket="mlflow-artifacts") == 403
+        assert refused(person.put_object, Bucket="mlflow-artifacts", Key=artifact, Body=b"x") == 403
+        assert refused(person.delete_object, Bucket="mlflow-artifacts", Key=artifact) == 403
+        assert refused(person.create_bucket, Bucket="another") == 403
+    assert refused(reader.put_object, Bucket="dvc", Key="scoped/other", Body=b"x") == 403
+    assert refused(reader.delete_object, Bucket="dvc", Key="scoped/object") == 403
+    assert refused(mlflow.get_object, Bucket="dvc", Key="scoped/object") == 403  # and MLflow cannot touch DVC's
+    assert refused(mlflow.put_object, Bucket="dvc", Key="scoped/other", Body=b"x") == 403
+    assert mlflow.get_object(Bucket="mlflow-artifacts", Key=artifact)["Body"].read() == b"artifact of scoped\n"
+    assert bucket_keys(stack, "mlflow-artifacts").count(artifact) == 1
+
+
+def test_reissuing_a_key_retires_the_old_one_and_revoke_ends_login_and_key(stack: TeamStack, tmp_path: Path):
+    first = key_in(stack.issue_dvc_key("leaver", write=True, path=tmp_path / "first"))
+    second = key_in(stack.issue_dvc_key("leaver", write=True, path=tmp_path / "second"))
+    assert first != second and refused(s3(stack, key=first).list_objects_v2, Bucket="dvc") == 403
+    password = f"leaver-{secrets.token_hex(8)}"
+    env = {"DDPMLAB_TEAM_ADMIN_PASSWORD": ADMIN_PASSWORD, "DDPMLAB_TEAM_USER_PASSWORD": password}
+    made = team_cli("user", "leaver", "--permission", "edit", "--dir", stack.state_dir, env=env).output
+    key_file = stack.credentials_file("leaver")
+    assert f"write key to s3://dvc for 'leaver' in {key_file}" in made and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    third = key_in(key_file)
+    s3(stack, key=third).list_objects_v2(Bucket="dvc")  # works
+    assert refused(s3(stack, key=second).list_objects_v2, Bucket="dvc") == 403
+    team_cli("revoke", "leaver", "--dir", stack.state_dir, env=env)
+    assert refused(s3(stack, key=third).list_objects_v2, Bucket="dvc") == 403 and not key_file.exists()
+    with login("leaver", password), pytest.raises(MlflowException) as gone:
+        MlflowClient(stack.tracking_uri).search_experiments()
+    assert gone.value.get_http_status_code() == 401
 
 
 @pytest.mark.parametrize("password", [None, "", "password1234", "short-pw-11"])
@@ -317,3 +400,61 @@ def test_down_leaves_no_process_of_the_stack(stack: TeamStack):
     assert not any(info["running"] for info in stack.status().values())
     assert stack_pids(stack) == set()
     assert not {int(address.rsplit(":", 1)[1]) for address, _ in listeners()} & ports
+
+
+@contextmanager
+def command_lines() -> Iterator[set[bytes]]:
+    """Every process command line on this machine seen while the block runs (polled every ~5 ms):
+    what `ps` would have shown any local user."""
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        seen.add((entry / "cmdline").read_bytes())
+                    except OSError:  # gone meanwhile
+                        pass
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_no_secret_on_a_command_line_in_a_childs_environment_or_in_a_file_others_can_read(tmp_path: Path):
+    """`team up`, `team user` and `team dvc-remote` run as a lab's admin and a user run them: the CLI in
+    subprocesses, the admin's password in its environment variable."""
+    folder, admin, password = tmp_path / "state", f"admin-{secrets.token_hex(10)}", f"alice-{secrets.token_hex(10)}"
+    env = os.environ | {"DDPMLAB_TEAM_ADMIN_PASSWORD": admin, "DDPMLAB_TEAM_USER_PASSWORD": password}
+    repo, _ = dvc_repo(tmp_path / "repo")
+    cli = [sys.executable, "-m", "ddpmlab.cli", "team"]
+    commands = [
+        ["up", "--dir", folder, "--port", free_port()],
+        ["user", "alice", "--permission", "edit", "--dir", folder],
+        ["dvc-remote", "--credentials", folder / "people" / "alice.s3-credentials", "--repo", repo],
+    ]
+    try:
+        with command_lines() as lines:
+            for args in commands:
+                done = subprocess.run([*cli, *map(str, args)], env=env, capture_output=True, text=True, timeout=300, check=False)
+                assert done.returncode == 0, done.stdout + done.stderr
+        stack = TeamStack.load(folder)
+        environments = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in stack_pids(stack)}
+        held = [admin, password, key_in(stack.credentials_file("alice"))[1], *json.loads((folder / "secrets.json").read_text()).values()]
+        files = [p for root in (folder, repo) for p in root.rglob("*") if p.is_file()]
+        holders = {p: stat.S_IMODE(p.stat().st_mode) for p in files if any(s.encode() in p.read_bytes() for s in held)}
+    finally:
+        TeamStack.load(folder).destroy()
+    assert any(b"s3.configure" not in line and b"shell" in line for line in lines)  # it saw `weed shell` run...
+    assert any(b"remote\0modify" in line for line in lines)  # ... and `dvc remote modify`
+    for secret in held:
+        assert not [line for line in lines if secret.encode() in line], "a secret was on a command line"
+    assert environments and not [pid for pid, environ in environments.items() if admin.encode() in environ]
+    assert holders and not {p: f"{mode:04o}" for p, mode in holders.items() if mode & 0o077}

@@ -46,10 +46,10 @@ def team_env(stack, writer: tuple[str, str], home: Path) -> dict[str, str]:
     }  # fmt: skip
 
 
-def clone(origin: Path, folder: Path, stack, env: dict) -> Path:
-    """A teammate's clone, with the DVC remote's credentials set locally (.dvc/config.local)."""
+def clone(origin: Path, folder: Path, key_file: Path, env: dict) -> Path:
+    """A teammate's clone, its DVC remote reading the key in ``key_file`` (named in .dvc/config.local)."""
     run(["git", "clone", "-q", origin, folder], folder.parent, env)
-    run([*DDPMLAB, "team", "dvc-remote", "--dir", stack.state_dir, "--repo", folder], folder, env)
+    run([*DDPMLAB, "team", "dvc-remote", "--credentials", key_file, "--repo", folder], folder, env)
     return folder
 
 
@@ -59,6 +59,8 @@ def team(team_stack, team_writer, tmp_path_factory: pytest.TempPathFactory) -> d
     home = tmp_path_factory.mktemp("team")
     env = team_env(team_stack, team_writer, home)
     lead = home / "lead"
+    # The workers' key may push to the dvc bucket; the teammate's (below) may only pull.
+    key_file = team_stack.issue_dvc_key(team_writer[0], write=True, path=home / "worker.s3-credentials")
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
@@ -66,7 +68,7 @@ def team(team_stack, team_writer, tmp_path_factory: pytest.TempPathFactory) -> d
             shutil.copy2(ROOT / name, lead / name)
     (lead / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], lead, env)
-    run([*DDPMLAB, "team", "dvc-remote", "--dir", team_stack.state_dir, "--repo", lead], lead, env)
+    run([*DDPMLAB, "team", "dvc-remote", "--credentials", key_file, "--repo", lead], lead, env)
     run(["git", "add", "-A"], lead, env)
     run(["git", "commit", "-q", "-m", "tiny params, team remote"], lead, env)
     run([*DVC, "repro"], lead, env)
@@ -75,7 +77,7 @@ def team(team_stack, team_writer, tmp_path_factory: pytest.TempPathFactory) -> d
     origin = home / "origin.git"
     run(["git", "clone", "-q", "--bare", lead, origin], home, env)
 
-    workers = {name: clone(origin, home / name, team_stack, env) for name in EXPERIMENTS}
+    workers = {name: clone(origin, home / name, key_file, env) for name in EXPERIMENTS}
 
     def work(name: str) -> str:
         folder = workers[name]
@@ -87,12 +89,13 @@ def team(team_stack, team_writer, tmp_path_factory: pytest.TempPathFactory) -> d
         outputs = dict(zip(EXPERIMENTS, pool.map(work, EXPERIMENTS)))
     with ThreadPoolExecutor(2) as pool:  # and both push at the same time
         list(pool.map(lambda name: run([*DVC, "exp", "push", "origin", EXPERIMENTS[name][0]], workers[name], env), EXPERIMENTS))
-    return {"home": home, "env": env, "origin": origin, "workers": workers, "outputs": outputs}
+    return {"home": home, "env": env, "origin": origin, "workers": workers, "outputs": outputs, "key_file": key_file}
 
 
 def test_a_teammates_clone_gets_both_experiments_with_the_same_model_and_metrics(team, team_stack):
     env, home = team["env"], team["home"]
-    mate = clone(team["origin"], home / "teammate", team_stack, env)
+    reader_key = team_stack.issue_dvc_key("teammate", write=False, path=home / "teammate.s3-credentials")
+    mate = clone(team["origin"], home / "teammate", reader_key, env)
     for exp_name, _ in EXPERIMENTS.values():
         run([*DVC, "exp", "pull", "origin", exp_name], mate, env)
     shown = json.loads(subprocess.run([*DVC, "exp", "show", "--json"], cwd=mate, env=env, capture_output=True, text=True, check=True).stdout)

@@ -14,6 +14,7 @@ TIMEOUT_S = 30
 MISSING, EXISTS = "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS"
 GET_USER = "/api/2.0/mlflow/users/get"
 CREATE_USER = "/api/2.0/mlflow/users/create"
+DELETE_USER = "/api/2.0/mlflow/users/delete"
 GET_EXPERIMENT = "/api/2.0/mlflow/experiments/get-by-name"
 CREATE_EXPERIMENT = "/api/2.0/mlflow/experiments/create"
 GRANT = "/api/3.0/mlflow/users/permissions/grant"  # MLflow 3 with unified per-user grants
@@ -68,6 +69,13 @@ def create_user(uri: str, admin_password: str, username: str, password: str) -> 
         raise ValueError("empty username")
     login = {"username": username, "password": password}
     return _call(uri, admin_password, "POST", CREATE_USER, json=login, ok=EXISTS) is not None
+
+
+def delete_user(uri: str, admin_password: str, username: str) -> bool:
+    """Delete a login and its permissions; False when there was none."""
+    if username == ADMIN:
+        raise ValueError(f"the {ADMIN!r} login cannot be deleted: the stack needs it")
+    return _call(uri, admin_password, "DELETE", DELETE_USER, json={"username": username}, ok=MISSING) is not None
 
 
 def experiment_id(uri: str, admin_password: str, name: str) -> str | None:

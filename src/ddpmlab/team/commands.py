@@ -67,7 +67,8 @@ team_timeout_option = click.option(
 \b
   ddpmlab team up          start it; the admin's password comes from $DDPMLAB_TEAM_ADMIN_PASSWORD
   ddpmlab team status      what runs, with pids and addresses
-  ddpmlab team user NAME   a login with READ, EDIT or MANAGE on an experiment
+  ddpmlab team user NAME   a login with READ, EDIT or MANAGE on an experiment, and a DVC key
+  ddpmlab team revoke NAME delete that login and that key
   ddpmlab team dvc-remote  make the stack's S3 bucket a DVC repository's default remote
   ddpmlab team down        stop it, or one --service; `ddpmlab team start` starts again
 
@@ -171,26 +172,41 @@ def team_start(state_dir: Path | None, service: str | None, timeout_s: int) -> N
     echo_status(stack.status())
 
 
-@team.command("user", short_help="A login with READ, EDIT or MANAGE on experiments.")
+DVC_ACCESS = ("read", "write", "none")
+
+
+@team.command("user", short_help="A login with READ, EDIT or MANAGE on experiments, and a key to the DVC bucket.")
 @click.argument("name")
 @click.option("--permission", required=True, type=click.Choice(["read", "edit", "manage"], case_sensitive=False),
               help="read: see runs and models; edit: also log runs and register model versions; manage: also change permissions.")  # fmt: skip
 @click.option("--experiment", "experiments", multiple=True, default=("ddpmlab",), show_default=True,
               help="Experiment the permission is on (repeat for several).")  # fmt: skip
+@click.option("--dvc", "dvc_access", type=click.Choice(DVC_ACCESS), default=None,
+              help="Their key to the dvc bucket: read (pull), write (pull and push) or none [default: write with "
+                   "edit or manage, read with read].")  # fmt: skip
+@click.option("--dvc-credentials", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write their DVC key (0600) [default: <state folder>/people/NAME.s3-credentials].")
 @team_dir_option
-def team_user(name: str, permission: str, experiments: tuple[str, ...], state_dir: Path | None) -> None:
+def team_user(name: str, permission: str, experiments: tuple[str, ...], dvc_access: str | None, dvc_credentials: Path | None,
+              state_dir: Path | None) -> None:  # fmt: skip
     """Create MLflow login NAME (if it does not exist) and give it --permission on each
     --experiment and on the registered model of the same name (where the train stage registers
-    models by default), replacing what it had there. The new login's password comes from
+    models by default), replacing what it had there. Then issue NAME a key of their own to the
+    stack's dvc bucket (--dvc), scoped to that bucket alone, replacing any key they had, and
+    write it to a 0600 file for you to hand to them; they point their clone at it with
+    `ddpmlab team dvc-remote --credentials FILE`. The new login's password comes from
     $DDPMLAB_TEAM_USER_PASSWORD, else a hidden prompt (12+ characters); the admin's from
     $DDPMLAB_TEAM_ADMIN_PASSWORD. Without a permission of their own, users can read every
     experiment (the server's default is READ)."""
     from ddpmlab.team import accounts
+    from ddpmlab.team.credentials import check_name
     from ddpmlab.team.stack import TeamStack, check_password
 
     admin = admin_password()
     with team_errors():
-        uri = TeamStack.load(team_dir(state_dir)).tracking_uri
+        check_name(name)
+        stack = TeamStack.load(team_dir(state_dir))
+        uri = stack.tracking_uri
         created = not accounts.user_exists(uri, admin, name)
         if created:
             password = os.environ.get(TEAM_USER_PASSWORD_ENV)
@@ -198,41 +214,73 @@ def team_user(name: str, permission: str, experiments: tuple[str, ...], state_di
             accounts.create_user(uri, admin, name, check_password(password, f"the password of {name!r}"))
         for experiment in experiments:
             accounts.grant(uri, admin, name, experiment, permission)
+        access = dvc_access or ("read" if permission.lower() == "read" else "write")
+        key_file = None if access == "none" else stack.issue_dvc_key(name, access == "write", dvc_credentials)
     what = "created" if created else "exists (password unchanged)"
     click.echo(f"user {name!r} {what}: {permission.upper()} on {', '.join(experiments)} (each experiment and its registered model) at {uri}")
+    if key_file is not None:
+        click.echo(
+            f"{access} key to s3://dvc for {name!r} in {key_file} (0600; any earlier key of theirs no longer works).\n"
+            f"Hand it to them privately; they keep it 0600 and run: ddpmlab team dvc-remote --credentials <that file>"
+        )
+
+
+@team.command("revoke", short_help="Delete a login and its key to the DVC bucket.")
+@click.argument("name")
+@team_dir_option
+def team_revoke(name: str, state_dir: Path | None) -> None:
+    """Delete MLflow login NAME with its permissions, and NAME's key to the dvc bucket: both stop
+    working at once (MLflow's login cache may accept the password for up to 30 s more). Their
+    runs, models and pushed DVC objects stay. The admin's password from $DDPMLAB_TEAM_ADMIN_PASSWORD."""
+    from ddpmlab.team import accounts
+    from ddpmlab.team.credentials import check_name
+    from ddpmlab.team.stack import TeamStack
+
+    admin = admin_password()
+    with team_errors():
+        check_name(name)
+        stack = TeamStack.load(team_dir(state_dir))
+        had_login = accounts.delete_user(stack.tracking_uri, admin, name)
+        stack.revoke_dvc_key(name)
+    click.echo(f"{name!r}: {'login deleted' if had_login else 'had no login'}; key to s3://dvc revoked")
 
 
 @team.command("dvc-remote", short_help="Make the stack's dvc bucket a DVC repository's default remote.")
-@team_dir_option
+@click.option("--credentials", "credentials_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Your key file from `ddpmlab team user` (0600; it names the store and bucket too).")  # fmt: skip
 @click.option("--name", default="team", show_default=True, help="The remote's name; it becomes the default remote.")
 @click.option("--repo", default=".", show_default=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The DVC repository.")  # fmt: skip
 @click.option("--path", "prefix", default="ddpmlab", show_default=True,
               help="Folder in the stack's dvc bucket: keep it the same in every clone of a project.")  # fmt: skip
-def team_dvc_remote(state_dir: Path | None, name: str, repo: Path, prefix: str) -> None:
-    """Make s3://dvc/<path> on the stack's object store the default remote of the DVC repository
-    --repo: URL and endpoint in .dvc/config (commit them), the access key and secret in
-    .dvc/config.local, which git ignores. Runs this environment's `dvc remote add/modify`."""
-    from ddpmlab.team.stack import TeamStack
+def team_dvc_remote(credentials_file: Path, name: str, repo: Path, prefix: str) -> None:
+    """Make s3://dvc/<path> on the team's object store the default remote of the DVC repository
+    --repo: URL and endpoint in .dvc/config (commit them); in .dvc/config.local (git-ignored,
+    0600) only where your key file is and which profile of it to use. DVC reads the key from that
+    file itself: the secret goes through no command line and into no DVC config. Keep the file
+    where the clone's machine can read it (a job array's nodes: your home folder). Needs no
+    state folder of the stack. Runs this environment's `dvc remote add/modify`."""
+    from ddpmlab.team import credentials
 
     if not (repo / ".dvc").is_dir():
         raise click.ClickException(f"{repo} is not a DVC repository (no .dvc folder): run `dvc init` there first")
-    with team_errors():
-        stack = TeamStack.load(team_dir(state_dir))
-        url = f"s3://{stack.bucket('dvc')}/{prefix.strip('/')}"
-        access, secret = stack.s3_credentials
+    credentials_file = credentials_file.expanduser().resolve()
+    try:
+        key = credentials.load(credentials_file)
+    except credentials.CredentialsError as e:
+        raise click.ClickException(str(e)) from e
+    url = f"s3://{key.bucket}/{prefix.strip('/')}"
     steps = [
         ["remote", "add", "--default", "--force", name, url],
-        ["remote", "modify", name, "endpointurl", stack.s3_endpoint],
-        ["remote", "modify", "--local", name, "access_key_id", access],
-        ["remote", "modify", "--local", name, "secret_access_key", secret],
+        ["remote", "modify", name, "endpointurl", key.endpoint],
+        ["remote", "modify", "--local", name, "credentialpath", str(credentials_file)],
+        ["remote", "modify", "--local", name, "profile", credentials.PROFILE],
     ]
     for args in steps:
         # `python -m dvc`: this environment's dvc, with dvc-s3
         done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            shown = " ".join(args[:-1] if "--local" in args else args)  # never echo the secret
-            raise click.ClickException(f"`dvc {shown}` failed in {repo}: {(done.stderr or done.stdout).strip()}")
-    click.echo(f"DVC remote {name!r} (default) of {repo}: {url} at {stack.s3_endpoint}; its credentials are in .dvc/config.local")
-
-
+            raise click.ClickException(f"`dvc {' '.join(args)}` failed in {repo}: {(done.stderr or done.stdout).strip()}")
+    (repo / ".dvc" / "config.local").chmod(0o600)  # it names where the key is: nobody else's business
+    mode = "read-write" if key.write else "read-only"
+    click.echo(f"DVC remote {name!r} (default) of {repo}: {url} at {key.endpoint}, {mode}, with the key in {credentials_file}")

@@ -1,5 +1,17 @@
 """SeaweedFS as the team stack's S3 store: one `weed mini` process (master, volume server, filer,
-S3 gateway), every listener on the stack's host, S3 open to one generated access key only.
+S3 gateway), every listener on the stack's host, S3 open to signed requests only.
+
+Each purpose and each person gets its own S3 identity, scoped to its bucket:
+
+- ``ddpmlab-admin``: every action; only the stack itself uses it (bucket checks), from secrets.json.
+- ``mlflow``: read, write, list and tag ``mlflow-artifacts`` only; MLflow's server holds it.
+- ``dvc-<person>``: read and list ``dvc`` (and write, for a read-write key); issued by
+  `ddpmlab team user` and held by that person alone (:mod:`ddpmlab.team.credentials`).
+
+The first two are static (the -s3.config file, rewritten at each start). People's identities
+are added and removed while the store runs, through `weed shell`'s s3.configure, which keeps
+them in the filer (so they survive restarts); the commands go to the shell on stdin, never
+on a command line, where any local user could read the secret.
 
 `weed mini` also starts a WebDAV gateway, an Iceberg and a Lance catalog and an admin UI: the
 first three are switched off, the admin server (its UI off) listens on the host like the rest.
@@ -13,16 +25,22 @@ them, gets through. (Their gRPC ports stay open to local users: closing those ne
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddpmlab.team.processes import TeamStackError, write_private
+from ddpmlab.team.credentials import BucketKey, check_name
+from ddpmlab.team.processes import TeamStackError, child_env, write_private
 
 BUCKETS = ("mlflow-artifacts", "dvc")
+ARTIFACTS, DVC = BUCKETS
+ADMIN_IDENTITY, MLFLOW_IDENTITY, PERSON_PREFIX = "ddpmlab-admin", "mlflow", "dvc-"
+BUCKET_ACTIONS = ("Read", "List", "Tagging", "Write")  # a writer's; a reader gets the first two
+IDENTITY_WAIT_S = 15  # how long a changed identity may take to reach the S3 gateway (it was there at once when measured)
 GRPC_OFFSET = 10000  # weed's worker dials the admin server at its http port + 10000, whatever -admin.port.grpc says
 INTERNAL = ("master", "volume", "filer", "admin")  # components with an http and a gRPC port besides S3
 SOCKET_PATH_MAX = 100
@@ -48,26 +66,37 @@ def weed_binary() -> Path:
 @dataclass
 class ObjectStore:
     """SeaweedFS with its data in ``data_dir``, S3 on ``host``:``port``, internal ports in ``ports``
-    (name -> http port; gRPC is http + GRPC_OFFSET), S3 identities in ``config`` (0600)."""
+    (name -> http port; gRPC is http + GRPC_OFFSET), static S3 identities in ``config`` (0600):
+    ``admin_key`` and ``mlflow_key``, each (access key id, secret)."""
 
     data_dir: Path
     host: str
     port: int
     ports: dict[str, int]
     config: Path
-    access_key: str
-    secret_key: str = field(repr=False)
+    admin_key: tuple[str, str] = field(repr=False)
+    mlflow_key: tuple[str, str] = field(repr=False)
 
     @property
     def endpoint(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def _ip(self) -> str:
+        """The address the components give each other: a wildcard bind still needs a real one."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
     def write_config(self) -> None:
-        """One identity with every S3 action; no "anonymous" identity, so unsigned requests are refused."""
-        identity = {"name": "ddpmlab", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "List", "Tagging", "Write"]}  # fmt: skip
-        write_private(self.config, json.dumps({"identities": [identity]}, indent=2) + "\n")
+        """The static identities: the stack's admin and MLflow's (its bucket only); no "anonymous"
+        identity, so unsigned requests are refused."""
+        identities = [
+            {"name": ADMIN_IDENTITY, "credentials": [dict(zip(("accessKey", "secretKey"), self.admin_key))],
+             "actions": ["Admin", *BUCKET_ACTIONS]},
+            {"name": MLFLOW_IDENTITY, "credentials": [dict(zip(("accessKey", "secretKey"), self.mlflow_key))],
+             "actions": [f"{action}:{ARTIFACTS}" for action in BUCKET_ACTIONS]},
+        ]  # fmt: skip
+        write_private(self.config, json.dumps({"identities": identities}, indent=2) + "\n")
 
     def write_security(self) -> None:
         """security.toml (0600) in the config dir: new JWT signing keys for the volume server and
@@ -77,8 +106,7 @@ class ObjectStore:
         write_private(self.data_dir / "security.toml", text + "[filer.expose_directory_metadata]\nenabled = false\n")
 
     def command(self) -> list[str]:
-        # -ip is the address the components give each other: a wildcard bind still needs a real one.
-        ip = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        ip = self._ip
         args = [
             # -logtostderr: to our log, not /tmp/weed.*; -config_dir: our security.toml, not ./ or ~/.seaweedfs/
             str(weed_binary()), "-logtostderr", f"-config_dir={self.data_dir}",
@@ -95,10 +123,10 @@ class ObjectStore:
         return args
 
     def env(self) -> dict[str, str]:
-        # No AWS_* of the caller: with a config file, weed ignores them, but keep its environment plain.
-        return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        return child_env()  # with a config file weed ignores AWS_* anyway; nothing of the caller's reaches it
 
-    def client(self):
+    def client(self, key: tuple[str, str] | None = None):
+        """A boto3 S3 client signing with ``key`` (default: the admin's)."""
         try:
             import boto3
             from botocore.config import Config
@@ -108,8 +136,58 @@ class ObjectStore:
             connect_timeout=3, read_timeout=10, retries={"max_attempts": 1},
             request_checksum_calculation="when_required", response_checksum_validation="when_required",  # CHECKSUM_ENV's settings
         )  # fmt: skip
-        key = {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key}
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION, config=config, **key)
+        access, secret = key or self.admin_key
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION, config=config,
+                            aws_access_key_id=access, aws_secret_access_key=secret)  # fmt: skip
+
+    # -- people's keys to the DVC bucket -------------------------------------------------------
+
+    def _shell(self, command: str, secret: str = "", missing_ok: bool = False) -> None:
+        """Run one `weed shell` command, given on stdin (a command line is world-readable in /proc).
+        ``missing_ok``: an answer that the user named does not exist is not a failure."""
+        args = [str(weed_binary()), f"-config_dir={self.data_dir}", "shell", f"-master={self._ip}:{self.ports['master']}"]
+        try:
+            done = subprocess.run(args, input=f"{command}\nexit\n", capture_output=True, text=True,
+                                  timeout=60, env=child_env(), cwd=self.data_dir, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise TeamStackError("the object store's shell did not answer within 60 s: is the store running?") from None
+        said = (done.stderr or done.stdout).strip()[-500:]
+        if done.returncode != 0 and not (missing_ok and "not found" in said):
+            raise TeamStackError(f"the object store's shell failed: {said.replace(secret, '***') if secret else said}")
+
+    def _key_works(self, key: tuple[str, str]) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client(key).list_objects_v2(Bucket=DVC, MaxKeys=1)
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+    def _wait_for(self, key: tuple[str, str], works: bool, what: str) -> None:
+        deadline = time.monotonic() + IDENTITY_WAIT_S
+        while self._key_works(key) != works:
+            if time.monotonic() > deadline:
+                raise TeamStackError(f"the object store did not apply {what} within {IDENTITY_WAIT_S} s")
+            time.sleep(0.2)
+
+    def issue_key(self, person: str, write: bool, secret: str | None = None) -> BucketKey:
+        """A new key to the DVC bucket for ``person``, replacing any key they had (the old one stops
+        working). ``secret``: a given one instead of a generated one (tests force awkward ones)."""
+        check_name(person)
+        key = BucketKey("DVC" + secrets.token_hex(8).upper(), secret or secrets.token_urlsafe(30), self.endpoint, DVC, write)
+        actions = ",".join(f"{action}:{DVC}" for action in (BUCKET_ACTIONS if write else BUCKET_ACTIONS[:2]))
+        identity = f"-user={PERSON_PREFIX}{person}"
+        create = f"s3.configure {identity} -actions={actions} -access_key={key.access_key} -secret_key={key.secret_key} -apply"
+        # One key per person: re-issuing deletes the old identity first, so the old key stops working.
+        self._shell(f"s3.configure {identity} -delete -apply", missing_ok=True)
+        self._shell(create, secret=key.secret_key)
+        self._wait_for((key.access_key, key.secret_key), True, f"{person}'s new key")
+        return key
+
+    def revoke_key(self, person: str) -> None:
+        """Remove ``person``'s key to the DVC bucket (nothing happens when they have none)."""
+        self._shell(f"s3.configure -user={PERSON_PREFIX}{check_name(person)} -delete -apply", missing_ok=True)
 
     def healthy(self) -> bool:
         """Whether S3 answers a signed request with our key (the filer and volume server behind it are up)."""

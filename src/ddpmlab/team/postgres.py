@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ddpmlab.team.processes import TeamStackError, alive, descendants, log_tail, start_ticks, write_private
+from ddpmlab.team.processes import TeamStackError, alive, child_env, descendants, log_tail, start_ticks, write_private
 
 SUPERUSER = "mlflow"
 DATABASES = ("mlflow", "mlflow_auth")  # tracking store, login store
@@ -91,7 +91,7 @@ class Postgres:
             # start_new_session: the postmaster that pg_ctl starts stays in it, away from the terminal's Ctrl-C.
             code = subprocess.call(
                 self._command(tool, *args), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd="/",
-                start_new_session=True, timeout=timeout_s,
+                start_new_session=True, timeout=timeout_s, env=child_env(),
             )  # fmt: skip
         if code != 0:
             tail = log_tail(self.log)

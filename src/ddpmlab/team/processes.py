@@ -81,17 +81,30 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+# What a service inherits from the shell that starts it: nothing else, so that no secret of the caller's
+# (the admin's password in DDPMLAB_TEAM_ADMIN_PASSWORD, cloud keys, tokens) reaches a server process.
+INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of this process's environment (INHERITED and the LC_* locale), plus ``extra``."""
+    kept = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
+    return kept | dict(extra or {})
+
+
 def spawn(command: Sequence[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> tuple[int, int]:
     """Start ``command`` in a new session (so a Ctrl-C in the terminal that started it does not
-    reach it, and it can be stopped as a group), stdout and stderr appended to ``log``.
-    Returns (pid, start ticks)."""
+    reach it, and it can be stopped as a group), stdout and stderr appended to ``log``. ``env``:
+    the whole environment (default :func:`child_env`). Returns (pid, start ticks)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    # umask 077: whatever the service writes (SeaweedFS's filer keeps people's S3 secrets in its
+    # leveldb) is its owner's alone, even where a folder above is open to others. So is the log.
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {Path(command[0]).name}\n".encode())
         out.flush()
         process = subprocess.Popen(
             list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
-            env=dict(env) if env is not None else None,
+            env=dict(env) if env is not None else child_env(), umask=0o077,
         )  # fmt: skip
     _children[process.pid] = process
     return process.pid, start_ticks(process.pid) or 0

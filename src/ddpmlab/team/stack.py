@@ -5,9 +5,10 @@ detached process of this machine, on the stack's host (default 127.0.0.1).
 Everything lives in one state folder:
 
     state.json          host, ports, pids, paths: enough for TeamStack.load() from any process
-    secrets.json        PostgreSQL password, S3 access key and secret (0600)
+    secrets.json        PostgreSQL password, the stack's and MLflow's S3 keys (0600): servers only, never clients
     pgpass              libpq passfile (0600): PostgreSQL URIs and command lines carry no password
-    s3-identities.json  SeaweedFS's S3 identities (0600)
+    s3-identities.json  SeaweedFS's static S3 identities (0600): the stack's and MLflow's
+    people/<name>.s3-credentials  a person's key to the dvc bucket, to hand to them (0600)
     mlflow-auth.ini     MLflow's basic-auth settings (0600): the only place holding the admin password
     logs/<service>.log  each service's output
     seaweedfs/          the object store's data
@@ -19,7 +20,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import secrets
 import shutil
 import subprocess
@@ -27,15 +27,18 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ddpmlab.team import accounts
+from ddpmlab.team.credentials import check_name
 from ddpmlab.team.object_store import BUCKETS, CHECKSUM_ENV, GRPC_OFFSET, INTERNAL, REGION, ObjectStore
 from ddpmlab.team.postgres import Postgres, cluster_dir
 from ddpmlab.team.processes import (
     TeamStackError,
     alive,
+    child_env,
     free_port,
     group_members,
     port_free,
@@ -159,8 +162,9 @@ class TeamStack:
             write_private(self.state_file, json.dumps({**self.state, "pids": current}, indent=2, sort_keys=True) + "\n")
 
     def _secrets(self, create: bool = False) -> dict[str, str]:
-        """The generated secrets (created by the first up): PostgreSQL's password, the S3 key pair,
-        and the key MLflow signs its CSRF tokens with (stable, so sessions survive a restart)."""
+        """The generated secrets (created by the first up): PostgreSQL's password, the stack's S3 key
+        pair, MLflow's, and the key MLflow signs its CSRF tokens with (stable, so sessions survive a
+        restart). A stack made before MLflow had a key of its own gets one at its next up."""
         path = self.state_dir / "secrets.json"
         found = self._read(path)
         if found is None and not create:
@@ -169,10 +173,12 @@ class TeamStack:
             "postgres_password": lambda: secrets.token_urlsafe(32),
             "s3_access_key": lambda: "DDPM" + secrets.token_hex(8).upper(),
             "s3_secret_key": lambda: secrets.token_urlsafe(30),
+            "s3_mlflow_access_key": lambda: "MLFLOW" + secrets.token_hex(8).upper(),
+            "s3_mlflow_secret_key": lambda: secrets.token_urlsafe(30),
             "flask_secret_key": lambda: secrets.token_hex(32),
         }
         missing = {key: make() for key, make in wanted.items() if key not in (found or {})}
-        if missing and create:
+        if missing and (create or found is not None):  # a stack older than a secret gets it at its next start
             found = {**(found or {}), **missing}
             write_private(path, json.dumps(found, indent=2) + "\n")
         return found
@@ -214,10 +220,16 @@ class TeamStack:
         return f"http://{self._client_host()}:{self.state['ports']['s3']}"
 
     @property
-    def s3_credentials(self) -> tuple[str, str]:
-        """(access key id, secret access key) of the object store."""
+    def s3_admin_key(self) -> tuple[str, str]:
+        """(access key id, secret access key) of the stack's own identity: every bucket, every action."""
         found = self._secrets()
         return found["s3_access_key"], found["s3_secret_key"]
+
+    @property
+    def s3_mlflow_key(self) -> tuple[str, str]:
+        """MLflow's key: the artifact bucket only."""
+        found = self._secrets()
+        return found["s3_mlflow_access_key"], found["s3_mlflow_secret_key"]
 
     def bucket(self, name: str) -> str:
         """The name of the stack's bucket ``name`` ("mlflow-artifacts" or "dvc"), checked."""
@@ -233,7 +245,7 @@ class TeamStack:
 
     def _store(self) -> ObjectStore:
         ports, config = self.state["ports"], self.state_dir / "s3-identities.json"
-        return ObjectStore(self.state_dir / "seaweedfs", self.host, ports["s3"], ports, config, *self.s3_credentials)
+        return ObjectStore(self.state_dir / "seaweedfs", self.host, ports["s3"], ports, config, self.s3_admin_key, self.s3_mlflow_key)
 
     def _pid(self, name: str) -> tuple[int | None, int | None]:
         pid, ticks = ((self._read(self.state_file) or {}).get("pids") or {}).get(name) or (None, None)
@@ -249,10 +261,9 @@ class TeamStack:
             raise ValueError(f"no service {name!r}: the team stack has {', '.join(SERVICES)}")
 
     def _mlflow_env(self) -> dict[str, str]:
-        access, secret = self.s3_credentials
-        # The caller's MLflow, AWS and libpq settings would mix into the server's: leave them out.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "PG"))}
-        return env | CHECKSUM_ENV | {
+        access, secret = self.s3_mlflow_key
+        # Only the allow-listed part of the caller's environment: no admin password, no settings of theirs.
+        return child_env() | CHECKSUM_ENV | {
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
             "PGPASSFILE": str(self.state_dir / "pgpass"), "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
@@ -348,6 +359,29 @@ class TeamStack:
             stop_group(*self._pid(name))
         if self.state_file.is_file():
             self._save(**{name: None})
+
+    # -- people's keys to the DVC bucket ---------------------------------------------------------
+
+    def credentials_file(self, person: str) -> Path:
+        return self.state_dir / "people" / f"{check_name(person)}.s3-credentials"
+
+    def issue_dvc_key(self, person: str, write: bool, path: Path | None = None, secret: str | None = None) -> Path:
+        """A new key to the dvc bucket for ``person`` (read-only unless ``write``), replacing any old
+        one, saved 0600 at ``path`` (default :meth:`credentials_file`) to hand to them. Needs the
+        object store running. ``secret``: a given secret instead of a generated one."""
+        if not self._running("object_store"):
+            raise TeamStackError("the object store is stopped: `ddpmlab team start --service object_store` first")
+        key = self._store().issue_key(person, write, secret)
+        path = Path(path) if path is not None else self.credentials_file(person)
+        replace(key, endpoint=self.s3_endpoint).save(path, person)  # the address clients reach, not a wildcard
+        return path
+
+    def revoke_dvc_key(self, person: str) -> None:
+        """Remove ``person``'s key to the dvc bucket and the copy this stack kept of it."""
+        if not self._running("object_store"):
+            raise TeamStackError("the object store is stopped: `ddpmlab team start --service object_store` first")
+        self._store().revoke_key(person)
+        self.credentials_file(person).unlink(missing_ok=True)
 
     # -- the whole stack -----------------------------------------------------------------------
 
