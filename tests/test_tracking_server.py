@@ -20,7 +20,17 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from stages import evaluate, sample
 
-from conftest import evaluate_args, free_port, isolate_stores, prepare_inputs, run_pipeline, stop_process_group, write_tiny_params
+from conftest import (
+    ROOT,
+    evaluate_args,
+    free_port,
+    isolate_stores,
+    prepare_inputs,
+    run_pipeline,
+    stop_process_group,
+    train_args,
+    write_tiny_params,
+)
 from ddpmlab.cli import main as ddpmlab_command
 from ddpmlab.pipeline import tracking
 from ddpmlab.pipeline.tracking import TrackingUnavailable
@@ -227,3 +237,75 @@ def test_the_credentials_probe_takes_no_answer_as_nothing_to_refuse():
         tracking.check_credentials(f"http://127.0.0.1:{listener.getsockname()[1]}", "ddpmlab")
         assert time.monotonic() - start < 15
     tracking.check_credentials(f"http://127.0.0.1:{free_port()}", "ddpmlab")  # connection refused
+
+
+def test_a_full_disk_under_the_journal_stops_training_in_one_line_and_the_rerun_resumes_from_its_checkpoint(dead_server: str, tmp_path: Path):
+    """The journal's disk fills mid-training (the server is down, so every record waits there): the
+    stage stops with one line naming the journal, its last checkpoint is intact, and once there is
+    space again the same command resumes from it and finishes."""
+    from ddpmlab.training.resume import latest_checkpoint
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=False, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs root to mount a small tmpfs: {mounted.stderr.strip()}")
+    try:
+        params = write_tiny_params(tmp_path / "params.yaml", train={"steps": 120, "log_every": 1, "checkpoint_every": 20})
+        prepare_inputs(params, tmp_path)
+        env = os.environ | {"DDPMLAB_JOURNAL_DIR": str(disk / "journal"), "DDPMLAB_TRACKING_WAIT_S": "1"}
+        command = [sys.executable, "stages/train.py", *map(str, train_args(params, tmp_path, tmp_path))]
+        stage = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "resume").glob("*/step-*.pt")) and stage.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(disk / "ballast", "wb") as ballast:  # fill the journal's disk to the last byte
+            try:
+                while True:
+                    ballast.write(bytes(1 << 16))
+                    ballast.flush()
+            except OSError:
+                pass
+        output = stage.communicate(timeout=300)[0]
+        assert stage.returncode == 1, output[-3000:]
+        assert "cannot write the tracking journal" in output and "No space left on device" in output, output[-3000:]
+        assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
+        (folder,) = {path.parent for path in (tmp_path / "resume").glob("*/step-*.pt")}
+        saved, _ = latest_checkpoint(folder, lambda message: pytest.fail(message))  # every checkpoint loads
+        assert saved is not None and saved["step"] >= 20
+        (disk / "ballast").unlink()
+        again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert f"resuming training from step {saved['step']}" in again.stdout + again.stderr
+        assert (tmp_path / "model" / "model.pt").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_records_the_server_refused_are_listed_and_sync_retry_rejected_sends_them_once_fixed(served_pipeline, tmp_path: Path):
+    """A run created into an experiment a person deleted is refused (400) and set aside with its
+    records; `ddpmlab tracking status` lists them with the answer; after the experiment is restored,
+    `ddpmlab tracking sync --retry-rejected` sends them, and the journal is empty. The journal is
+    written under another spelling of the server's URI (a trailing slash), and still found."""
+    from ddpmlab.pipeline.journal import Journal, new_pending_id
+
+    uri, _ = served_pipeline
+    client = MlflowClient(uri)
+    closed = client.create_experiment(f"closed-{tmp_path.name}")
+    client.delete_experiment(closed)
+    folder, run = tmp_path / "journal", new_pending_id()
+    journal = Journal.create(folder, uri + "/")
+    journal.append({"op": "create", "run": run, "experiment": f"closed-{tmp_path.name}", "name": "r", "tags": {}, "time": 1_000})
+    journal.append({"op": "log", "run": run, "metrics": [["loss", 0.5, 2_000, 1]], "params": {"lr": "0.1"}})
+    journal.close()
+    env = {"MLFLOW_TRACKING_URI": uri, "DDPMLAB_JOURNAL_DIR": str(folder)}
+    refused = CliRunner().invoke(ddpmlab_command, ["tracking", "sync", "--wait", "30"], env=env)
+    assert refused.exit_code == 1 and "refused 2 record(s), set aside again" in refused.output, refused.output
+    status = CliRunner().invoke(ddpmlab_command, ["tracking", "status"], env=env).output
+    assert "2 record(s) refused by the server and set aside" in status and "create (run " + run in status, status
+    client.restore_experiment(closed)
+    sent = CliRunner().invoke(ddpmlab_command, ["tracking", "sync", "--retry-rejected", "--wait", "30"], env=env)
+    assert sent.exit_code == 0 and "2 of them set aside before" in sent.output, sent.output
+    (got,) = client.search_runs([closed])
+    assert got.data.params == {"lr": "0.1"} and [m.step for m in client.get_metric_history(got.info.run_id, "loss")] == [1]
+    assert not list(folder.glob("*.rejected")) and not list(folder.glob("*.jsonl"))

@@ -7,12 +7,19 @@ the records' original timestamps and steps. Any other store (the project's SQLit
 local and never down: :func:`apply` runs in the caller's thread and nothing is journaled.
 
 Sending is at least once: a record whose answer was lost in a connection drop is sent again, so
-a metric point may appear twice in the server's history; none is ever missing.
+a metric point may appear twice in the server's history; none is ever missing. Creating a run
+and registering a model version are exactly once: a resent creation finds the run it made by
+its pending-id tag, and a run gets at most one version of a model.
+
+A record the server refuses outright (HTTP 400, or a run that no longer exists) is set aside
+with the answer, alone: a refused batch is split and resent record by record, so one bad param
+never costs the metric points beside it. A journal blocked on a run another live process has
+not created yet does not hold up the other journals. Set-aside records fail the stage, naming
+them, and `ddpmlab tracking sync --retry-rejected` sends them again once the cause is fixed.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -22,7 +29,17 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ddpmlab.pipeline.journal import EXPERIMENT_KIND, Journal, RunIds, is_pending, journals
+from ddpmlab.pipeline.journal import (
+    EXPERIMENT_KIND,
+    PENDING_TAG,
+    REFUSED,
+    Journal,
+    RunIds,
+    Servers,
+    is_pending,
+    journals,
+    set_aside_records,
+)
 
 MAX_BACKOFF_S = 30.0
 # MLflow's limits on one log-batch call
@@ -49,7 +66,11 @@ class Blocked(Exception):
 
 
 class RunGone(Exception):
-    """The server has no such run (deleted by a person): its records are dropped."""
+    """The server has no such run (deleted by a person): its records are set aside."""
+
+
+class RunRefused(Exception):
+    """The server refused to create this run: its records are set aside with the creation."""
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -66,6 +87,8 @@ def _resolve(run_id: str, ids: RunIds) -> str:
     real = ids.get(run_id)
     if real is None:
         raise Blocked(run_id)
+    if real == REFUSED:
+        raise RunRefused(run_id)
     return real
 
 
@@ -93,11 +116,7 @@ def apply(client: MlflowClient, records: list[dict], ids: RunIds) -> None:
     first = records[0]
     op = first["op"]
     if op == "create":
-        run = client.create_run(
-            _experiment_id(client, first["experiment"]), start_time=first["time"], tags=_resolve_values(first["tags"], ids),
-            run_name=first["name"],
-        )  # fmt: skip
-        ids.set(first["run"], run.info.run_id)
+        ids.set(first["run"], _create_once(client, first, ids))
         return
     try:
         run_id = _resolve(first["run"], ids)
@@ -126,6 +145,18 @@ def apply(client: MlflowClient, records: list[dict], ids: RunIds) -> None:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise RunGone(first["run"]) from e
         raise
+
+
+def _create_once(client: MlflowClient, record: dict, ids: RunIds) -> str:
+    """The run of a ``create`` record: the one an earlier send of it made (its answer lost, or the
+    process killed before noting it), found by its pending-id tag, else a new one."""
+    experiment_id = _experiment_id(client, record["experiment"])
+    pending = record["run"]
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PENDING_TAG}` = '{pending}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {**_resolve_values(record["tags"], ids), PENDING_TAG: pending}
+    return client.create_run(experiment_id, start_time=record["time"], tags=tags, run_name=record["name"]).info.run_id
 
 
 def register_version(client: MlflowClient, name: str, run_id: str, artifact_path: str, tags: dict[str, str], description: str) -> None:
@@ -173,10 +204,10 @@ class Outbox:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.last_error: BaseException | None = None
-        self.dropped = 0
-        self.rejected: list[MlflowException] = []
+        self.rejected: list[str] = []  # "<journal>: <op> record of run <id>: <answer>", one per set-aside record
         self.claimed: dict[Path, Journal] = {}  # leftovers this process holds the lock of
         self._thread: threading.Thread | None = None
+        self._server_known = False
 
     def _own(self) -> Journal:
         """This process's journal, created at its first record (call with the lock held)."""
@@ -213,51 +244,104 @@ class Outbox:
 
     def pending(self) -> int:
         """Records not yet on the server, in this process's journal and the leftovers it can send."""
-        return sum(len(journal.unsent()) for journal in self._pending_journals() if journal.path.exists())
+        return sum(journal.unsent_count() for journal in self._pending_journals() if journal.path.exists())
+
+    def _set_aside(self, journal: Journal, record: dict, error: str) -> None:
+        journal.set_aside([record], error, self.uri)
+        what = f"{journal.rejected_path.name}: {record['op']} record of run {record.get('run')}: {error[:300]}"
+        self.rejected.append(what)
+        click.echo(f"warning: {self.uri} refused a record; set aside in {what}", err=True)
+
+    def _apply_alone(self, journal: Journal, records: list[dict], client: MlflowClient) -> None:
+        """Send ``records`` (one batch); a refusal is pinned on the single record that caused it."""
+        try:
+            apply(client, records, self.ids)
+        except RunGone as gone:
+            for record in records:
+                self._set_aside(journal, record, f"run {gone} does not exist on the server (deleted?)")
+        except RunRefused as refused:
+            for record in records:
+                self._set_aside(journal, record, f"the server refused to create run {refused}")
+        except MlflowException as e:
+            if not is_rejected(e):
+                raise
+            if len(records) > 1:  # which one? each alone: the others go
+                for record in records:
+                    self._apply_alone(journal, [record], client)
+                return
+            if records[0]["op"] == "create":
+                self.ids.set(records[0]["run"], REFUSED)  # its later records are set aside with it, not blocked
+            self._set_aside(journal, records[0], str(e))
 
     def _send(self, journal: Journal, client: MlflowClient) -> None:
         for batch in batches(journal.unsent()):
-            try:
-                apply(client, [r for _, r in batch], self.ids)
-            except RunGone as gone:
-                self.dropped += len(batch)
-                click.echo(f"warning: MLflow run {gone} no longer exists on {self.uri}; {len(batch)} record(s) for it dropped", err=True)
-            except MlflowException as e:
-                if not is_rejected(e):
-                    raise
-                # Kept beside the journal, never retried (it would block every later record) and reported by finish().
-                self.rejected.append(e)
-                with open(journal.path.with_suffix(".rejected"), "a", encoding="utf-8") as f:
-                    f.writelines(json.dumps({"error": str(e)[:500], **r}) + "\n" for _, r in batch)
-                click.echo(f"warning: {self.uri} refused {len(batch)} record(s) ({str(e)[:200]}); kept in {journal.path.with_suffix('.rejected')}", err=True)
+            self._apply_alone(journal, [r for _, r in batch], client)
             journal.mark_sent(batch[-1][0] + 1)
         if journal is not self.journal:
             journal.remove()  # a leftover, all sent; gone from disk before drain() may count it done
             with self.lock:
                 self.claimed.pop(journal.path, None)
 
+    def _learn_server(self, client: MlflowClient) -> None:
+        """Note which server answers at this URI (its Default experiment's creation time), so that
+        journals written under another URI of the same server (before a proxy) are found too."""
+        if self._server_known:
+            return
+        try:
+            default = client.get_experiment("0")
+        except MlflowException:
+            self._server_known = True  # no Default experiment to tell it by: URIs are matched by spelling only
+            return
+        Servers(self.folder).learn(self.uri, f"{default.creation_time}:{default.name}")
+        self._server_known = True
+
     def _loop(self) -> None:
         client = MlflowClient(self.uri)
         backoff = 1.0
         while True:
             self.wake.clear()
+            blocked = False
             try:
+                self._learn_server(client)
                 for journal in self._pending_journals():
-                    self._send(journal, client)
+                    try:
+                        self._send(journal, client)
+                    except Blocked:
+                        blocked = True  # another live process has not created that run yet: the next journal
                 self.last_error, backoff = None, 1.0
-            except Blocked:
-                self.wake.wait(backoff)  # another live process has not created that run yet
-                continue
             except Exception as e:  # noqa: BLE001 - every failure is retried; drain() reports the last one
                 self.last_error = e
                 self.wake.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            if blocked:
+                self.wake.wait(backoff)
                 continue
             if not self.wake.wait(5.0):
                 with self.lock:
                     if not self.wake.is_set():
                         self._thread = None
                         return  # idle: the next record starts a new thread
+
+    def retry_rejected(self) -> int:
+        """Put every record set aside for this server back into this process's journal, in order (a
+        refused creation is tried again), and drop the *.rejected files; returns how many."""
+        count = 0
+        for path, records in set_aside_records(self.folder, self.uri).items():
+            for record in records:
+                record = {k: v for k, v in record.items() if k not in ("error", "uri")}
+                if record["op"] == "create" and self.ids.get(record["run"]) == REFUSED:
+                    self.ids.forget(record["run"])
+                self.append(record)
+                count += 1
+            path.unlink()  # its records are in this process's journal now, flushed
+        return count
+
+    def sync(self) -> None:
+        """fsync this process's journal (at a checkpoint, at the stage's end)."""
+        with self.lock:
+            if self.journal is not None:
+                self.journal.sync()
 
     def resolved(self, run_id: str, timeout_s: float) -> str:
         """The server's id of a run this process started, waiting up to ``timeout_s`` for it;

@@ -17,9 +17,10 @@ def tracking_group() -> None:
 
 @tracking_group.command("status")
 def status() -> None:
-    """Records not yet on the server, per journal (one journal per stage run)."""
+    """Records not yet on the server, per journal (one journal per stage run), and the records
+    the server refused, set aside with its answer."""
     from ddpmlab.pipeline import tracking
-    from ddpmlab.pipeline.journal import journals
+    from ddpmlab.pipeline.journal import journals, set_aside_records
 
     uri, folder = tracking.tracking_uri(), tracking.journal_folder()
     if not tracking.is_server(uri):
@@ -27,27 +28,41 @@ def status() -> None:
         return
     found = list(journals(folder, uri))
     for journal in found:
-        rejected = journal.path.with_suffix(".rejected")
-        note = f", {len(rejected.read_text().splitlines())} refused by the server ({rejected.name})" if rejected.exists() else ""
-        click.echo(f"{journal.path.name}: {len(journal.unsent())} record(s) not sent{note}")
+        click.echo(f"{journal.path.name}: {journal.unsent_count()} record(s) not sent")
     click.echo(f"{len(found)} journal(s) for {uri} in {folder}")
+    for path, records in set_aside_records(folder, uri).items():
+        click.echo(f"{path.name}: {len(records)} record(s) refused by the server and set aside:")
+        for record in records[:5]:
+            click.echo(f"  {record['op']} (run {record.get('run')}): {record['error'][:200]}")
+        if len(records) > 5:
+            click.echo(f"  ... and {len(records) - 5} more")
+    if set_aside_records(folder, uri):
+        click.echo("Once the cause is fixed: ddpmlab tracking sync --retry-rejected")
 
 
 @tracking_group.command("sync")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=300, show_default=True,
               help="Seconds to keep retrying a server that does not answer or answers with errors.")  # fmt: skip
-def sync(wait_s: float) -> None:
+@click.option("--retry-rejected", is_flag=True,
+              help="Also send again the records the server refused (set aside, see `ddpmlab tracking status`), once fixed.")
+def sync(wait_s: float, retry_rejected: bool) -> None:
     """Send every journaled record to MLFLOW_TRACKING_URI, oldest first, with the original
-    timestamps and steps. Exits non-zero if some are still not on the server after --wait."""
+    timestamps and steps. Exits non-zero if some are still not on the server after --wait, or
+    the server refused some (they are set aside again)."""
     from ddpmlab.pipeline import tracking
 
     uri = tracking.tracking_uri()
     if not tracking.is_server(uri):
         raise click.ClickException(f"MLFLOW_TRACKING_URI is {uri}, a local store: there is nothing to sync")
     box = tracking.outbox_for_sync()
+    box.rejected = []  # what an earlier call in this process set aside is on disk; this call reports its own
+    retried = box.retry_rejected() if retry_rejected else 0
     before = box.pending()
     if box.drain(wait_s) and not box.rejected:
-        click.echo(f"sent {before} record(s) to {uri}; the journal is empty")
+        box.close()
+        again = f" ({retried} of them set aside before)" if retried else ""
+        click.echo(f"sent {before} record(s) to {uri}{again}; the journal is empty")
         return
-    reason = box.rejected[0] if box.rejected else box.last_error
-    raise click.ClickException(f"{box.pending()} record(s) still not on {uri} after {wait_s:.0f} s ({str(reason)[:300]}); they stay in {box.folder}")
+    if box.rejected:
+        raise click.ClickException(f"{uri} refused {len(box.rejected)} record(s), set aside again: {box.rejected[0]}")
+    raise click.ClickException(f"{box.pending()} record(s) still not on {uri} after {wait_s:.0f} s ({str(box.last_error)[:300]}); they stay in {box.folder}")

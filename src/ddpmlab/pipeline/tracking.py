@@ -36,7 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags as resolve_context_tags
 
 from ddpmlab.config import REPLICATE_SEEDS, Params, config_id, config_label, flatten
-from ddpmlab.pipeline.journal import EXPERIMENT_KIND, RunIds, is_pending, journals, new_pending_id
+from ddpmlab.pipeline.journal import EXPERIMENT_KIND, JournalError, RunIds, is_pending, journals, new_pending_id
 from ddpmlab.pipeline.outbox import Outbox, apply, is_unreachable
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -284,7 +284,30 @@ def _record(record: dict) -> None:
     if box is None:
         apply(mlflow.tracking.MlflowClient(tracking_uri()), [record], _direct_ids)
     else:
-        box.append(record)
+        with journal_errors():
+            box.append(record)
+
+
+@contextmanager
+def journal_errors() -> Iterator[None]:
+    """A journal that cannot be written (a full disk) stops the stage with one line, before any
+    record could go missing without a trace."""
+    try:
+        yield
+    except JournalError as e:
+        raise TrackingFailed(
+            f"{e}. The stage stops here: its outputs so far and its last training checkpoint are intact; free space "
+            "(or point DDPMLAB_JOURNAL_DIR elsewhere) and run it again: training resumes from that checkpoint."
+        ) from e
+
+
+def checkpoint() -> None:
+    """Make this process's journal durable (fsync): at a training checkpoint, a power loss after
+    it loses no record the checkpoint's log has."""
+    box = _outbox(create=False)
+    if box is not None:
+        with journal_errors():
+            box.sync()
 
 
 def _now_ms() -> int:
@@ -376,7 +399,8 @@ def last_logged_step(run_id: str, key: str) -> int:
 
 def _artifact(path: Path, artifact_path: str | None, run_id: str) -> None:
     box = _outbox()
-    file = box.keep_file(path) if box else str(path)  # a server: the journal keeps the bytes as they are now
+    with journal_errors():
+        file = box.keep_file(path) if box else str(path)  # a server: the journal keeps the bytes as they are now
     _record({"op": "artifact", "run": run_id, "file": file, "path": artifact_path})
 
 
@@ -427,12 +451,16 @@ def finish(wait_s: float | None = None) -> None:
     if box is None:
         return
     wait = float(os.environ.get("DDPMLAB_TRACKING_WAIT_S", DEFAULT_WAIT_S)) if wait_s is None else wait_s
+    with journal_errors():
+        box.sync()
     drained = box.drain(wait)
     if box.rejected:
-        error, box.rejected = box.rejected[0], []
+        refused, box.rejected = box.rejected, []
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise TrackingFailed(
-            f"MLflow tracking server {box.uri} refused records of this stage ({str(error)[:300]}); they are kept in "
-            f"{box.folder} (*.rejected). The stage's local outputs are complete and untouched."
+            f"MLflow tracking server {box.uri} refused records of this stage: {refused[0]}{more}. They are set aside in "
+            f"{box.folder} (*.rejected; `ddpmlab tracking status` lists them). The stage's local outputs are complete and "
+            "untouched: once the cause is fixed, `ddpmlab tracking sync --retry-rejected` sends them."
         )
     if drained:
         box.close()

@@ -221,6 +221,7 @@ def _checkpointer(
         extra = {"log": log_rows, "run_id": run_id}  # in the same file as the weights: one atomic write
         setup.save(s, folder / f"step-{s.step:07d}.pt", extra)
         prune_checkpoints(folder, setup.params.train.keep_checkpoints)
+        tracking.checkpoint()  # the journal on disk holds at least what this checkpoint's log does
 
     return on_checkpoint
 
