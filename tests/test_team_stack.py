@@ -6,6 +6,7 @@ admin's password nowhere but its 0600 ini, and nothing left running after down()
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +38,7 @@ from ddpmlab.team.stack import TeamStack
 
 ADMIN_PASSWORD = f"admin-{secrets.token_hex(10)}"  # unique: searched for in files, command lines and environments
 pytestmark = needs_postgresql
+PUBLIC_NAME = "mlflow.example.test"
 UP_TIMEOUT_S = 180  # `mlflow server` answers after ~20 s on 2 busy cores
 EXPERIMENT = "ddpmlab"
 S3_CONFIG = Config(
@@ -45,7 +48,8 @@ S3_CONFIG = Config(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamStack]:
-    team = TeamStack(tmp_path_factory.mktemp("team") / "state", mlflow_port=free_port())
+    # As behind a reverse proxy that forwards Host: mlflow.example.test
+    team = TeamStack(tmp_path_factory.mktemp("team") / "state", mlflow_port=free_port(), public_names=[PUBLIC_NAME])
     try:
         assert team.up(ADMIN_PASSWORD, experiments=(EXPERIMENT,), timeout_s=UP_TIMEOUT_S) is True
         yield team
@@ -458,3 +462,48 @@ def test_no_secret_on_a_command_line_in_a_childs_environment_or_in_a_file_others
         assert not [line for line in lines if secret.encode() in line], "a secret was on a command line"
     assert environments and not [pid for pid, environ in environments.items() if admin.encode() in environ]
     assert holders and not {p: f"{mode:04o}" for p, mode in holders.items() if mode & 0o077}
+
+
+def test_mlflows_database_role_owns_its_databases_and_nothing_more(stack: TeamStack):
+    """A hole in MLflow's use of its database must not become a shell: its role is no superuser, so
+    COPY ... TO PROGRAM is refused; and MLflow's process can read only its own role's password."""
+    import psycopg2
+
+    pg = stack._postgres()
+    assert not pg.legacy
+    superuser_password = json.loads((stack.state_dir / "secrets.json").read_text())["postgres_password"]
+    assert superuser_password not in pg.service_passfile.read_text() and stat.S_IMODE(pg.service_passfile.stat().st_mode) == 0o600
+    mlflow_pid = stack.status()["mlflow"]["pid"]
+    assert f"PGPASSFILE={pg.service_passfile}".encode() in Path(f"/proc/{mlflow_pid}/environ").read_bytes().split(b"\0")
+    conn = psycopg2.connect(host=pg.host, port=pg.port, dbname="mlflow", user="mlflow", passfile=str(pg.service_passfile), connect_timeout=5)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+            assert cur.fetchone() == (False, False, False)
+            cur.execute("SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname IN ('mlflow', 'mlflow_auth')")
+            assert dict(cur.fetchall()) == {"mlflow": "mlflow", "mlflow_auth": "mlflow"}
+            cur.execute("SELECT count(*) FROM runs")  # MLflow's own tables are its to use
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+    finally:
+        conn.close()
+
+
+def test_mlflow_answers_only_the_host_names_it_serves(stack: TeamStack):
+    """DNS rebinding: a page on attacker.example that resolves its name to 127.0.0.1 would reach the
+    server with Host: attacker.example; MLflow refuses every Host header but the stack's own names
+    and the public name a reverse proxy forwards (which MLflow's defaults would refuse)."""
+    port = stack.state["ports"]["mlflow"]
+
+    def status(host: str) -> int:
+        request = urllib.request.Request(f"{stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert status(f"127.0.0.1:{port}") == 200 and status(f"localhost:{port}") == 200 and status(PUBLIC_NAME) == 200
+    assert status(f"attacker.example:{port}") in (400, 403) and status("attacker.example") in (400, 403)

@@ -72,7 +72,8 @@ team_timeout_option = click.option(
   ddpmlab team dvc-remote  make the stack's S3 bucket a DVC repository's default remote
   ddpmlab team down        stop it, or one --service; `ddpmlab team start` starts again
 
-Every service listens on --host (default 127.0.0.1) only. Needs pip install 'ddpmlab[team]' and
+Every service listens on 127.0.0.1 (or another loopback --host) only; other machines reach
+MLflow and S3 through a TLS reverse proxy (docs/team.md). Needs pip install 'ddpmlab[team]' and
 Debian's PostgreSQL server (apt-get install postgresql)."""
 )
 def team() -> None:
@@ -81,12 +82,17 @@ def team() -> None:
 
 @team.command("up", short_help="Start the stack; the admin's password from $DDPMLAB_TEAM_ADMIN_PASSWORD.")
 @team_dir_option
-@click.option("--host", default=None, help="Address every service listens on [default: the stack's, else 127.0.0.1].")
+@click.option("--host", default=None, help="Loopback address every service listens on [default: the stack's, else 127.0.0.1]; "
+              "other machines reach the stack through a TLS reverse proxy (docs/team.md), never directly.")
+@click.option("--public-name", "public_names", multiple=True,
+              help="A name a reverse proxy in front forwards as Host (e.g. mlflow.example.org): MLflow answers it "
+                   "(repeat for several; MLflow restarts to take a change).")  # fmt: skip
 @click.option("--port", default=None, type=click.IntRange(1, 65535), help="MLflow's port [default: the stack's, else 5000].")
 @click.option("--experiment", "experiments", multiple=True, default=("ddpmlab",), show_default=True,
               help="An experiment the admin creates if missing (repeat for several).")  # fmt: skip
 @team_timeout_option
-def team_up(state_dir: Path | None, host: str | None, port: int | None, experiments: tuple[str, ...], timeout_s: int) -> None:
+def team_up(state_dir: Path | None, host: str | None, port: int | None, public_names: tuple[str, ...], experiments: tuple[str, ...],
+            timeout_s: int) -> None:  # fmt: skip
     """Start PostgreSQL, the object store and `mlflow server --app-name basic-auth`, in that order
     (what runs already is left alone), then create the experiments as the admin. The first `up` of
     a folder picks free ports, generates every internal secret and makes the admin with the
@@ -101,6 +107,7 @@ def team_up(state_dir: Path | None, host: str | None, port: int | None, experime
             stack = TeamStack.load(folder)
         else:
             stack = TeamStack(folder, host or "127.0.0.1", port or 5000)
+        stack.public_names = list(public_names)
         started = stack.up(password, experiments, timeout_s)
     click.echo(f"team stack in {stack.state_dir} {'is up' if started else 'was running already: nothing done'}")
     echo_status(stack.status())

@@ -1,8 +1,14 @@
 """PostgreSQL for the team stack: one cluster of Debian's server binaries, MLflow's tracking store
 (database ``mlflow``) and login store (``mlflow_auth``).
 
-The superuser ``mlflow`` has a generated password (scram-sha-256). Clients never carry it in a
-URI or a command line: they read it from a libpq passfile (0600) named by PGPASSFILE.
+Two roles, each with a generated password (scram-sha-256): the bootstrap superuser ``ddpmlab``,
+which only the stack itself uses (to create the role and the databases), and ``mlflow``, which
+owns both databases and is nothing more (no superuser, no CREATEDB, no CREATEROLE), so a hole in
+MLflow's use of its database cannot become a shell on the host (``COPY ... FROM PROGRAM`` needs
+a superuser). MLflow reads only its own role's password, from a passfile of its own. No URI or
+command line carries a password: libpq reads them from passfiles (0600) named by PGPASSFILE.
+A cluster made before the split has ``mlflow`` as its bootstrap superuser (which cannot be
+demoted); it keeps working, and the stack warns at each start that it should be moved.
 
 initdb and pg_ctl refuse to run as root; as root they run as the ``postgres`` user (runuser),
 and the cluster lives where that user can reach it, under /var/lib/postgresql/ddpmlab/."""
@@ -21,26 +27,42 @@ from pathlib import Path
 
 from ddpmlab.team.processes import TeamStackError, alive, child_env, descendants, log_tail, start_ticks, write_private
 
-SUPERUSER = "mlflow"
+SUPERUSER, SERVICE_ROLE = "ddpmlab", "mlflow"
+LEGACY_SUPERUSER = "mlflow"  # clusters made before the split: MLflow's role is their bootstrap superuser
 DATABASES = ("mlflow", "mlflow_auth")  # tracking store, login store
 ROOT_CLUSTERS = Path("/var/lib/postgresql/ddpmlab")
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; the socket file is "<dir>/.s.PGSQL.<port>"
 HBA = """\
-# ddpmlab team stack: the mlflow superuser only, with its password, from this machine only
-local  all  mlflow             scram-sha-256
-host   all  mlflow  samehost   scram-sha-256
+# ddpmlab team stack: its two roles only, each with its password, from this machine only
+local  all  {roles}             scram-sha-256
+host   all  {roles}  samehost   scram-sha-256
 """
 
 
-def bin_dir() -> Path:
-    """Debian's newest PostgreSQL server binaries (/usr/lib/postgresql/<version>/bin)."""
+DEBIAN_SERVERS = Path("/usr/lib/postgresql")
+
+
+def bin_dir(data_dir: Path | None = None) -> Path:
+    """Debian's PostgreSQL server binaries for the cluster in ``data_dir``: those of the major
+    version in its PG_VERSION (a server of another major cannot open it, so installing a newer
+    one must not move an existing cluster to it); for a new cluster, the newest installed."""
+    version_file = data_dir / "PG_VERSION" if data_dir is not None else None
+    if version_file is not None and version_file.is_file():
+        major = version_file.read_text().strip()
+        binaries = DEBIAN_SERVERS / major / "bin"
+        if not (binaries / "pg_ctl").is_file():
+            raise TeamStackError(
+                f"the cluster in {data_dir} is PostgreSQL {major}, whose server is not installed ({binaries}): "
+                f"`apt-get install postgresql-{major}`, or upgrade the cluster with pg_upgradecluster"
+            )
+        return binaries
 
     def version(initdb: Path) -> tuple[int, ...]:
         return tuple(int(part) for part in re.findall(r"\d+", initdb.parent.parent.name))
 
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=version)
+    found = sorted(DEBIAN_SERVERS.glob("*/bin/initdb"), key=version)
     if not found:
-        raise TeamStackError("no PostgreSQL server (/usr/lib/postgresql/*/bin/initdb): install it (`apt-get install postgresql`)")
+        raise TeamStackError(f"no PostgreSQL server ({DEBIAN_SERVERS}/*/bin/initdb): install it (`apt-get install postgresql`)")
     return found[-1].parent
 
 
@@ -71,16 +93,24 @@ def _owner() -> pwd.struct_passwd | None:
 
 @dataclass
 class Postgres:
-    """The cluster in ``data_dir``, on ``host``:``port``; ``passfile`` holds its password, ``log`` gets its output."""
+    """The cluster in ``data_dir``, on ``host``:``port``; ``passfile`` holds both roles' passwords (the
+    stack's), ``service_passfile`` MLflow's role's alone; ``log`` gets the server's output."""
 
     data_dir: Path
     host: str
     port: int
     passfile: Path
+    service_passfile: Path
     log: Path
+    superuser: str = SUPERUSER
+
+    @property
+    def legacy(self) -> bool:
+        """A cluster from before the split: MLflow's role is the superuser."""
+        return self.superuser == SERVICE_ROLE
 
     def _command(self, tool: str, *args: str) -> list[str]:
-        command = [str(bin_dir() / tool), *args]
+        command = [str(bin_dir(self.data_dir) / tool), *args]
         return ["runuser", "-u", "postgres", "--", *command] if _owner() else command
 
     def _run(self, tool: str, *args: str, timeout_s: float = 120) -> None:
@@ -101,7 +131,7 @@ class Postgres:
         return (self.data_dir / "PG_VERSION").is_file()
 
     def init(self, password: str) -> None:
-        """Create the cluster: superuser ``mlflow`` with ``password``, scram-sha-256 everywhere."""
+        """Create the cluster: bootstrap superuser ``self.superuser`` with ``password``, scram-sha-256 everywhere."""
         owner = _owner()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pwfile = self.data_dir.parent / f".{self.data_dir.name}.pwfile"  # outside the data dir: initdb wants it empty
@@ -112,16 +142,27 @@ class Postgres:
             os.chmod(ROOT_CLUSTERS, 0o700)
         try:
             self._run(
-                "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+                "initdb", "-D", str(self.data_dir), "-U", self.superuser, f"--pwfile={pwfile}", "--auth=scram-sha-256",
                 "--encoding=UTF8", "--no-locale", "--no-instructions",
             )  # fmt: skip
         finally:
             pwfile.unlink(missing_ok=True)
-        (self.data_dir / "pg_hba.conf").write_text(HBA)  # written in place: it keeps its owner
+        self.write_hba()
 
-    def write_passfile(self, password: str) -> None:
-        """The libpq passfile every client reads (PGPASSFILE); any host, since URIs may name it differently."""
-        write_private(self.passfile, f"*:{self.port}:*:{SUPERUSER}:{password}\n")
+    def write_hba(self) -> None:
+        roles = ",".join(sorted({self.superuser, SERVICE_ROLE}))
+        (self.data_dir / "pg_hba.conf").write_text(HBA.format(roles=roles))  # written in place: it keeps its owner
+
+    def write_passfiles(self, superuser_password: str, service_password: str) -> None:
+        """The libpq passfiles (PGPASSFILE): both roles' for the stack, MLflow's role's alone for
+        MLflow. Any host, since URIs may name it differently."""
+        service = f"*:{self.port}:*:{SERVICE_ROLE}:{service_password}\n"
+        if self.legacy:
+            service = f"*:{self.port}:*:{SERVICE_ROLE}:{superuser_password}\n"
+            write_private(self.passfile, service)
+        else:
+            write_private(self.passfile, f"*:{self.port}:*:{self.superuser}:{superuser_password}\n" + service)
+        write_private(self.service_passfile, service)
 
     def _socket_dir(self) -> str:
         # A too long path cannot hold a Unix socket: TCP only then ('' disables the sockets).
@@ -164,7 +205,7 @@ class Postgres:
             import psycopg2
         except ImportError:
             raise TeamStackError("psycopg2 is missing: pip install 'ddpmlab[team]'") from None
-        login = {"user": SUPERUSER, "passfile": str(self.passfile)}
+        login = {"user": self.superuser, "passfile": str(self.passfile)}
         return psycopg2.connect(host=self.host, port=self.port, dbname=database, connect_timeout=5, **login)
 
     def healthy(self) -> bool:
@@ -181,17 +222,28 @@ class Postgres:
         conn.close()
         return True
 
-    def create_databases(self) -> None:
+    def create_databases(self, service_password: str) -> None:
+        """MLflow's role (LOGIN and nothing more; its password set to ``service_password``) and
+        the databases it owns; what exists is left, its owner and the role's password made right."""
         from psycopg2 import sql
 
         conn = self.connect()
         conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        role = sql.Identifier(SERVICE_ROLE)
         try:
             with conn.cursor() as cur:
+                if not self.legacy:
+                    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (SERVICE_ROLE,))
+                    verb = "ALTER" if cur.fetchone() else "CREATE"
+                    # The password goes as a bound parameter, not in a command line; the server logs no statements.
+                    cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(role),
+                                (service_password,))  # fmt: skip
                 for name in DATABASES:
                     cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
                     if cur.fetchone() is None:
-                        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), role))
+                    else:
+                        cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), role))
         finally:
             conn.close()
 
@@ -199,7 +251,7 @@ class Postgres:
         """SQLAlchemy URI without password (libpq takes it from PGPASSFILE). The driver is named:
         SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which the team extra does not install."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"postgresql+psycopg2://{SUPERUSER}@{host}:{self.port}/{database}"
+        return f"postgresql+psycopg2://{SERVICE_ROLE}@{host}:{self.port}/{database}"
 
     def remove(self) -> None:
         """Delete the cluster's files (the server must be stopped)."""

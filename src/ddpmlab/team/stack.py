@@ -6,7 +6,8 @@ Everything lives in one state folder:
 
     state.json          host, ports, pids, paths: enough for TeamStack.load() from any process
     secrets.json        PostgreSQL password, the stack's and MLflow's S3 keys (0600): servers only, never clients
-    pgpass              libpq passfile (0600): PostgreSQL URIs and command lines carry no password
+    pgpass              libpq passfile (0600) of both database roles, for the stack itself
+    pgpass-mlflow       MLflow's: its own role's password alone (PostgreSQL URIs and command lines carry none)
     s3-identities.json  SeaweedFS's static S3 identities (0600): the stack's and MLflow's
     people/<name>.s3-credentials  a person's key to the dvc bucket, to hand to them (0600)
     mlflow-auth.ini     MLflow's basic-auth settings (0600): the only place holding the admin password
@@ -18,6 +19,7 @@ Everything lives in one state folder:
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import logging
 import secrets
@@ -34,7 +36,7 @@ from typing import Any
 from ddpmlab.team import accounts
 from ddpmlab.team.credentials import check_name
 from ddpmlab.team.object_store import BUCKETS, CHECKSUM_ENV, GRPC_OFFSET, INTERNAL, REGION, ObjectStore
-from ddpmlab.team.postgres import Postgres, cluster_dir
+from ddpmlab.team.postgres import LEGACY_SUPERUSER, SUPERUSER, Postgres, cluster_dir
 from ddpmlab.team.processes import (
     TeamStackError,
     alive,
@@ -55,6 +57,24 @@ MIN_PASSWORD_LENGTH = 12  # MLflow's own rule for basic-auth passwords
 LEGACY_DEFAULT_PASSWORD = "password1234"  # the admin password older MLflow shipped: public
 MLFLOW_WORKERS = 2  # uvicorn workers: one can serve while the other waits on the database
 WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def check_host(host: str) -> str:
+    """Refuse an address other machines can reach: the services speak plain HTTP (logins and S3
+    keys would cross the network in clear text) and the object store's internal listeners (its
+    unauthenticated gRPC ports among them) would bind it too."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False  # a name: it may resolve to anything
+    if not loopback:
+        raise TeamStackError(
+            f"--host {host!r} would put the stack's plain-HTTP services, passwords and S3 keys on the network, and the "
+            "object store's internal ports with them. Keep the stack on 127.0.0.1 and publish MLflow and S3 through a TLS "
+            "reverse proxy on this host (docs/team.md#deploying-it-for-a-team), naming it with --public-name; built-in "
+            "TLS is not part of ddpmlab yet"
+        )
+    return host
 # MLflow checks the password hash (~0.1 s of CPU) on every request unless its login cache is on: on 2
 # cores that caps the server at ~6 logging calls/s (benchmarks/tracking_load.py). The price of the
 # cache: a changed password or deleted account may still work on the other worker for this long.
@@ -85,19 +105,22 @@ class TeamStack:
 
     def __init__(
         self, state_dir: Path, host: str = "127.0.0.1", mlflow_port: int = 5000, postgres_port: int = 0, s3_port: int = 0,
-        auth_cache_s: int = AUTH_CACHE_S,
+        auth_cache_s: int = AUTH_CACHE_S, public_names: Iterable[str] = (),
     ) -> None:  # fmt: skip
         self.auth_cache_s = auth_cache_s
+        self.public_names = list(public_names)  # names a reverse proxy forwards as Host: MLflow accepts them
         self.state_dir = Path(state_dir).resolve()  # absolute: recorded, and hashed into the root cluster's folder
         saved = self._read(self.state_file)
         if saved is None:
+            check_host(host)
             taken: set[int] = set()
             ports = {"mlflow": mlflow_port or free_port(host, taken), "postgres": postgres_port or free_port(host, taken),
                      "s3": s3_port or free_port(host, taken)}  # fmt: skip
             taken.update(ports.values())
             ports["s3_grpc"] = free_port(host, taken)
             ports.update({name: free_port(host, taken, grpc_offset=GRPC_OFFSET) for name in INTERNAL})
-            self.state: dict[str, Any] = {"host": host, "ports": ports, "postgres_dir": str(cluster_dir(self.state_dir))}
+            self.state: dict[str, Any] = {"host": host, "ports": ports, "postgres_dir": str(cluster_dir(self.state_dir)),
+                                          "postgres_roles": "split"}  # fmt: skip
             return
         self.state = {k: v for k, v in saved.items() if k != "pids"}  # pids: read from the file each time (others change them)
         ports = saved["ports"]
@@ -171,6 +194,7 @@ class TeamStack:
             raise TeamStackError(f"{path} is missing: the stack in {self.state_dir} was never brought up (`ddpmlab team up`)")
         wanted = {
             "postgres_password": lambda: secrets.token_urlsafe(32),
+            "postgres_mlflow_password": lambda: secrets.token_urlsafe(32),
             "s3_access_key": lambda: "DDPM" + secrets.token_hex(8).upper(),
             "s3_secret_key": lambda: secrets.token_urlsafe(30),
             "s3_mlflow_access_key": lambda: "MLFLOW" + secrets.token_hex(8).upper(),
@@ -241,7 +265,10 @@ class TeamStack:
 
     def _postgres(self) -> Postgres:
         port = self.state["ports"]["postgres"]
-        return Postgres(Path(self.state["postgres_dir"]), self.host, port, self.state_dir / "pgpass", self.logs / "postgres.log")
+        # A stack from before the split of roles keeps its cluster, whose bootstrap superuser is MLflow's role.
+        superuser = SUPERUSER if self.state.get("postgres_roles") == "split" else LEGACY_SUPERUSER
+        return Postgres(Path(self.state["postgres_dir"]), self.host, port, self.state_dir / "pgpass", self.state_dir / "pgpass-mlflow",
+                        self.logs / "postgres.log", superuser)  # fmt: skip
 
     def _store(self) -> ObjectStore:
         ports, config = self.state["ports"], self.state_dir / "s3-identities.json"
@@ -266,17 +293,26 @@ class TeamStack:
         return child_env() | CHECKSUM_ENV | {
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
-            "PGPASSFILE": str(self.state_dir / "pgpass"), "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
+            "PGPASSFILE": str(self._postgres().service_passfile), "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": self._secrets()["flask_secret_key"],  # basic-auth's CSRF protection needs one
             # No job runner: its 7 huey consumers (~1.5 GB) serve GenAI scorers and trace archival, nothing of ddpmlab's.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }  # fmt: skip
 
+    def allowed_hosts(self) -> list[str]:
+        """The Host headers MLflow answers (against DNS rebinding): this machine's loopback names and the
+        public names of a reverse proxy in front, each with and without the port."""
+        port = self.state["ports"]["mlflow"]
+        names = ["localhost", "127.0.0.1", "[::1]", *self.state.get("public_names", [])]
+        return [spelling for name in names for spelling in (name, f"{name}:{port}")]
+
     def _mlflow_command(self) -> list[str]:
+        origins = [f"https://{name}" for name in self.state.get("public_names", [])]
         return [
             sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.state["ports"]["mlflow"]),
             "--backend-store-uri", self._postgres().uri("mlflow"), "--artifacts-destination", "s3://mlflow-artifacts/",
-            "--app-name", "basic-auth", "--workers", str(MLFLOW_WORKERS),
+            "--app-name", "basic-auth", "--workers", str(MLFLOW_WORKERS), "--allowed-hosts", ",".join(self.allowed_hosts()),
+            *(["--cors-allowed-origins", ",".join(origins)] if origins else []),
         ]  # fmt: skip
 
     def _mlflow_answers(self) -> bool:
@@ -320,13 +356,20 @@ class TeamStack:
 
     def _start_postgres(self, timeout_s: float) -> None:
         pg = self._postgres()
-        password = self._secrets()["postgres_password"]
+        found = self._secrets()
+        password, service_password = found["postgres_password"], found["postgres_mlflow_password"]
         if not pg.initialised():
             pg.init(password)
-        pg.write_passfile(password)
+        pg.write_passfiles(password, service_password)
         pg.start(timeout_s)
         wait_until(pg.healthy, timeout_s, "PostgreSQL", pg.log, pg.pid(), pg.ticks())
-        pg.create_databases()
+        pg.create_databases(service_password)
+        if pg.legacy:
+            log.warning(
+                "team stack: MLflow's database role is the superuser of this cluster (made before ddpmlab split the roles): "
+                "a new stack (another state folder) gets a role without superuser rights; moving these runs there takes a "
+                "pg_dump of databases mlflow and mlflow_auth and a restore into it"
+            )
         self._save(postgres=[pg.pid(), pg.ticks()])
 
     def _start_object_store(self, timeout_s: float) -> None:
@@ -391,6 +434,11 @@ class TeamStack:
         ran already, and then nothing is done. On a failure, what this call started is stopped again
         and the error carries the end of the failing service's log."""
         check_admin_password(admin_password)
+        check_host(self.host)  # also a stack made before this rule
+        if self.public_names and self.public_names != self.state.get("public_names"):
+            if self._running("mlflow"):
+                raise TeamStackError("MLflow runs: stop it (`ddpmlab team down --service mlflow`) to change its public names")
+            self.state["public_names"] = self.public_names
         experiments = list(experiments)
         if not all(isinstance(e, str) and e.strip() for e in experiments):
             raise ValueError(f"experiment names must be non-empty: {experiments!r}")
