@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 import subprocess
 import sys
@@ -507,3 +508,64 @@ def test_mlflow_answers_only_the_host_names_it_serves(stack: TeamStack):
 
     assert status(f"127.0.0.1:{port}") == 200 and status(f"localhost:{port}") == 200 and status(PUBLIC_NAME) == 200
     assert status(f"attacker.example:{port}") in (400, 403) and status("attacker.example") in (400, 403)
+
+
+def test_backup_destroy_restore_brings_back_every_run_metric_artifact_login_key_and_dvc_object(tmp_path: Path):
+    first = TeamStack(tmp_path / "first", mlflow_port=free_port())
+    second = None
+    try:
+        assert first.up(ADMIN_PASSWORD, experiments=(EXPERIMENT,), timeout_s=UP_TIMEOUT_S)
+        run_id = log_a_run(first, tmp_path, "kept")
+        env = {"DDPMLAB_TEAM_ADMIN_PASSWORD": ADMIN_PASSWORD, "DDPMLAB_TEAM_USER_PASSWORD": "carol-password-1234"}
+        team_cli("user", "carol", "--permission", "edit", "--dir", first.state_dir, "--dvc-credentials", tmp_path / "carol.key", env=env)
+        repo, dvc_env = dvc_repo(tmp_path / "repo")
+        team_cli("dvc-remote", "--credentials", tmp_path / "carol.key", "--repo", repo)
+        (repo / "data.txt").write_text("pushed before the backup\n")
+        for args in (["add", "-q", "data.txt"], ["push", "-q"]):
+            assert dvc(repo, dvc_env, *args).returncode == 0
+        before = {name: sorted(bucket_keys(first, name)) for name in ("mlflow-artifacts", "dvc")}
+        team_cli("backup", "--to", tmp_path / "backup", "--dir", first.state_dir)
+        assert stat.S_IMODE((tmp_path / "backup").stat().st_mode) == 0o700
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (tmp_path / "backup").rglob("*") if p.is_file())
+        first.destroy()
+
+        second = TeamStack(tmp_path / "second", mlflow_port=free_port())
+        assert second.up(ADMIN_PASSWORD, experiments=(EXPERIMENT,), timeout_s=UP_TIMEOUT_S)
+        # The key file names the old store's address; the new stack serves the same keys on its own port.
+        key = tmp_path / "carol.key"
+        key.write_text(key.read_text().replace(first.s3_endpoint, second.s3_endpoint))
+        team_cli("restore", "--from", tmp_path / "backup", "--dir", second.state_dir)
+        assert {name: sorted(bucket_keys(second, name)) for name in ("mlflow-artifacts", "dvc")} == before
+        with login("carol", "carol-password-1234"):  # her login and permission came back
+            client = MlflowClient(second.tracking_uri)
+            assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.5]
+            back = client.download_artifacts(run_id, "notes/kept.txt", str(tmp_path / "back"))
+            assert Path(back).read_text() == "artifact of kept\n"
+            client.log_metric(run_id, "after_restore", 1.0)
+        team_cli("dvc-remote", "--credentials", key, "--repo", repo)  # her key works on the new store
+        (repo / "data.txt").unlink()
+        shutil.rmtree(repo / ".dvc" / "cache")
+        assert dvc(repo, dvc_env, "pull", "-q").returncode == 0
+        assert (repo / "data.txt").read_text() == "pushed before the backup\n"
+    finally:
+        for stack in (first, second):
+            if stack is not None and stack.state_dir.exists():
+                stack.destroy()
+
+
+def test_start_upgrades_an_older_database_schema_before_mlflow_starts(stack: TeamStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """After an upgrade of MLflow the database is a schema behind, and `mlflow server` refuses to start
+    on it; `team start` runs `mlflow db upgrade` first. The schema is put one revision back for real."""
+    from alembic import command
+    from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
+
+    head = _get_latest_schema_revision()
+    assert stack.schema_revision() == head
+    stack.stop_service("mlflow")
+    monkeypatch.setenv("PGPASSFILE", str(stack._postgres().service_passfile))
+    command.downgrade(_get_alembic_config(stack._postgres().uri("mlflow")), "-1")
+    assert stack.schema_revision() not in (None, head)
+    team_cli("start", "--service", "mlflow", "--dir", stack.state_dir)
+    assert stack.schema_revision() == head and stack.status()["mlflow"]["running"]
+    assert "upgrading the database schema" in (stack.logs / "mlflow.log").read_text()
+    log_a_run(stack, tmp_path, "after-upgrade")

@@ -70,6 +70,7 @@ team_timeout_option = click.option(
   ddpmlab team user NAME   a login with READ, EDIT or MANAGE on an experiment, and a DVC key
   ddpmlab team revoke NAME delete that login and that key
   ddpmlab team dvc-remote  make the stack's S3 bucket a DVC repository's default remote
+  ddpmlab team backup      databases, buckets and keys to a folder; `team restore` puts them back
   ddpmlab team down        stop it, or one --service; `ddpmlab team start` starts again
 
 Every service listens on 127.0.0.1 (or another loopback --host) only; other machines reach
@@ -291,3 +292,38 @@ def team_dvc_remote(credentials_file: Path, name: str, repo: Path, prefix: str) 
     (repo / ".dvc" / "config.local").chmod(0o600)  # it names where the key is: nobody else's business
     mode = "read-write" if key.write else "read-only"
     click.echo(f"DVC remote {name!r} (default) of {repo}: {url} at {key.endpoint}, {mode}, with the key in {credentials_file}")
+
+
+@team.command("backup", short_help="Databases, both buckets and people's keys to a new folder.")
+@click.option("--to", "folder", required=True, type=click.Path(file_okay=False, path_type=Path), help="A new (or empty) folder.")
+@team_dir_option
+def team_backup(folder: Path, state_dir: Path | None) -> None:
+    """Write everything the stack holds to --to (0700; files 0600, since it holds logins' hashes and
+    people's S3 keys): the tracking and login databases (pg_dump, custom format), every object of
+    the mlflow-artifacts and dvc buckets, and each person's DVC key. MLflow keeps serving; a run
+    logging meanwhile may be caught half-way (it is complete in the next backup)."""
+    from ddpmlab.team.backup import backup
+    from ddpmlab.team.stack import TeamStack
+
+    with team_errors():
+        manifest = backup(TeamStack.load(team_dir(state_dir)), folder, progress=lambda m: click.echo(f"  {m}", err=True))
+    objects = ", ".join(f"{b}: {v['objects']} objects" for b, v in manifest["buckets"].items())
+    click.echo(f"backed up to {folder}: databases {', '.join(manifest['databases'])}; {objects}; {manifest['people']} people's keys")
+
+
+@team.command("restore", short_help="Put a backup into a running stack (usually a new one).")
+@click.option("--from", "folder", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder written by `ddpmlab team backup`.")  # fmt: skip
+@team_dir_option
+@team_timeout_option
+def team_restore(folder: Path, state_dir: Path | None, timeout_s: int) -> None:
+    """Replace the running stack's databases with the backup's (MLflow is stopped meanwhile and
+    started again), upload its objects and put back people's DVC keys, unchanged. Logins come back
+    with their passwords: afterwards the admin's password is the backed-up stack's."""
+    from ddpmlab.team.backup import restore
+    from ddpmlab.team.stack import TeamStack
+
+    with team_errors():
+        stack = TeamStack.load(team_dir(state_dir))
+        manifest = restore(stack, folder, progress=lambda m: click.echo(f"  {m}", err=True), timeout_s=timeout_s)
+    click.echo(f"restored {folder} (made {manifest['made']}) into {stack.state_dir}; the admin's password is now the backed-up stack's")

@@ -142,7 +142,7 @@ class ObjectStore:
 
     # -- people's keys to the DVC bucket -------------------------------------------------------
 
-    def _shell(self, command: str, secret: str = "", missing_ok: bool = False) -> None:
+    def _shell(self, command: str, secret: str = "", missing_ok: bool = False) -> str:
         """Run one `weed shell` command, given on stdin (a command line is world-readable in /proc).
         ``missing_ok``: an answer that the user named does not exist is not a failure."""
         args = [str(weed_binary()), f"-config_dir={self.data_dir}", "shell", f"-master={self._ip}:{self.ports['master']}"]
@@ -154,6 +154,7 @@ class ObjectStore:
         said = (done.stderr or done.stdout).strip()[-500:]
         if done.returncode != 0 and not (missing_ok and "not found" in said):
             raise TeamStackError(f"the object store's shell failed: {said.replace(secret, '***') if secret else said}")
+        return done.stdout
 
     def _key_works(self, key: tuple[str, str]) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -184,6 +185,25 @@ class ObjectStore:
         self._shell(create, secret=key.secret_key)
         self._wait_for((key.access_key, key.secret_key), True, f"{person}'s new key")
         return key
+
+    def people(self) -> list[dict]:
+        """Every person's identity (name, actions, keys) as s3.configure prints it: for a backup."""
+        out = self._shell("s3.configure")
+        start = out.find("{")
+        if start < 0:
+            raise TeamStackError("the object store's shell printed no S3 configuration")
+        config, _ = json.JSONDecoder().raw_decode(out[start:])
+        return [i for i in config.get("identities", []) if i.get("name", "").startswith(PERSON_PREFIX)]
+
+    def restore_person(self, identity: dict) -> None:
+        """Put back an identity from :meth:`people` with its own keys (its holder's file keeps working)."""
+        name = identity["name"]
+        check_name(name.removeprefix(PERSON_PREFIX))
+        self._shell(f"s3.configure -user={name} -delete -apply", missing_ok=True)
+        for credential in identity.get("credentials", []):
+            secret = credential["secretKey"]
+            self._shell(f"s3.configure -user={name} -actions={','.join(identity['actions'])} "
+                        f"-access_key={credential['accessKey']} -secret_key={secret} -apply", secret=secret)  # fmt: skip
 
     def revoke_key(self, person: str) -> None:
         """Remove ``person``'s key to the DVC bucket (nothing happens when they have none)."""

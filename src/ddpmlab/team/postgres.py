@@ -8,7 +8,8 @@ MLflow's use of its database cannot become a shell on the host (``COPY ... FROM 
 a superuser). MLflow reads only its own role's password, from a passfile of its own. No URI or
 command line carries a password: libpq reads them from passfiles (0600) named by PGPASSFILE.
 A cluster made before the split has ``mlflow`` as its bootstrap superuser (which cannot be
-demoted); it keeps working, and the stack warns at each start that it should be moved.
+demoted); it keeps working, and the stack warns at each start that it should be moved (a
+`team backup` restored into a new stack lands on the split roles).
 
 initdb and pg_ctl refuse to run as root; as root they run as the ``postgres`` user (runuser),
 and the cluster lives where that user can reach it, under /var/lib/postgresql/ddpmlab/."""
@@ -126,6 +127,10 @@ class Postgres:
         if code != 0:
             tail = log_tail(self.log)
             raise TeamStackError(f"PostgreSQL: `{tool} {args[0]}` failed (exit status {code}); the end of {self.log}:\n{tail}")
+
+    def version(self) -> str:
+        """The cluster's major version (its PG_VERSION)."""
+        return (self.data_dir / "PG_VERSION").read_text().strip()
 
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
@@ -246,6 +251,24 @@ class Postgres:
                         cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), role))
         finally:
             conn.close()
+
+    def _client(self, tool: str, *args: str, timeout_s: float = 3600) -> None:
+        """Run pg_dump / pg_restore of the cluster's version against it as the superuser (password
+        from the passfile, never the command line); fail with the tool's own message."""
+        command = [str(bin_dir(self.data_dir) / tool), "-h", self.host, "-p", str(self.port), "-U", self.superuser, *args]
+        done = subprocess.run(command, env=child_env({"PGPASSFILE": str(self.passfile)}), capture_output=True, text=True,
+                              timeout=timeout_s, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise TeamStackError(f"PostgreSQL: `{tool}` failed (exit status {done.returncode}): {done.stderr.strip()[-1000:]}")
+
+    def dump(self, database: str, path: Path) -> None:
+        """``database`` to ``path`` in pg_dump's custom format, without owners (restore gives them)."""
+        self._client("pg_dump", "--format=custom", "--no-owner", f"--file={path}", database)
+
+    def restore(self, database: str, path: Path) -> None:
+        """Replace ``database``'s contents with the dump at ``path``, every object owned by MLflow's role."""
+        self._client("pg_restore", "--clean", "--if-exists", "--no-owner", f"--role={SERVICE_ROLE}", "--single-transaction",
+                     f"--dbname={database}", str(path))  # fmt: skip
 
     def uri(self, database: str) -> str:
         """SQLAlchemy URI without password (libpq takes it from PGPASSFILE). The driver is named:

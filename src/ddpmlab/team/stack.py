@@ -43,6 +43,7 @@ from ddpmlab.team.processes import (
     child_env,
     free_port,
     group_members,
+    log_tail,
     port_free,
     spawn,
     stop_group,
@@ -367,8 +368,8 @@ class TeamStack:
         if pg.legacy:
             log.warning(
                 "team stack: MLflow's database role is the superuser of this cluster (made before ddpmlab split the roles): "
-                "a new stack (another state folder) gets a role without superuser rights; moving these runs there takes a "
-                "pg_dump of databases mlflow and mlflow_auth and a restore into it"
+                "`ddpmlab team backup --to DIR`, `team up --dir NEW` and `team restore --from DIR --dir NEW` move everything "
+                "to a stack whose role has no superuser rights"
             )
         self._save(postgres=[pg.pid(), pg.ticks()])
 
@@ -389,9 +390,42 @@ class TeamStack:
         if not self._running("postgres"):
             raise TeamStackError("MLflow needs PostgreSQL: start it first (`ddpmlab team start --service postgres`)")
         log_file = self.logs / "mlflow.log"
+        self._upgrade_schema(log_file, timeout_s)
         pid, ticks = spawn(self._mlflow_command(), log_file, env=self._mlflow_env(), cwd=self.state_dir)
         self._save(mlflow=[pid, ticks])
         wait_until(self._mlflow_answers, timeout_s, "MLflow server", log_file, pid, ticks)
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision of MLflow's tracking database; None before MLflow's first start made its tables."""
+        conn = self._postgres().connect("mlflow")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('public.alembic_version')")
+                if cur.fetchone()[0] is None:
+                    return None
+                cur.execute("SELECT version_num FROM alembic_version")
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return row[0] if row else None
+
+    def _upgrade_schema(self, log_file: Path, timeout_s: float) -> None:
+        """`mlflow db upgrade` when the database's schema is older than this MLflow's (after an
+        upgrade of MLflow, whose server refuses to start on an old schema). `team backup` first
+        is the safe habit; the upgrade runs in one go, as MLflow's role, its output in the log."""
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        found, head = self.schema_revision(), _get_latest_schema_revision()
+        if found is None or found == head:
+            return
+        log.info("team stack: upgrading MLflow's database schema from %s to %s", found, head)
+        with open(log_file, "ab") as out:
+            out.write(f"\n--- upgrading the database schema from {found} to {head}\n".encode())
+            out.flush()
+            done = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", self._postgres().uri("mlflow")],
+                                  env=self._mlflow_env(), stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise TeamStackError(f"`mlflow db upgrade` from schema {found} to {head} failed; the end of {log_file}:\n{log_tail(log_file)}")
 
     def stop_service(self, name: str) -> None:
         """Stop one service (nothing happens when it does not run)."""
