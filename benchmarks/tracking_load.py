@@ -21,7 +21,7 @@ Afterwards a fresh client (a new MlflowClient in the parent) reads every run bac
 when its step is in the run's history with the expected value (lost = N*K - found; duplicate or
 unexpected points are counted apart), and the artifact must be listed with its exact size.
 
-Printed per store: clients, points sent (calls that returned), found, lost, errors, wall time (first
+Printed per store: clients, points sent (calls that returned), found, lost, duplicated runs, errors, wall time (first
 client start to last client end), throughput (points found per second of the metric phase: first
 client's first call to last client's last call), log_metric latency p50/p95/p99/max in ms, artifact
 upload time (median and max over clients); then team/SQLite ratios of throughput and p95, and in
@@ -178,7 +178,11 @@ def verify(uri: str, outs: list[dict], args: argparse.Namespace) -> dict:
         status = client.get_run(o["run_id"]).info.status
         if status != "FINISHED":
             problems.append(f"client {o['index']}: run status {status}")
-    return {"found": found, "extra": extra, "artifacts_ok": artifacts_ok, "problems": problems}
+    # Runs in the experiment beyond one per client: a creation sent twice would show here.
+    experiments = {client.get_run(o["run_id"]).info.experiment_id for o in outs if o["run_id"]}
+    runs = sum(len(client.search_runs([e], max_results=10_000)) for e in experiments)
+    return {"found": found, "extra": extra, "artifacts_ok": artifacts_ok, "problems": problems,
+            "duplicated_runs": runs - sum(1 for o in outs if o["run_id"])}  # fmt: skip
 
 
 def summarise(name: str, outs: list[dict], check: dict, args: argparse.Namespace) -> dict:
@@ -190,7 +194,7 @@ def summarise(name: str, outs: list[dict], check: dict, args: argparse.Namespace
     ms = lambda q: 1000 * percentile(latencies, q) if latencies else float("nan")
     return {
         "store": name, "clients": len(outs), "sent": len(latencies), "found": check["found"],
-        "lost": args.points * len(outs) - check["found"], "extra": check["extra"],
+        "lost": args.points * len(outs) - check["found"], "extra": check["extra"], "duplicated_runs": check["duplicated_runs"],
         "errors": sum(o["errors"] for o in outs), "locked": sum(o["locked"] for o in outs),
         "wall_s": max(o["end"] for o in outs) - min(o["start"] for o in outs), "metric_s": metric_s,
         "throughput": check["found"] / metric_s, "p50": ms(50), "p95": ms(95), "p99": ms(99), "max": ms(100),
@@ -291,7 +295,7 @@ def machine() -> list[str]:
 def table(results: list[dict]) -> list[str]:
     rows = [
         ("clients", "{clients}"), ("points sent", "{sent:,}"), ("points found", "{found:,}"), ("lost", "{lost:,}"),
-        ("unexpected points", "{extra:,}"), ("errors", "{errors}"), ("  'database is locked'", "{locked}"),
+        ("unexpected points", "{extra:,}"), ("duplicated runs", "{duplicated_runs}"), ("errors", "{errors}"), ("  'database is locked'", "{locked}"),
         ("wall time (s)", "{wall_s:.1f}"), ("metric phase (s)", "{metric_s:.1f}"), ("throughput (points/s)", "{throughput:,.0f}"),
         ("log_metric p50 (ms)", "{p50:.1f}"), ("log_metric p95 (ms)", "{p95:.1f}"), ("log_metric p99 (ms)", "{p99:.1f}"),
         ("log_metric max (ms)", "{max:.1f}"), ("artifact upload median (s)", "{artifact_median_s:.2f}"),

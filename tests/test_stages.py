@@ -142,7 +142,7 @@ def test_metrics_json_is_flat_and_short_for_dvc_exp_show(pipeline: Path):
     metrics = json.loads((pipeline / "metrics.json").read_text())
     details = json.loads((pipeline / "evaluation.json").read_text())
     assert list(metrics) == [
-        "run", "fid", "fid_ci_low", "fid_ci_high", "fid_train", "is_mean", "kid_mean", "precision", "recall", "copy_rate", "copy_rate_pixels", "seconds_per_sample",
+        "run", "fid", "fid_ci_low", "fid_ci_high", "fid_train", "is_mean", "kid_mean", "precision", "recall", "copy_rate", "copy_rate_pixels",
         "nll_bpd", "real_fid",
     ]  # fmt: skip
     assert metrics["run"] == "ddpm-30" and all(isinstance(v, (int, float)) for k, v in metrics.items() if k != "run")

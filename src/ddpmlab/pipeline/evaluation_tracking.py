@@ -71,8 +71,7 @@ def log_evaluation(params: Params, sampling: dict, train_info: dict, runs: list[
     if tracking.run_exists(train_run):
         # The headline scores on the training run too: the UI's chart view lists parent runs, so
         # an `fid` chart there compares models (the latest evaluation of each).
-        headline = metric_registry.headline(rows[0])
-        tracking.log_metrics({k: v for k, v in headline.items() if k != "seconds_per_sample"}, run_id=train_run)
+        tracking.log_metrics(metric_registry.headline(rows[0]), run_id=train_run)
         tracking.tag_model_versions(train_run, model_version_fid_tags(rows[0], runs[0], evaluation["protocol"]))
         for table in tables:
             tracking.log_artifact(table, "evaluation", run_id=train_run)
