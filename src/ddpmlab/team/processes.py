@@ -83,7 +83,8 @@ def descendants(pid: int) -> list[int]:
 
 # What a service inherits from the shell that starts it: nothing else, so that no secret of the caller's
 # (the admin's password in DDPMLAB_TEAM_ADMIN_PASSWORD, cloud keys, tokens) reaches a server process.
-INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
+INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+             "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # where to find CA certificates: no secret
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
