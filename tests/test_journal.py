@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from conftest import free_port
 from ddpmlab.pipeline.journal import (
     Journal,
     JournalError,
@@ -293,3 +295,15 @@ def test_reads_take_only_the_bytes_appended_since_the_last(store):
 )
 def test_an_outage_is_told_from_an_error_answer(message: str, unreachable: bool):
     assert is_unreachable(RuntimeError(message)) is unreachable
+
+
+def test_a_server_is_learnt_at_its_first_answer_and_not_while_it_is_down(store, monkeypatch):
+    uri, folder = store
+    box = Outbox(folder, uri)
+    box._learn_server(MlflowClient(uri))
+    assert box._server_known and Servers(folder).read() == {uri: Servers(folder).read()[uri]}
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = Outbox(folder, f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(MlflowException):
+        down._learn_server(MlflowClient(down.uri))
+    assert not down._server_known and down.uri not in Servers(folder).read()  # learnt at a later pass, once it answers

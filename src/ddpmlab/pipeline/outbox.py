@@ -289,7 +289,9 @@ class Outbox:
             return
         try:
             default = client.get_experiment("0")
-        except MlflowException:
+        except MlflowException as e:
+            if is_unreachable(e):
+                raise  # down: the pass is retried, and the server learnt once it answers
             self._server_known = True  # no Default experiment to tell it by: URIs are matched by spelling only
             return
         Servers(self.folder).learn(self.uri, f"{default.creation_time}:{default.name}")
