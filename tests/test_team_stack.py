@@ -71,6 +71,11 @@ def login(user: str | None, password: str | None = None) -> Iterator[None]:
         yield
 
 
+def running(stack: TeamStack) -> None:
+    """The module's stack up again (test_down_leaves_no_process_of_the_stack stops it; tests after it start it)."""
+    stack.up(ADMIN_PASSWORD, experiments=(EXPERIMENT,), timeout_s=UP_TIMEOUT_S)
+
+
 def as_admin():
     return login("admin", ADMIN_PASSWORD)
 
@@ -470,6 +475,7 @@ def test_mlflows_database_role_owns_its_databases_and_nothing_more(stack: TeamSt
     COPY ... TO PROGRAM is refused; and MLflow's process can read only its own role's password."""
     import psycopg2
 
+    running(stack)
     pg = stack._postgres()
     assert not pg.legacy
     superuser_password = json.loads((stack.state_dir / "secrets.json").read_text())["postgres_password"]
@@ -495,6 +501,7 @@ def test_mlflow_answers_only_the_host_names_it_serves(stack: TeamStack):
     """DNS rebinding: a page on attacker.example that resolves its name to 127.0.0.1 would reach the
     server with Host: attacker.example; MLflow refuses every Host header but the stack's own names
     and the public name a reverse proxy forwards (which MLflow's defaults would refuse)."""
+    running(stack)
     port = stack.state["ports"]["mlflow"]
 
     def status(host: str) -> int:
@@ -559,6 +566,7 @@ def test_start_upgrades_an_older_database_schema_before_mlflow_starts(stack: Tea
     from alembic import command
     from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
 
+    running(stack)
     head = _get_latest_schema_revision()
     assert stack.schema_revision() == head
     stack.stop_service("mlflow")
