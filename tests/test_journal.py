@@ -237,7 +237,8 @@ def test_a_400_on_one_param_record_costs_none_of_the_metric_points_batched_with_
 
 
 @pytest.mark.parametrize("spelling", ["{uri}/", "{uri}//", "HTTP://LOCALHOST:{port}", "http://localhost:{port}/"])
-def test_a_journal_written_for_a_server_is_sent_under_another_spelling_of_its_uri(spelling: str):
+def test_every_spelling_of_a_servers_uri_normalises_to_one(spelling: str):
+    """What journals() matches by; test_tracking_server.py sends a journal written under a trailing slash for real."""
     written_for = "http://localhost:5123"
     assert normalise_uri(spelling.format(uri=written_for, port=5123)) == normalise_uri(written_for)
     assert normalise_uri("https://h:443/x/") == "https://h/x" and normalise_uri("http://h:8080") == "http://h:8080"
