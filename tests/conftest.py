@@ -4,12 +4,15 @@ and the stages chained as dvc.yaml chains them."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import secrets
 import shutil
 import signal
+import site
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from unittest import mock
@@ -126,6 +129,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def outside_address() -> str:
+    """An address of this machine that is not loopback (what a lab server's --host would be); skips without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # a route lookup only: UDP sends nothing on connect
+            address = s.getsockname()[0]
+        except OSError:
+            address = ""
+    if not address or address.startswith("127."):
+        pytest.skip("this machine has no network address besides loopback")
+    return address
+
+
+def make_certificate(folder: Path, names: list[str]) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for ``names`` (IP addresses or DNS names, its
+    subjectAltName), as `openssl req -x509` makes one; returns (cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def entry(name: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            return x509.DNSName(name)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([entry(n) for n in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (folder / "key.pem").chmod(0o600)
+    return folder / "cert.pem", folder / "key.pem"
+
+
 def stop_process_group(process: subprocess.Popen, timeout_s: float = 20) -> None:
     """Stop a process started with ``start_new_session=True`` and its children (`mlflow server`
     and `mlflow ui` run uvicorn and job workers): SIGTERM, then SIGKILL if they linger."""
@@ -226,7 +279,42 @@ TEAM_WRITER = ("worker", f"worker-{secrets.token_hex(10)}")
 
 
 @pytest.fixture(scope="session")
-def team_stack(tmp_path_factory: pytest.TempPathFactory):
+def service_python() -> Path | None:
+    """As root, the team stack runs MLflow as the unprivileged user `ddpmlab`, which cannot run a
+    Python under root's 0700 home (pyenv's, as on the CI machines). Then this builds what an admin
+    would: a virtualenv of Debian's Python of the same minor version (its C extensions load in
+    either), under /var/lib, that imports this environment's packages, and names it in
+    $DDPMLAB_TEAM_SERVICE_PYTHON for every stack of the session. None where this Python will do."""
+    from ddpmlab.team.processes import as_root, run_as
+    from ddpmlab.team.service_account import blocked_by, service_account
+
+    if not as_root():
+        return None
+    account = service_account(create=True)
+    if blocked_by(Path(sys.executable).resolve(), account, execute=True) is None:
+        return None
+    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system = Path("/usr/bin") / minor
+    if not system.is_file():
+        pytest.skip(f"needs Debian's {minor} (apt-get install {minor}): as root the team stack needs a Python its service user can run")
+    venv = Path("/var/lib/ddpmlab-tests") / f"{minor}-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]}"
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        subprocess.run([str(system), "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+        # site.addsitedir, not a bare path: the .pth files in there (editable installs) count too
+        paths = [p for p in site.getsitepackages() if Path(p).is_dir()]
+        (venv / "lib" / minor / "site-packages" / "ddpmlab-tests.pth").write_text(
+            "".join(f"import site; site.addsitedir({p!r})\n" for p in paths)
+        )
+    probe = subprocess.run([str(python), "-c", "import mlflow.server"], capture_output=True, text=True, cwd="/", check=False,
+                           **run_as(account))  # fmt: skip
+    assert probe.returncode == 0, f"{python} (for the service user) cannot import MLflow: {probe.stderr[-500:]}"
+    os.environ["DDPMLAB_TEAM_SERVICE_PYTHON"] = str(python)
+    return python
+
+
+@pytest.fixture(scope="session")
+def team_stack(tmp_path_factory: pytest.TempPathFactory, service_python):
     """One real team stack (PostgreSQL, SeaweedFS, `mlflow server` with logins) on free loopback
     ports for the fault and worker tests; the fault tests stop and restart its services."""
     from ddpmlab.team.stack import TeamStack

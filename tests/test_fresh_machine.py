@@ -14,7 +14,8 @@ import pytest
 
 from conftest import CHROMIUM, ROOT
 
-NEEDS_PACKAGES = ["tests/test_team_stack.py", "tests/test_team_faults.py", "tests/test_team_workers.py", "tests/test_mlflow_ui.py"]
+NEEDS_PACKAGES = ["tests/test_team_stack.py", "tests/test_team_faults.py", "tests/test_team_workers.py", "tests/test_team_shared_host.py",
+                  "tests/test_mlflow_ui.py"]  # fmt: skip
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and util-linux's unshare to hide installed packages"
 )

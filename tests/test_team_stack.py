@@ -38,7 +38,7 @@ from ddpmlab.team.processes import TeamStackError, alive
 from ddpmlab.team.stack import TeamStack
 
 ADMIN_PASSWORD = f"admin-{secrets.token_hex(10)}"  # unique: searched for in files, command lines and environments
-pytestmark = needs_postgresql
+pytestmark = [needs_postgresql, pytest.mark.usefixtures("service_python")]
 PUBLIC_NAME = "mlflow.example.test"
 UP_TIMEOUT_S = 180  # `mlflow server` answers after ~20 s on 2 busy cores
 EXPERIMENT = "ddpmlab"
@@ -48,7 +48,7 @@ S3_CONFIG = Config(
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, service_python) -> Iterator[TeamStack]:
     # As behind a reverse proxy that forwards Host: mlflow.example.test
     team = TeamStack(tmp_path_factory.mktemp("team") / "state", mlflow_port=free_port(), public_names=[PUBLIC_NAME])
     try:
@@ -343,12 +343,14 @@ def test_a_weak_or_missing_admin_password_is_refused_before_anything_starts(tmp_
 
 
 def test_the_admin_password_is_only_in_the_private_ini(stack: TeamStack):
-    ini = stack.state_dir / "mlflow-auth.ini"
+    ini = stack.auth_config
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600 and ADMIN_PASSWORD in ini.read_text()
-    holders = [p for p in stack.state_dir.rglob("*") if p.is_file() and ADMIN_PASSWORD.encode() in p.read_bytes()]
+    folders = {stack.state_dir, stack.service_dir}  # one folder, or as root two (the services' own)
+    holders = [p for f in folders for p in f.rglob("*") if p.is_file() and ADMIN_PASSWORD.encode() in p.read_bytes()]
     assert holders == [ini]
-    for name in ("secrets.json", "pgpass", "s3-identities.json", "state.json"):
-        assert stat.S_IMODE((stack.state_dir / name).stat().st_mode) == 0o600, name
+    for path in (stack.state_dir / "secrets.json", stack.state_dir / "pgpass", stack.service_dir / "s3-identities.json",
+                 stack.state_file):  # fmt: skip
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for pid in stack_pids(stack):
         for what in ("cmdline", "environ"):
             assert ADMIN_PASSWORD.encode() not in Path(f"/proc/{pid}/{what}").read_bytes(), (pid, what)
@@ -378,7 +380,7 @@ def test_another_admin_password_is_refused_and_up_stops_what_it_started(stack: T
     with pytest.raises(TeamStackError, match="refused the 'admin' login"):
         stack.up(other)  # starts MLflow (the only service down), whose admin has the first password
     assert [name for name, info in stack.status().items() if not info["running"]] == ["mlflow"]
-    ini = (stack.state_dir / "mlflow-auth.ini").read_text()
+    ini = stack.auth_config.read_text()
     assert ADMIN_PASSWORD in ini and other not in ini
     assert not any(other.encode() in p.read_bytes() for p in stack.logs.glob("*.log"))
     assert stack.up(ADMIN_PASSWORD) is True
@@ -386,7 +388,7 @@ def test_another_admin_password_is_refused_and_up_stops_what_it_started(stack: T
 
 
 def test_a_service_that_fails_to_start_is_stopped_and_reported_with_its_log(stack: TeamStack):
-    ini = stack.state_dir / "mlflow-auth.ini"
+    ini = stack.auth_config
     good = ini.read_text()
     stack.stop_service("mlflow")
     try:

@@ -3,11 +3,14 @@ user: users, their permission on an experiment and its registered model, the exp
 
 from __future__ import annotations
 
+import os
+
 import requests
 
 from ddpmlab.pipeline.journal import EXPERIMENT_KIND  # the experiments the admin creates open in the model-training view
 
 ADMIN = "admin"
+CERT_ENV = "MLFLOW_TRACKING_SERVER_CERT_PATH"  # MLflow's own: the CA bundle its clients verify the server with
 PERMISSIONS = ("READ", "EDIT", "MANAGE")
 TIMEOUT_S = 30
 # MLflow's error codes of "no such user / experiment / grant" and "it exists already"
@@ -40,7 +43,8 @@ def _error(response: requests.Response) -> tuple[str, str]:
 def _call(uri: str, admin_password: str, method: str, path: str, *, ok: str = "", **kwargs) -> requests.Response | None:
     """One request as the admin; None when it fails with MLflow error code ``ok``."""
     try:
-        response = requests.request(method, f"{uri.rstrip('/')}{path}", auth=(ADMIN, admin_password), timeout=TIMEOUT_S, **kwargs)
+        response = requests.request(method, f"{uri.rstrip('/')}{path}", auth=(ADMIN, admin_password), timeout=TIMEOUT_S,
+                                    verify=os.environ.get(CERT_ENV) or True, **kwargs)  # fmt: skip
     except requests.RequestException as e:
         raise AccountError(f"MLflow server {uri} is not reachable: {e}") from e
     if response.status_code == 401:

@@ -73,9 +73,11 @@ team_timeout_option = click.option(
   ddpmlab team backup      databases, buckets and keys to a folder; `team restore` puts them back
   ddpmlab team down        stop it, or one --service; `ddpmlab team start` starts again
 
-Every service listens on 127.0.0.1 (or another loopback --host) only; other machines reach
-MLflow and S3 through a TLS reverse proxy (docs/team.md). Needs pip install 'ddpmlab[team]' and
-Debian's PostgreSQL server (apt-get install postgresql)."""
+By default every service listens on 127.0.0.1 only. Other machines reach MLflow and S3 either
+in TLS on --host with --tls-cert/--tls-key, or through a TLS reverse proxy (docs/team.md);
+PostgreSQL and the store's internal ports stay on 127.0.0.1 either way. As root, MLflow and the
+store run as the unprivileged user `ddpmlab`. Needs pip install 'ddpmlab[team]' and Debian's
+PostgreSQL server (apt-get install postgresql)."""
 )
 def team() -> None:
     pass
@@ -83,8 +85,18 @@ def team() -> None:
 
 @team.command("up", short_help="Start the stack; the admin's password from $DDPMLAB_TEAM_ADMIN_PASSWORD.")
 @team_dir_option
-@click.option("--host", default=None, help="Loopback address every service listens on [default: the stack's, else 127.0.0.1]; "
-              "other machines reach the stack through a TLS reverse proxy (docs/team.md), never directly.")
+@click.option("--host", default=None,
+              help="Address MLflow and S3 listen on [default: the stack's, else 127.0.0.1]. One other machines reach "
+                   "needs --tls-cert and --tls-key (or keep 127.0.0.1 behind a TLS reverse proxy, docs/team.md).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="PEM certificate naming --host (its subjectAltName): MLflow and S3 then speak TLS only. "
+                   "Re-read at each start.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The certificate's private key (PEM); the services read a 0600 copy.")
+@click.option("--service-python", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              envvar="DDPMLAB_TEAM_SERVICE_PYTHON", show_envvar=True,
+              help="The Python that runs MLflow's server [default: this one]. As root the services run as user "
+                   "`ddpmlab`: give a Python with ddpmlab[team] it can run when this one is closed to it.")  # fmt: skip
 @click.option("--public-name", "public_names", multiple=True,
               help="A name a reverse proxy in front forwards as Host (e.g. mlflow.example.org): MLflow answers it "
                    "(repeat for several; MLflow restarts to take a change).")  # fmt: skip
@@ -92,8 +104,8 @@ def team() -> None:
 @click.option("--experiment", "experiments", multiple=True, default=("ddpmlab",), show_default=True,
               help="An experiment the admin creates if missing (repeat for several).")  # fmt: skip
 @team_timeout_option
-def team_up(state_dir: Path | None, host: str | None, port: int | None, public_names: tuple[str, ...], experiments: tuple[str, ...],
-            timeout_s: int) -> None:  # fmt: skip
+def team_up(state_dir: Path | None, host: str | None, tls_cert: Path | None, tls_key: Path | None, service_python: Path | None,
+            port: int | None, public_names: tuple[str, ...], experiments: tuple[str, ...], timeout_s: int) -> None:  # fmt: skip
     """Start PostgreSQL, the object store and `mlflow server --app-name basic-auth`, in that order
     (what runs already is left alone), then create the experiments as the admin. The first `up` of
     a folder picks free ports, generates every internal secret and makes the admin with the
@@ -104,10 +116,11 @@ def team_up(state_dir: Path | None, host: str | None, port: int | None, public_n
     folder = team_dir(state_dir)
     password = admin_password()
     with team_errors():
-        if (folder / "state.json").is_file() and host is None and port is None:
-            stack = TeamStack.load(folder)
+        given = {"tls_cert": tls_cert, "tls_key": tls_key, "service_python": service_python}
+        if (folder / "state.json").is_file():
+            stack = TeamStack(folder, host or TeamStack.load(folder).host, port or 0, **given)
         else:
-            stack = TeamStack(folder, host or "127.0.0.1", port or 5000)
+            stack = TeamStack(folder, host or "127.0.0.1", port or 5000, **given)
         stack.public_names = list(public_names)
         started = stack.up(password, experiments, timeout_s)
     click.echo(f"team stack in {stack.state_dir} {'is up' if started else 'was running already: nothing done'}")
@@ -119,6 +132,8 @@ def team_up(state_dir: Path | None, host: str | None, port: int | None, public_n
         "  export MLFLOW_TRACKING_USERNAME=<user>        # admin, or one made with `ddpmlab team user`\n"
         "  export MLFLOW_TRACKING_PASSWORD=<that user's password>"
     )
+    if stack.tls:
+        click.echo(f"  export MLFLOW_TRACKING_SERVER_CERT_PATH=<a copy of {stack.trust_bundle}>   # verifies the server")
 
 
 def echo_status(status: dict) -> None:
@@ -215,13 +230,14 @@ def team_user(name: str, permission: str, experiments: tuple[str, ...], dvc_acce
         check_name(name)
         stack = TeamStack.load(team_dir(state_dir))
         uri = stack.tracking_uri
-        created = not accounts.user_exists(uri, admin, name)
-        if created:
-            password = os.environ.get(TEAM_USER_PASSWORD_ENV)
-            password = password or click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
-            accounts.create_user(uri, admin, name, check_password(password, f"the password of {name!r}"))
-        for experiment in experiments:
-            accounts.grant(uri, admin, name, experiment, permission)
+        with stack.trusted():
+            created = not accounts.user_exists(uri, admin, name)
+            if created:
+                password = os.environ.get(TEAM_USER_PASSWORD_ENV)
+                password = password or click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
+                accounts.create_user(uri, admin, name, check_password(password, f"the password of {name!r}"))
+            for experiment in experiments:
+                accounts.grant(uri, admin, name, experiment, permission)
         access = dvc_access or ("read" if permission.lower() == "read" else "write")
         key_file = None if access == "none" else stack.issue_dvc_key(name, access == "write", dvc_credentials)
     what = "created" if created else "exists (password unchanged)"
@@ -248,7 +264,8 @@ def team_revoke(name: str, state_dir: Path | None) -> None:
     with team_errors():
         check_name(name)
         stack = TeamStack.load(team_dir(state_dir))
-        had_login = accounts.delete_user(stack.tracking_uri, admin, name)
+        with stack.trusted():
+            had_login = accounts.delete_user(stack.tracking_uri, admin, name)
         stack.revoke_dvc_key(name)
     click.echo(f"{name!r}: {'login deleted' if had_login else 'had no login'}; key to s3://dvc revoked")
 
@@ -261,7 +278,10 @@ def team_revoke(name: str, state_dir: Path | None) -> None:
               help="The DVC repository.")  # fmt: skip
 @click.option("--path", "prefix", default="ddpmlab", show_default=True,
               help="Folder in the stack's dvc bucket: keep it the same in every clone of a project.")  # fmt: skip
-def team_dvc_remote(credentials_file: Path, name: str, repo: Path, prefix: str) -> None:
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CA bundle that verifies a TLS stack (the admin's copy of its tls-trust.pem); needed when its "
+                   "certificate is self-signed.")  # fmt: skip
+def team_dvc_remote(credentials_file: Path, name: str, repo: Path, prefix: str, ca_bundle: Path | None) -> None:
     """Make s3://dvc/<path> on the team's object store the default remote of the DVC repository
     --repo: URL and endpoint in .dvc/config (commit them); in .dvc/config.local (git-ignored,
     0600) only where your key file is and which profile of it to use. DVC reads the key from that
@@ -284,6 +304,8 @@ def team_dvc_remote(credentials_file: Path, name: str, repo: Path, prefix: str) 
         ["remote", "modify", "--local", name, "credentialpath", str(credentials_file)],
         ["remote", "modify", "--local", name, "profile", credentials.PROFILE],
     ]
+    if ca_bundle is not None:
+        steps.append(["remote", "modify", "--local", name, "ssl_verify", str(ca_bundle.expanduser().resolve())])
     for args in steps:
         # `python -m dvc`: this environment's dvc, with dvc-s3
         done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, check=False)

@@ -1,5 +1,7 @@
 """SeaweedFS as the team stack's S3 store: one `weed mini` process (master, volume server, filer,
-S3 gateway), every listener on the stack's host, S3 open to signed requests only.
+S3 gateway), every listener on loopback (the stack's host, when that is loopback), S3 open to
+signed requests only. A stack on an address other machines reach puts a TLS front on that
+address before this S3 (:mod:`ddpmlab.team.tls_proxy`): the only way to the store from outside.
 
 Each purpose and each person gets its own S3 identity, scoped to its bucket:
 
@@ -14,7 +16,7 @@ them in the filer (so they survive restarts); the commands go to the shell on st
 on a command line, where any local user could read the secret.
 
 `weed mini` also starts a WebDAV gateway, an Iceberg and a Lance catalog and an admin UI: the
-first three are switched off, the admin server (its UI off) listens on the host like the rest.
+first three are switched off, the admin server (its UI off) listens on loopback like the rest.
 All ports are chosen free, so two stacks run side by side.
 
 Loopback is not private on a shared machine: the filer's and volume server's own HTTP APIs
@@ -32,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ddpmlab.team.credentials import BucketKey, check_name
 from ddpmlab.team.processes import TeamStackError, child_env, write_private
@@ -67,7 +70,8 @@ def weed_binary() -> Path:
 class ObjectStore:
     """SeaweedFS with its data in ``data_dir``, S3 on ``host``:``port``, internal ports in ``ports``
     (name -> http port; gRPC is http + GRPC_OFFSET), static S3 identities in ``config`` (0600):
-    ``admin_key`` and ``mlflow_key``, each (access key id, secret)."""
+    ``admin_key`` and ``mlflow_key``, each (access key id, secret). ``owner``: the account the store
+    runs as, which must own the files written for it (None: this process's user)."""
 
     data_dir: Path
     host: str
@@ -76,6 +80,7 @@ class ObjectStore:
     config: Path
     admin_key: tuple[str, str] = field(repr=False)
     mlflow_key: tuple[str, str] = field(repr=False)
+    owner: Any = None
 
     @property
     def endpoint(self) -> str:
@@ -96,14 +101,15 @@ class ObjectStore:
             {"name": MLFLOW_IDENTITY, "credentials": [dict(zip(("accessKey", "secretKey"), self.mlflow_key))],
              "actions": [f"{action}:{ARTIFACTS}" for action in BUCKET_ACTIONS]},
         ]  # fmt: skip
-        write_private(self.config, json.dumps({"identities": identities}, indent=2) + "\n")
+        write_private(self.config, json.dumps({"identities": identities}, indent=2) + "\n", self.owner)
 
     def write_security(self) -> None:
         """security.toml (0600) in the config dir: new JWT signing keys for the volume server and
         filer HTTP APIs, reads included, and no directory listings from the filer."""
         sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
         text = "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\n\n' for name in sections)
-        write_private(self.data_dir / "security.toml", text + "[filer.expose_directory_metadata]\nenabled = false\n")
+        text += "[filer.expose_directory_metadata]\nenabled = false\n"
+        write_private(self.data_dir / "security.toml", text, self.owner)
 
     def command(self) -> list[str]:
         ip = self._ip
@@ -125,8 +131,9 @@ class ObjectStore:
     def env(self) -> dict[str, str]:
         return child_env()  # with a config file weed ignores AWS_* anyway; nothing of the caller's reaches it
 
-    def client(self, key: tuple[str, str] | None = None):
-        """A boto3 S3 client signing with ``key`` (default: the admin's)."""
+    def client(self, key: tuple[str, str] | None = None, endpoint: str | None = None, verify: str | bool | None = None):
+        """A boto3 S3 client signing with ``key`` (default: the admin's), to ``endpoint`` (default: the
+        store's own S3), verifying TLS with the CA bundle ``verify``."""
         try:
             import boto3
             from botocore.config import Config
@@ -137,7 +144,7 @@ class ObjectStore:
             request_checksum_calculation="when_required", response_checksum_validation="when_required",  # CHECKSUM_ENV's settings
         )  # fmt: skip
         access, secret = key or self.admin_key
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION, config=config,
+        return boto3.client("s3", endpoint_url=endpoint or self.endpoint, region_name=REGION, config=config, verify=verify,
                             aws_access_key_id=access, aws_secret_access_key=secret)  # fmt: skip
 
     # -- people's keys to the DVC bucket -------------------------------------------------------
@@ -209,12 +216,13 @@ class ObjectStore:
         """Remove ``person``'s key to the DVC bucket (nothing happens when they have none)."""
         self._shell(f"s3.configure -user={PERSON_PREFIX}{check_name(person)} -delete -apply", missing_ok=True)
 
-    def healthy(self) -> bool:
-        """Whether S3 answers a signed request with our key (the filer and volume server behind it are up)."""
+    def healthy(self, client=None) -> bool:
+        """Whether S3 (or the gateway ``client`` talks to) answers a signed request with the admin's key:
+        the filer and volume server behind it are up."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client().list_buckets()
+            (client or self.client()).list_buckets()
         except (BotoCoreError, ClientError):  # refused, reset, timed out, or not serving S3 yet
             return False
         return True

@@ -26,7 +26,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ddpmlab.team.processes import TeamStackError, alive, child_env, descendants, log_tail, start_ticks, write_private
+from ddpmlab.team.processes import TeamStackError, alive, as_root, child_env, descendants, log_tail, start_ticks, write_private
 
 SUPERUSER, SERVICE_ROLE = "ddpmlab", "mlflow"
 LEGACY_SUPERUSER = "mlflow"  # clusters made before the split: MLflow's role is their bootstrap superuser
@@ -65,10 +65,6 @@ def bin_dir(data_dir: Path | None = None) -> Path:
     if not found:
         raise TeamStackError(f"no PostgreSQL server ({DEBIAN_SERVERS}/*/bin/initdb): install it (`apt-get install postgresql`)")
     return found[-1].parent
-
-
-def as_root() -> bool:
-    return os.geteuid() == 0
 
 
 def cluster_dir(state_dir: Path) -> Path:
@@ -158,16 +154,17 @@ class Postgres:
         roles = ",".join(sorted({self.superuser, SERVICE_ROLE}))
         (self.data_dir / "pg_hba.conf").write_text(HBA.format(roles=roles))  # written in place: it keeps its owner
 
-    def write_passfiles(self, superuser_password: str, service_password: str) -> None:
+    def write_passfiles(self, superuser_password: str, service_password: str, service_owner=None) -> None:
         """The libpq passfiles (PGPASSFILE): both roles' for the stack, MLflow's role's alone for
-        MLflow. Any host, since URIs may name it differently."""
+        MLflow (owned by ``service_owner``, the account MLflow runs as). Any host, since URIs may
+        name it differently."""
         service = f"*:{self.port}:*:{SERVICE_ROLE}:{service_password}\n"
         if self.legacy:
             service = f"*:{self.port}:*:{SERVICE_ROLE}:{superuser_password}\n"
             write_private(self.passfile, service)
         else:
             write_private(self.passfile, f"*:{self.port}:*:{self.superuser}:{superuser_password}\n" + service)
-        write_private(self.service_passfile, service)
+        write_private(self.service_passfile, service, service_owner)
 
     def _socket_dir(self) -> str:
         # A too long path cannot hold a Unix socket: TCP only then ('' disables the sockets).

@@ -87,16 +87,24 @@ INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDI
              "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # where to find CA certificates: no secret
 
 
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The allow-listed part of this process's environment (INHERITED and the LC_* locale), plus ``extra``."""
     kept = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
     return kept | dict(extra or {})
 
 
-def spawn(command: Sequence[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> tuple[int, int]:
+def spawn(
+    command: Sequence[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None, account=None
+) -> tuple[int, int]:
     """Start ``command`` in a new session (so a Ctrl-C in the terminal that started it does not
     reach it, and it can be stopped as a group), stdout and stderr appended to ``log``. ``env``:
-    the whole environment (default :func:`child_env`). Returns (pid, start ticks)."""
+    the whole environment (default :func:`child_env`). ``account``: a
+    :class:`~ddpmlab.team.service_account.Account` to run as (its uid and primary group, no
+    other group), when this process is root. Returns (pid, start ticks)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     # umask 077: whatever the service writes (SeaweedFS's filer keeps people's S3 secrets in its
     # leveldb) is its owner's alone, even where a folder above is open to others. So is the log.
@@ -105,7 +113,7 @@ def spawn(command: Sequence[str], log: Path, env: Mapping[str, str] | None = Non
         out.flush()
         process = subprocess.Popen(
             list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
-            env=dict(env) if env is not None else child_env(), umask=0o077,
+            env=dict(env) if env is not None else child_env(), umask=0o077, **run_as(account),
         )  # fmt: skip
     _children[process.pid] = process
     return process.pid, start_ticks(process.pid) or 0
@@ -177,7 +185,10 @@ def free_port(host: str, avoid: set[int] | None = None, grpc_offset: int | None 
     avoid = avoid or set()
     for _ in range(200):
         with socket.socket(_family(host)) as s:
-            s.bind((host, 0))
+            try:
+                s.bind((host, 0))
+            except OSError as e:
+                raise TeamStackError(f"cannot listen on {host!r} ({e.strerror}): is it an address of this machine?") from None
             port = s.getsockname()[1]
         pair = [port] if grpc_offset is None else [port, port + grpc_offset]
         if pair[-1] <= 65535 and not avoid.intersection(pair) and all(port_free(host, p) for p in pair[1:]):
@@ -186,12 +197,20 @@ def free_port(host: str, avoid: set[int] | None = None, grpc_offset: int | None 
     raise TeamStackError(f"found no free port on {host}")
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600), atomically."""
+def run_as(account) -> dict:
+    """subprocess keyword arguments that run a child as ``account`` (None: as this process's user)."""
+    return {} if account is None else {"user": account.uid, "group": account.gid, "extra_groups": []}
+
+
+def write_private(path: Path, text: str, owner=None) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), atomically. ``owner``: an
+    :class:`~ddpmlab.team.service_account.Account` to own it (default: this process's user)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(tmp, 0o600)  # a leftover tmp file may have had other bits
+    if owner is not None:
+        os.chown(tmp, owner.uid, owner.gid)
     os.replace(tmp, path)

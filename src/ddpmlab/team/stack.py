@@ -1,28 +1,44 @@
 """The team stack: PostgreSQL (MLflow's tracking and login stores), SeaweedFS (S3 for MLflow's
 artifacts and a DVC remote) and `mlflow server --app-name basic-auth` in front of both, each a
-detached process of this machine, on the stack's host (default 127.0.0.1).
+detached process of this machine.
 
-Everything lives in one state folder:
+Where they listen: on a loopback host (default 127.0.0.1), everything, in plain HTTP. On any
+other address, only MLflow and S3 (a `weed s3` gateway of its own), both in TLS with the
+certificate given (--tls-cert / --tls-key); PostgreSQL and the object store's internal
+listeners stay on 127.0.0.1 whatever the host.
+
+The stack's folder (the state folder) holds what the stack itself reads:
 
     state.json          host, ports, pids, paths: enough for TeamStack.load() from any process
-    secrets.json        PostgreSQL password, the stack's and MLflow's S3 keys (0600): servers only, never clients
+    secrets.json        PostgreSQL passwords, the stack's and MLflow's S3 keys (0600): servers only, never clients
     pgpass              libpq passfile (0600) of both database roles, for the stack itself
+    people/<name>.s3-credentials  a person's key to the dvc bucket, to hand to them (0600)
+    tls-trust.pem       with TLS: the CA bundle clients verify the stack with (the system's and the certificate)
+    logs/<service>.log  each service's output
+
+The services' own files sit in their folder (:mod:`ddpmlab.team.service_account`): the state
+folder itself, or, started as root, one of the unprivileged account they then run as:
+
     pgpass-mlflow       MLflow's: its own role's password alone (PostgreSQL URIs and command lines carry none)
     s3-identities.json  SeaweedFS's static S3 identities (0600): the stack's and MLflow's
-    people/<name>.s3-credentials  a person's key to the dvc bucket, to hand to them (0600)
     mlflow-auth.ini     MLflow's basic-auth settings (0600): the only place holding the admin password
-    logs/<service>.log  each service's output
+    tls/                copies of the certificate and its key, which the services read
+    home/               the services' HOME
     seaweedfs/          the object store's data
-    postgres/           the cluster (as root: /var/lib/postgresql/ddpmlab/<hash>, see postgres.py)
+
+The PostgreSQL cluster is in postgres/ (as root: /var/lib/postgresql/ddpmlab/<hash>, see postgres.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import json
 import logging
+import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,49 +49,65 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ddpmlab.team import accounts
+from ddpmlab.team import accounts, tls
 from ddpmlab.team.credentials import check_name
-from ddpmlab.team.object_store import BUCKETS, CHECKSUM_ENV, GRPC_OFFSET, INTERNAL, REGION, ObjectStore
+from ddpmlab.team.object_store import BUCKETS, CHECKSUM_ENV, GRPC_OFFSET, INTERNAL, REGION, ObjectStore, weed_binary
 from ddpmlab.team.postgres import LEGACY_SUPERUSER, SUPERUSER, Postgres, cluster_dir
 from ddpmlab.team.processes import (
     TeamStackError,
     alive,
+    as_root,
     child_env,
     free_port,
     group_members,
     log_tail,
     port_free,
+    run_as,
     spawn,
     stop_group,
     wait_until,
     write_private,
 )
+from ddpmlab.team.service_account import Account, blocked_by, make_private_dir, service_account, service_dir
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("postgres", "object_store", "mlflow")  # start order; down() stops in reverse
+SERVICE_PYTHON_ENV = "DDPMLAB_TEAM_SERVICE_PYTHON"  # the default of --service-python
+GATEWAY = "s3_tls"  # with TLS, part of the object store: its S3 for clients on the host, in TLS (tls_proxy.py)
 MIN_PASSWORD_LENGTH = 12  # MLflow's own rule for basic-auth passwords
 LEGACY_DEFAULT_PASSWORD = "password1234"  # the admin password older MLflow shipped: public
+GRACEFUL_SHUTDOWN_S = 5  # how long a stopping MLflow waits for open requests
 MLFLOW_WORKERS = 2  # uvicorn workers: one can serve while the other waits on the database
 WILDCARDS = ("0.0.0.0", "::", "")
+LOOPBACK = "127.0.0.1"  # where PostgreSQL and the object store's internal listeners are, whatever the host
 
 
-def check_host(host: str) -> str:
-    """Refuse an address other machines can reach: the services speak plain HTTP (logins and S3
-    keys would cross the network in clear text) and the object store's internal listeners (its
-    unauthenticated gRPC ports among them) would bind it too."""
+def is_loopback(host: str) -> bool:
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        loopback = False  # a name: it may resolve to anything
-    if not loopback:
+        return False  # a name: it may resolve to anything
+
+
+def check_host(host: str, tls: bool = False) -> str:
+    """Refuse an address other machines can reach unless the stack has TLS: logins and S3 keys
+    would cross the network in clear text. With TLS, a wildcard is refused too: the certificate
+    names one address, and the stack's own calls must reach that one."""
+    if is_loopback(host):
+        return host
+    if not tls:
         raise TeamStackError(
-            f"--host {host!r} would put the stack's plain-HTTP services, passwords and S3 keys on the network, and the "
-            "object store's internal ports with them. Keep the stack on 127.0.0.1 and publish MLflow and S3 through a TLS "
-            "reverse proxy on this host (docs/team.md#deploying-it-for-a-team), naming it with --public-name; built-in "
-            "TLS is not part of ddpmlab yet"
+            f"--host {host!r} would put the stack's passwords and S3 keys on the network in plain HTTP. Either give the "
+            "stack a certificate (--tls-cert FILE --tls-key FILE, for the name or address of --host), or keep it on "
+            "127.0.0.1 and publish MLflow and S3 through a TLS reverse proxy on this host "
+            "(docs/team.md#deploying-it-for-a-team), naming it with --public-name"
         )
+    if host in WILDCARDS:
+        raise TeamStackError(f"--host {host!r} is every address: with TLS give the one its certificate names")
     return host
+
+
 # MLflow checks the password hash (~0.1 s of CPU) on every request unless its login cache is on: on 2
 # cores that caps the server at ~6 logging calls/s (benchmarks/tracking_load.py). The price of the
 # cache: a changed password or deleted account may still work on the other worker for this long.
@@ -100,35 +132,51 @@ def check_admin_password(password: str | None) -> str:
 
 
 class TeamStack:
-    """The stack whose state lives in ``state_dir``. Port 0 means a free port on ``host``, chosen
-    once: a state folder keeps its host and ports across down() and up(). ``auth_cache_s``: how
-    long MLflow trusts a checked login (0: check the hash on every request), read at MLflow's start."""
+    """The stack whose state lives in ``state_dir``. Port 0 means a free port, chosen once: a state
+    folder keeps its host and ports across down() and up(). ``tls_cert`` and ``tls_key``: PEM files
+    for MLflow and S3 on a ``host`` other machines reach (required there). ``service_python``: the
+    Python that runs MLflow (default: $DDPMLAB_TEAM_SERVICE_PYTHON, else this one), for a root
+    whose Python the service account cannot reach. ``s3_port`` is the port
+    clients use (the TLS gateway's, with TLS). ``auth_cache_s``: how long MLflow trusts a checked
+    login (0: check the hash on every request), read at MLflow's start."""
 
     def __init__(
         self, state_dir: Path, host: str = "127.0.0.1", mlflow_port: int = 5000, postgres_port: int = 0, s3_port: int = 0,
-        auth_cache_s: int = AUTH_CACHE_S, public_names: Iterable[str] = (),
+        auth_cache_s: int = AUTH_CACHE_S, public_names: Iterable[str] = (), tls_cert: Path | None = None,
+        tls_key: Path | None = None, service_python: Path | None = None,
     ) -> None:  # fmt: skip
         self.auth_cache_s = auth_cache_s
-        self.public_names = list(public_names)  # names a reverse proxy forwards as Host: MLflow accepts them
+        self.public_names = list(public_names)  # names a reverse proxy forwards as Host: MLflow answers them
         self.state_dir = Path(state_dir).resolve()  # absolute: recorded, and hashed into the root cluster's folder
         saved = self._read(self.state_file)
+        service_python = service_python or os.environ.get(SERVICE_PYTHON_ENV) or None
         if saved is None:
-            check_host(host)
+            check_host(host, tls=tls_cert is not None or tls_key is not None)
+        tls_given = tls.check_pair(tls_cert, tls_key, host if saved is None else saved["host"])
+        if saved is None:
+            internal = host if is_loopback(host) else LOOPBACK
             taken: set[int] = set()
-            ports = {"mlflow": mlflow_port or free_port(host, taken), "postgres": postgres_port or free_port(host, taken),
-                     "s3": s3_port or free_port(host, taken)}  # fmt: skip
+            ports = {"mlflow": mlflow_port or free_port(host, taken), "postgres": postgres_port or free_port(internal, taken)}
+            if tls_given:  # S3 for clients: a TLS front on the host; the store's own S3 stays inside
+                ports.update(s3_public=s3_port or free_port(host, taken), s3=free_port(internal, taken))
+            else:
+                ports["s3"] = s3_port or free_port(internal, taken)
             taken.update(ports.values())
-            ports["s3_grpc"] = free_port(host, taken)
-            ports.update({name: free_port(host, taken, grpc_offset=GRPC_OFFSET) for name in INTERNAL})
-            self.state: dict[str, Any] = {"host": host, "ports": ports, "postgres_dir": str(cluster_dir(self.state_dir)),
-                                          "postgres_roles": "split"}  # fmt: skip
+            ports["s3_grpc"] = free_port(internal, taken)
+            ports.update({name: free_port(internal, taken, grpc_offset=GRPC_OFFSET) for name in INTERNAL})
+            self.state: dict[str, Any] = {
+                "host": host, "internal_host": internal, "ports": ports, "postgres_dir": str(cluster_dir(self.state_dir)),
+                "postgres_roles": "split", "service_dir": str(service_dir(self.state_dir)), "tls": tls_given,
+            }  # fmt: skip
+            if service_python is not None:
+                self.state["service_python"] = str(Path(service_python).absolute())
             return
         self.state = {k: v for k, v in saved.items() if k != "pids"}  # pids: read from the file each time (others change them)
         ports = saved["ports"]
         fixed = (
             ("host", host, saved["host"]),
             ("postgres port", postgres_port, ports["postgres"]),
-            ("S3 port", s3_port, ports["s3"]),
+            ("S3 port", s3_port, ports.get("s3_public", ports["s3"])),
         )
         for what, given, recorded in fixed:
             if given and given != recorded:
@@ -141,6 +189,12 @@ class TeamStack:
                     f"MLflow of the team stack in {self.state_dir} runs on port {ports['mlflow']}: stop it first"
                 )
             ports["mlflow"] = mlflow_port
+        if tls_given is not None and tls_given != self.state.get("tls"):  # moved files: the copies are made at each start
+            if not self.state.get("tls"):
+                raise TeamStackError(f"the team stack in {self.state_dir} has no TLS listeners: make a new one with --tls-cert")
+            self.state["tls"] = tls_given
+        if service_python is not None:  # a new Python for MLflow: used from its next start
+            self.state["service_python"] = str(Path(service_python).absolute())
 
     @classmethod
     def load(cls, state_dir: Path) -> TeamStack:
@@ -150,7 +204,7 @@ class TeamStack:
         if saved is None:
             raise TeamStackError(f"no team stack in {state_dir} (no state.json): `ddpmlab team up --dir {state_dir}` starts one")
         ports = saved["ports"]
-        return cls(state_dir, saved["host"], ports["mlflow"], ports["postgres"], ports["s3"])
+        return cls(state_dir, saved["host"], ports["mlflow"], ports["postgres"], ports.get("s3_public", ports["s3"]))
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -220,11 +274,108 @@ class TeamStack:
             f"admin_password = {escaped}",
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
             f"auth_cache_ttl_seconds = {self.auth_cache_s}",
-        ]) + "\n")  # fmt: skip
+        ]) + "\n", self.account)  # fmt: skip
 
     @property
     def auth_config(self) -> Path:
-        return self.state_dir / "mlflow-auth.ini"
+        return self.service_dir / "mlflow-auth.ini"
+
+    @property
+    def service_dir(self) -> Path:
+        """The services' own files (see the module's docstring); a stack from before it: the state folder."""
+        return Path(self.state.get("service_dir", self.state_dir))
+
+    @property
+    def account(self) -> Account | None:
+        """The unprivileged account the object store and MLflow run as (None: this process's user)."""
+        if "service_dir" not in self.state:  # made before services ran as their own account: as before
+            return None
+        return service_account()
+
+    @property
+    def tls(self) -> dict[str, str] | None:
+        return self.state.get("tls")
+
+    @property
+    def trust_bundle(self) -> Path:
+        """With TLS: the CA bundle that verifies the stack (give it to clients)."""
+        return self.state_dir / "tls-trust.pem"
+
+    @contextlib.contextmanager
+    def trusted(self):
+        """MLflow calls of this process (the admin's, MlflowClient's) verify a TLS stack with its trust
+        bundle meanwhile, unless the caller named a bundle of their own."""
+        if not self.tls or os.environ.get(accounts.CERT_ENV):
+            yield
+            return
+        os.environ[accounts.CERT_ENV] = str(self.trust_bundle)
+        try:
+            yield
+        finally:
+            os.environ.pop(accounts.CERT_ENV, None)
+
+    def _tls_copies(self) -> tuple[Path, Path]:
+        """The certificate and key where the services read them, refreshed from the admin's files."""
+        folder = self.service_dir / "tls"
+        make_private_dir(folder, self.account)
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        tls.install_copy(self.tls["cert"], cert, self.account)
+        tls.install_copy(self.tls["key"], key, self.account)
+        tls.write_trust_bundle(cert, self.trust_bundle)
+        return cert, key
+
+    def _service_env(self) -> dict[str, str]:
+        """What the services get of this process's environment: the allow-listed part, with their own
+        HOME (and name) when they run as the service account."""
+        env = child_env()
+        account = self.account
+        if account is not None:
+            home = self.service_dir / "home"
+            make_private_dir(home, account)
+            env.update(HOME=str(home), USER=account.name, LOGNAME=account.name)
+        return env
+
+    def _check_reachable(self, path: Path) -> None:
+        """Fail, naming the folder, when the service account cannot run ``path`` (`weed`)."""
+        account = self.account
+        blocked = blocked_by(path.resolve(), account, execute=True) if account is not None else None
+        if blocked is not None:
+            raise TeamStackError(
+                f"as root, the team stack's services run as the unprivileged user {account.name!r}, which cannot run "
+                f"{path} ({blocked} is closed to it): install ddpmlab where other users can read it (a virtualenv under "
+                "/opt, say), or start the stack as a normal user"
+            )
+
+    @property
+    def python(self) -> Path:
+        """The Python that runs MLflow: --service-python, else this one."""
+        return Path(self.state.get("service_python") or sys.executable)
+
+    def _check_python(self) -> None:
+        """Fail with a way out unless MLflow's server (and the TLS front) import in :attr:`python` as the
+        account the services run as (as root, a Python under root's home is closed to it: pyenv's, a
+        venv of root's)."""
+        if (self.account is None and "service_python" not in self.state) or getattr(self, "_python_checked", False):
+            return  # this very Python, as this very user: it runs
+        try:
+            probe = subprocess.run([str(self.python), "-c", "import mlflow.server, ddpmlab.team.tls_proxy"], capture_output=True,
+                                   text=True, timeout=300, env=self._service_env(), cwd=self.service_dir, check=False,
+                                   **run_as(self.account))  # fmt: skip
+            said = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        except OSError as e:  # not even started: not found, or not runnable by the account
+            probe, said = None, e.strerror
+        if probe is not None and probe.returncode == 0:
+            self._python_checked = True
+            return
+        blocked = blocked_by(self.python, self.account, execute=True) if self.account else None
+        blocked = blocked or (blocked_by(self.python.resolve(), self.account, execute=True) if self.account else None)
+        why = f"{blocked} is closed to it" if blocked else said
+        who = f"the unprivileged user {self.account.name!r}" if self.account else "this user"
+        raise TeamStackError(
+            f"MLflow's server cannot start with {self.python} as {who} ({why}). Give the stack a Python with "
+            "ddpmlab's team extra that this user can run: `ddpmlab team up --service-python /opt/ddpmlab/bin/python` "
+            "(e.g. a virtualenv under /opt of /usr/bin/python3), or start the stack as a normal user"
+        )
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -237,12 +388,23 @@ class TeamStack:
         return f"[{host}]" if ":" in host else host
 
     @property
+    def internal_host(self) -> str:
+        """Where PostgreSQL and the object store's own listeners are (the host itself in older stacks)."""
+        return self.state.get("internal_host", self.host)
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def tracking_uri(self) -> str:
-        return f"http://{self._client_host()}:{self.state['ports']['mlflow']}"
+        return f"{self._scheme}://{self._client_host()}:{self.state['ports']['mlflow']}"
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://{self._client_host()}:{self.state['ports']['s3']}"
+        """The S3 address for clients (DVC): the TLS gateway's, with TLS."""
+        ports = self.state["ports"]
+        return f"{self._scheme}://{self._client_host()}:{ports.get('s3_public', ports['s3'])}"
 
     @property
     def s3_admin_key(self) -> tuple[str, str]:
@@ -268,12 +430,13 @@ class TeamStack:
         port = self.state["ports"]["postgres"]
         # A stack from before the split of roles keeps its cluster, whose bootstrap superuser is MLflow's role.
         superuser = SUPERUSER if self.state.get("postgres_roles") == "split" else LEGACY_SUPERUSER
-        return Postgres(Path(self.state["postgres_dir"]), self.host, port, self.state_dir / "pgpass", self.state_dir / "pgpass-mlflow",
-                        self.logs / "postgres.log", superuser)  # fmt: skip
+        return Postgres(Path(self.state["postgres_dir"]), self.internal_host, port, self.state_dir / "pgpass",
+                        self.service_dir / "pgpass-mlflow", self.logs / "postgres.log", superuser)  # fmt: skip
 
     def _store(self) -> ObjectStore:
-        ports, config = self.state["ports"], self.state_dir / "s3-identities.json"
-        return ObjectStore(self.state_dir / "seaweedfs", self.host, ports["s3"], ports, config, self.s3_admin_key, self.s3_mlflow_key)
+        ports, config = self.state["ports"], self.service_dir / "s3-identities.json"
+        return ObjectStore(self.service_dir / "seaweedfs", self.internal_host, ports["s3"], ports, config, self.s3_admin_key,
+                           self.s3_mlflow_key, owner=self.account)  # fmt: skip
 
     def _pid(self, name: str) -> tuple[int | None, int | None]:
         pid, ticks = ((self._read(self.state_file) or {}).get("pids") or {}).get(name) or (None, None)
@@ -282,6 +445,8 @@ class TeamStack:
     def _running(self, name: str) -> bool:
         if name == "postgres":
             return self._postgres().running()
+        if name == "object_store" and self.tls and not alive(*self._pid(GATEWAY)):
+            return False
         return alive(*self._pid(name))
 
     def _check(self, name: str) -> None:
@@ -291,8 +456,9 @@ class TeamStack:
     def _mlflow_env(self) -> dict[str, str]:
         access, secret = self.s3_mlflow_key
         # Only the allow-listed part of the caller's environment: no admin password, no settings of theirs.
-        return child_env() | CHECKSUM_ENV | {
-            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
+        return self._service_env() | CHECKSUM_ENV | {
+            "MLFLOW_S3_ENDPOINT_URL": self._store().endpoint,  # the store's own S3 (inside the machine, with TLS too)
+            "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
             "PGPASSFILE": str(self._postgres().service_passfile), "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": self._secrets()["flask_secret_key"],  # basic-auth's CSRF protection needs one
@@ -305,20 +471,30 @@ class TeamStack:
         public names of a reverse proxy in front, each with and without the port."""
         port = self.state["ports"]["mlflow"]
         names = ["localhost", "127.0.0.1", "[::1]", *self.state.get("public_names", [])]
+        if self.host not in WILDCARDS and self._client_host() not in names:
+            names.append(self._client_host())  # a TLS stack's own address
         return [spelling for name in names for spelling in (name, f"{name}:{port}")]
 
-    def _mlflow_command(self) -> list[str]:
+    def _mlflow_command(self, tls_files: tuple[Path, Path] | None = None) -> list[str]:
         origins = [f"https://{name}" for name in self.state.get("public_names", [])]
+        # uvicorn's options, which MLflow hands on. A client's idle keep-alive connection would hold a SIGTERM'd
+        # server for good (it was killed 30 s later when measured): let it go after a few seconds.
+        uvicorn = f"--timeout-graceful-shutdown {GRACEFUL_SHUTDOWN_S}"
+        if tls_files:  # uvicorn serves TLS itself
+            cert, key = tls_files
+            origins.append(f"https://{self._client_host()}:{self.state['ports']['mlflow']}")
+            uvicorn += f" --ssl-certfile {shlex.quote(str(cert))} --ssl-keyfile {shlex.quote(str(key))}"
         return [
-            sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.state["ports"]["mlflow"]),
+            str(self.python), "-m", "mlflow", "server", "--host", self.host, "--port", str(self.state["ports"]["mlflow"]),
             "--backend-store-uri", self._postgres().uri("mlflow"), "--artifacts-destination", "s3://mlflow-artifacts/",
             "--app-name", "basic-auth", "--workers", str(MLFLOW_WORKERS), "--allowed-hosts", ",".join(self.allowed_hosts()),
-            *(["--cors-allowed-origins", ",".join(origins)] if origins else []),
+            *(["--cors-allowed-origins", ",".join(origins)] if origins else []), "--uvicorn-opts", uvicorn,
         ]  # fmt: skip
 
     def _mlflow_answers(self) -> bool:
+        context = tls.client_context(self.trust_bundle) if self.tls else None
         try:
-            with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=5, context=context) as response:
                 return response.status == 200
         except (OSError, urllib.error.URLError):
             return False
@@ -348,10 +524,13 @@ class TeamStack:
         wanted = {"postgres": [ports["postgres"]], "mlflow": [ports["mlflow"]]}.get(name)
         if wanted is None:  # the object store: S3 and every internal http and gRPC port
             wanted = [ports["s3"], ports["s3_grpc"], *(ports[n] + offset for n in INTERNAL for offset in (0, GRPC_OFFSET))]
-        taken = [port for port in wanted if not port_free(self.host, port)]
+        host = self.host if name == "mlflow" else self.internal_host
+        taken = [port for port in wanted if not port_free(host, port)]
+        if name == "object_store" and self.tls and not port_free(self.host, ports["s3_public"]):
+            taken.append(ports["s3_public"])
         if taken:
             raise TeamStackError(
-                f"{name}: port {', '.join(map(str, taken))} on {self.host} is in use by another program: stop it, or give the "
+                f"{name}: port {', '.join(map(str, taken))} on {host} is in use by another program: stop it, or give the "
                 f"stack another port{' (--port)' if name == 'mlflow' else ''} or state folder"
             )
 
@@ -361,7 +540,7 @@ class TeamStack:
         password, service_password = found["postgres_password"], found["postgres_mlflow_password"]
         if not pg.initialised():
             pg.init(password)
-        pg.write_passfiles(password, service_password)
+        pg.write_passfiles(password, service_password, self.account)
         pg.start(timeout_s)
         wait_until(pg.healthy, timeout_s, "PostgreSQL", pg.log, pg.pid(), pg.ticks())
         pg.create_databases(service_password)
@@ -375,14 +554,30 @@ class TeamStack:
 
     def _start_object_store(self, timeout_s: float) -> None:
         store = self._store()
-        store.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._check_reachable(weed_binary())
+        make_private_dir(self.service_dir, self.account)
+        make_private_dir(store.data_dir, self.account)
         store.write_config()
         store.write_security()
-        log_file = self.logs / "object_store.log"
-        pid, ticks = spawn(store.command(), log_file, env=store.env(), cwd=store.data_dir)
+        log_file, env = self.logs / "object_store.log", self._service_env()
+        pid, ticks = spawn(store.command(), log_file, env=env, cwd=store.data_dir, account=self.account)
         self._save(object_store=[pid, ticks])  # another process can stop it from now on
         wait_until(store.healthy, timeout_s, "SeaweedFS", log_file, pid, ticks)
         store.ensure_buckets()
+        if self.tls:
+            self._start_tls_front(store, timeout_s)
+
+    def _start_tls_front(self, store: ObjectStore, timeout_s: float) -> None:
+        """S3 in TLS on the host, in front of the store's own S3 on loopback."""
+        self._check_python()
+        cert, key = self._tls_copies()
+        ports, log_file = self.state["ports"], self.logs / f"{GATEWAY}.log"
+        command = [str(self.python), "-m", "ddpmlab.team.tls_proxy", "--listen", f"{self._client_host()}:{ports['s3_public']}",
+                   "--to", f"{store._ip}:{ports['s3']}", "--cert", str(cert), "--key", str(key)]  # fmt: skip
+        pid, ticks = spawn(command, log_file, env=self._service_env(), cwd=self.service_dir, account=self.account)
+        self._save(**{GATEWAY: [pid, ticks]})
+        front = store.client(endpoint=self.s3_endpoint, verify=str(self.trust_bundle))
+        wait_until(lambda: store.healthy(front), timeout_s, "the S3 TLS front", log_file, pid, ticks)
 
     def _start_mlflow(self, timeout_s: float) -> None:
         if not self.auth_config.is_file():
@@ -390,8 +585,11 @@ class TeamStack:
         if not self._running("postgres"):
             raise TeamStackError("MLflow needs PostgreSQL: start it first (`ddpmlab team start --service postgres`)")
         log_file = self.logs / "mlflow.log"
+        self._check_python()
         self._upgrade_schema(log_file, timeout_s)
-        pid, ticks = spawn(self._mlflow_command(), log_file, env=self._mlflow_env(), cwd=self.state_dir)
+        tls_files = self._tls_copies() if self.tls else None
+        pid, ticks = spawn(self._mlflow_command(tls_files), log_file, env=self._mlflow_env(), cwd=self.service_dir,
+                           account=self.account)  # fmt: skip
         self._save(mlflow=[pid, ticks])
         wait_until(self._mlflow_answers, timeout_s, "MLflow server", log_file, pid, ticks)
 
@@ -422,8 +620,9 @@ class TeamStack:
         with open(log_file, "ab") as out:
             out.write(f"\n--- upgrading the database schema from {found} to {head}\n".encode())
             out.flush()
-            done = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", self._postgres().uri("mlflow")],
-                                  env=self._mlflow_env(), stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)  # fmt: skip
+            done = subprocess.run([str(self.python), "-m", "mlflow", "db", "upgrade", self._postgres().uri("mlflow")],
+                                  env=self._mlflow_env(), stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
+                                  cwd=self.service_dir, **run_as(self.account))  # fmt: skip
         if done.returncode != 0:
             raise TeamStackError(f"`mlflow db upgrade` from schema {found} to {head} failed; the end of {log_file}:\n{log_tail(log_file)}")
 
@@ -433,6 +632,10 @@ class TeamStack:
         if name == "postgres":
             self._postgres().stop()
         else:
+            if name == "object_store":  # its TLS front first: it needs the store, not the other way round
+                stop_group(*self._pid(GATEWAY))
+                if self.state_file.is_file():
+                    self._save(**{GATEWAY: None})
             stop_group(*self._pid(name))
         if self.state_file.is_file():
             self._save(**{name: None})
@@ -468,7 +671,14 @@ class TeamStack:
         ran already, and then nothing is done. On a failure, what this call started is stopped again
         and the error carries the end of the failing service's log."""
         check_admin_password(admin_password)
-        check_host(self.host)  # also a stack made before this rule
+        check_host(self.host, bool(self.tls))  # also a stack made before this rule
+        if "service_dir" in self.state:
+            service_account(create=True)  # as root: the account the services run as
+        elif as_root():
+            log.warning(
+                "team stack: MLflow and the object store of this stack run as root (it was made before ddpmlab ran them "
+                "as an unprivileged user): `ddpmlab team backup`, a new stack and `team restore` move everything"
+            )
         if self.public_names and self.public_names != self.state.get("public_names"):
             if self._running("mlflow"):
                 raise TeamStackError("MLflow runs: stop it (`ddpmlab team down --service mlflow`) to change its public names")
@@ -489,6 +699,8 @@ class TeamStack:
         for name in SERVICES:  # all taken ports named before anything starts
             if not self._running(name):
                 self._check_ports(name)
+        make_private_dir(self.service_dir, self.account)
+        self._check_python()  # and a Python the services cannot run
         self._secrets(create=True)
         self._save()
         previous = self.auth_config.read_text() if self.auth_config.is_file() else None
@@ -501,13 +713,14 @@ class TeamStack:
                     self.start_service(name, timeout_s)
                     started.append(name)
             try:
-                accounts.check_admin(self.tracking_uri, admin_password)
-                for name in experiments:
-                    accounts.ensure_experiment(self.tracking_uri, admin_password, name)
-                    accounts.ensure_registered_model(self.tracking_uri, admin_password, name)  # where its runs register models
+                with self.trusted():
+                    accounts.check_admin(self.tracking_uri, admin_password)
+                    for name in experiments:
+                        accounts.ensure_experiment(self.tracking_uri, admin_password, name)
+                        accounts.ensure_registered_model(self.tracking_uri, admin_password, name)  # where its runs register models
             except accounts.AccountError as e:
                 if previous is not None:  # a wrong password: keep the ini holding the admin's real one
-                    write_private(self.auth_config, previous)
+                    write_private(self.auth_config, previous, self.account)
                 raise TeamStackError(f"{e} (the admin's password is the one of the first `up` of {self.state_dir})") from e
         except BaseException:
             for name in reversed(started):
@@ -545,10 +758,10 @@ class TeamStack:
     def pids(self) -> dict[str, list[int]]:
         """Every live process of each service (MLflow's workers, PostgreSQL's backends included)."""
         out = {"postgres": self._postgres().processes()}
-        for name in ("object_store", "mlflow"):
-            pid, ticks = self._pid(name)
+        for name, process in (("object_store", "object_store"), ("object_store", GATEWAY), ("mlflow", "mlflow")):
+            pid, ticks = self._pid(process)
             reused = pid is not None and alive(pid) and not alive(pid, ticks)  # then the group is someone else's
-            out[name] = group_members(pid) if pid and not reused else []  # workers may outlive their leader
+            out.setdefault(name, []).extend(group_members(pid) if pid and not reused else [])  # workers may outlive their leader
         return out
 
     def destroy(self) -> None:
@@ -557,4 +770,5 @@ class TeamStack:
             self.down()
         finally:
             self._postgres().remove()
+            shutil.rmtree(self.service_dir, ignore_errors=True)
             shutil.rmtree(self.state_dir, ignore_errors=True)
