@@ -37,6 +37,9 @@ about 6 points/s, so keep --points small with it.
     python benchmarks/tracking_load.py --store sqlite --clients 4 --points 200
 
 Logs: benchmarks/logs/cpu_tracking_load.log (defaults), cpu_tracking_load_no_auth_cache.log (--auth-cache-ttl 0 --points 100).
+
+As root the stack runs MLflow as the unprivileged user `ddpmlab`: run this with a Python that
+user can run, or name one in $DDPMLAB_TEAM_SERVICE_PYTHON (docs/team.md, on a shared server).
 """
 
 from __future__ import annotations

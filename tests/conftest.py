@@ -21,6 +21,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+import slurm_cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Same keys as params.yaml, sized so the whole pipeline runs in seconds on a CPU.
@@ -47,6 +49,27 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = needs_debian_package("chromium", Path(CHROMIUM).is_file())
 # The server binaries the team stack runs (ddpmlab.team.postgres looks for them there).
 needs_postgresql = needs_debian_package("postgresql", bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")))
+needs_slurm = needs_debian_package(slurm_cluster.PACKAGES, slurm_cluster.installed())
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A real single-node SLURM cluster (slurmctld, slurmd, munged) for the session; its SLURM_CONF is
+    set in this process's environment meanwhile, as a user's shell on a cluster has it. Its folder
+    is under /var/tmp: munged wants every folder above its socket open to all (pytest's are 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="ddpmlab-slurm-", dir="/var/tmp"))
+    cluster = slurm_cluster.start(folder)
+    previous = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env)
+    try:
+        yield cluster
+    finally:
+        slurm_cluster.stop(cluster)
+        shutil.rmtree(folder, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -119,6 +119,20 @@ def test_a_persons_key_works_over_tls_with_dvc(stack: TeamStack, tmp_path: Path)
     assert (repo / "data.txt").read_text() == "pushed over TLS\n"
 
 
+def test_a_dead_tls_front_counts_as_a_stopped_store_and_start_brings_it_back(stack: TeamStack):
+    from ddpmlab.team.processes import stop_group
+    from ddpmlab.team.stack import GATEWAY
+
+    store_pid = stack._pid("object_store")[0]
+    stop_group(*stack._pid(GATEWAY))  # as if it crashed
+    assert not stack.status()["object_store"]["running"]
+    stack.start_service("object_store")
+    assert stack.status()["object_store"]["running"] and stack._pid("object_store")[0] == store_pid  # the store itself kept running
+    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1", config=S3_CONFIG, verify=str(stack.trust_bundle),
+                      aws_access_key_id=stack.s3_admin_key[0], aws_secret_access_key=stack.s3_admin_key[1])  # fmt: skip
+    assert {b["Name"] for b in s3.list_buckets()["Buckets"]} >= {"dvc", "mlflow-artifacts"}
+
+
 def uid_of(pid: int) -> int:
     return int(re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE).group(1))
 

@@ -17,6 +17,7 @@ import yaml
 from ddpmlab.evaluation.correction_names import CORRECTIONS
 from ddpmlab.generation.command import generate
 from ddpmlab.pipeline.sync import tracking_group
+from ddpmlab.study.commands import study
 from ddpmlab.team.commands import team
 
 DEFAULT_EXPERIMENT = "ddpmlab"
@@ -65,6 +66,7 @@ params_option = click.option(
   ddpmlab ui        the MLflow UI on 127.0.0.1, opened at the runs' metric charts
   ddpmlab preset    the `dvc exp run -S ...` command of a preset (configs/cifar10.yaml)
   ddpmlab validate  check a params file (default params.yaml) as the stages do, and run nothing
+  ddpmlab study     a replicated study (configs x seeds) from one file: plan it, checked
   ddpmlab team      a team tracking stack on this machine: PostgreSQL, S3, MLflow with logins
   ddpmlab tracking  records journaled while a tracking server was down: status, sync
 
@@ -318,6 +320,7 @@ def selected_runs(experiment_id: str, filter_string: str, wanted: list[str]):
 main.add_command(generate)  # generation/command.py
 main.add_command(tracking_group)  # ddpmlab tracking status / sync: pipeline/sync.py
 main.add_command(team)  # ddpmlab team ...: team/commands.py
+main.add_command(study)  # ddpmlab study ...: study/commands.py
 
 if __name__ == "__main__":
     main()

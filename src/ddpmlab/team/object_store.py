@@ -217,7 +217,7 @@ class ObjectStore:
         self._shell(f"s3.configure -user={PERSON_PREFIX}{check_name(person)} -delete -apply", missing_ok=True)
 
     def healthy(self, client=None) -> bool:
-        """Whether S3 (or the gateway ``client`` talks to) answers a signed request with the admin's key:
+        """Whether S3 (or the TLS front ``client`` talks to) answers a signed request with the admin's key:
         the filer and volume server behind it are up."""
         from botocore.exceptions import BotoCoreError, ClientError
 

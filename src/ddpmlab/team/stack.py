@@ -3,7 +3,7 @@ artifacts and a DVC remote) and `mlflow server --app-name basic-auth` in front o
 detached process of this machine.
 
 Where they listen: on a loopback host (default 127.0.0.1), everything, in plain HTTP. On any
-other address, only MLflow and S3 (a `weed s3` gateway of its own), both in TLS with the
+other address, only MLflow and S3 (through a TLS front, tls_proxy.py), both in TLS with the
 certificate given (--tls-cert / --tls-key); PostgreSQL and the object store's internal
 listeners stay on 127.0.0.1 whatever the host.
 
@@ -137,7 +137,7 @@ class TeamStack:
     for MLflow and S3 on a ``host`` other machines reach (required there). ``service_python``: the
     Python that runs MLflow (default: $DDPMLAB_TEAM_SERVICE_PYTHON, else this one), for a root
     whose Python the service account cannot reach. ``s3_port`` is the port
-    clients use (the TLS gateway's, with TLS). ``auth_cache_s``: how long MLflow trusts a checked
+    clients use (the TLS front's, with TLS). ``auth_cache_s``: how long MLflow trusts a checked
     login (0: check the hash on every request), read at MLflow's start."""
 
     def __init__(
@@ -402,7 +402,7 @@ class TeamStack:
 
     @property
     def s3_endpoint(self) -> str:
-        """The S3 address for clients (DVC): the TLS gateway's, with TLS."""
+        """The S3 address for clients (DVC): the TLS front's, with TLS."""
         ports = self.state["ports"]
         return f"{self._scheme}://{self._client_host()}:{ports.get('s3_public', ports['s3'])}"
 
@@ -504,6 +504,9 @@ class TeamStack:
         stop it again and fail with the end of its log."""
         self._check(name)
         if self._running(name):
+            return
+        if name == "object_store" and self.tls and alive(*self._pid(name)):  # the store runs, its TLS front died
+            self._start_tls_front(self._store(), timeout_s)
             return
         self._check_ports(name)
         start = {"postgres": self._start_postgres, "object_store": self._start_object_store, "mlflow": self._start_mlflow}[name]
@@ -747,7 +750,7 @@ class TeamStack:
         ports = self.state["ports"]
         pg = self._postgres()
         urls = {"postgres": pg.uri("mlflow"), "object_store": self.s3_endpoint, "mlflow": self.tracking_uri}
-        port = {"postgres": ports["postgres"], "object_store": ports["s3"], "mlflow": ports["mlflow"]}
+        port = {"postgres": ports["postgres"], "object_store": ports.get("s3_public", ports["s3"]), "mlflow": ports["mlflow"]}
         out = {}
         for name in SERVICES:
             running = self._running(name)

@@ -1,0 +1,1 @@
+"""Replicated studies: configs x training seeds, planned, checked and (soon) submitted to an executor."""
