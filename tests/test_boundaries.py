@@ -28,7 +28,7 @@ FORBIDDEN_IN_MATH = ("click", "mlflow", "pandas", "matplotlib", "pathlib")
 # The package order, lowest first (docs/architecture.md). Packages on one line are peers: neither imports the other.
 # "" is ddpmlab/__init__.py (the version), "config" and "cli" are the modules config.py and cli.py.
 LAYERS = (("",), ("core", "nn", "data", "host"), ("sampling",), ("config",), ("model",), ("training", "evaluation"), ("reporting",),
-          ("pipeline",), ("generation", "team"), ("cli",))  # fmt: skip
+          ("pipeline",), ("generation", "team", "study"), ("cli",))  # fmt: skip
 CONFIG_LEAVES = {"core.math_names", "data.source_names", "nn.hardware_names", "nn.unet_config", "evaluation.extractor_names", "evaluation.correction_names",
                   "sampling.catalog"}  # fmt: skip
 

@@ -84,6 +84,7 @@ def test_study_plan_prints_each_task_and_its_command_and_refuses_a_bad_file_with
     result = CliRunner().invoke(main, ["study", "plan", str(good), "--params", str(PARAMS)])
     assert result.exit_code == 0, result.output
     assert "4 configs x 3 seeds = 12 tasks, executor local" in result.output
+    assert "each task reruns: train, search, sample, evaluate, report (the rest comes from DVC's cache)" in result.output
     assert ("dvc exp run -S train.steps=300 -S schedule=cosine -S sample.steps=20 -S train.seed=2 "
             "--name schedules-schedule_cosine-steps_20-s2") in result.output  # fmt: skip
     bad = tmp_path / "bad.yaml"
@@ -92,3 +93,17 @@ def test_study_plan_prints_each_task_and_its_command_and_refuses_a_bad_file_with
     assert result.exit_code == 1 and "lists a seed twice" in result.output and "Traceback" not in result.output
     missing = CliRunner().invoke(main, ["study", "plan", str(tmp_path / "none.yaml"), "--params", str(PARAMS)])
     assert missing.exit_code == 1 and "cannot read the study file" in missing.output
+
+
+@pytest.mark.parametrize(("keys", "stages"), [
+    (["schedule", "train.seed"], ["train", "search", "sample", "evaluate", "report"]),
+    (["evaluate.num_samples"], ["evaluate", "report"]),
+    (["sample.steps"], ["search", "sample", "evaluate", "report"]),
+    (["data.image_size"], ["prepare", "classifier", "train", "search", "sample", "evaluate", "report"]),
+    (["seed"], ["prepare", "classifier", "train", "search", "sample", "evaluate", "report"]),
+])  # fmt: skip
+def test_the_stages_a_task_reruns_are_read_from_the_projects_dvc_yaml(keys: list[str], stages: list[str]):
+    """Against dvc.yaml as written: each stage's params and the deps on other stages' outs."""
+    from ddpmlab.study.reruns import stages_to_rerun
+
+    assert stages_to_rerun(ROOT / "dvc.yaml", keys) == stages
