@@ -104,6 +104,7 @@ def test_a_study_runs_as_one_array_and_a_second_submit_submits_nothing(slurm, tm
         study_file.write_text(yaml.safe_dump({
             "name": "tiny", "factors": {"schedule": ["linear", "cosine"]}, "seeds": [0], "executor": "slurm",
             "resources": {"cpus": 1, "memory_gb": 1, "time": "00:30:00"}, "results": {"git_remote": "origin"},
+            "targets": ["train"],  # the array's part of the pipeline; a whole tiny pipeline per task took 100 s
         }))  # fmt: skip
         monkeypatch.chdir(repo)
         study_dir = folder / "study"

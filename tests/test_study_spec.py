@@ -107,3 +107,26 @@ def test_the_stages_a_task_reruns_are_read_from_the_projects_dvc_yaml(keys: list
     from ddpmlab.study.reruns import stages_to_rerun
 
     assert stages_to_rerun(ROOT / "dvc.yaml", keys) == stages
+
+
+def test_array_indices_only_grow_when_seeds_are_added(tmp_path: Path):
+    """An array still running from an earlier submission reads tasks.tsv by its index: a task keeps its line."""
+    from ddpmlab.study.slurm_submit import write_tasks
+
+    study = spec.parse(VALID)
+    first = write_tasks(tmp_path, spec.tasks(study, PARAMS))
+    more = write_tasks(tmp_path, spec.tasks(study, PARAMS, seeds=[0, 1, 2, 3]))
+    assert all(more[name] == index for name, index in first.items())
+    assert sorted(more.values()) == list(range(16)) and min(v for k, v in more.items() if k not in first) == 12
+    lines = (tmp_path / "tasks.tsv").read_text().splitlines()
+    assert [int(line.split("\t")[0]) for line in lines] == list(range(16))
+    assert lines[0].split("\t")[1] == "schedules-schedule_linear-steps_10-s0"
+
+
+def test_targets_must_be_stages_of_dvc_yaml_and_end_each_command():
+    study = spec.parse({**VALID, "targets": ["train"]})
+    assert spec.tasks(study, PARAMS)[0].name == "schedules-schedule_linear-steps_10-s0"
+    with pytest.raises(spec.StudyError, match=r"targets: 'trian' is not a stage of .*dvc.yaml \(it has prepare, classifier, train"):
+        spec.tasks(spec.parse({**VALID, "targets": ["trian"]}), PARAMS)
+    with pytest.raises(spec.StudyError, match="targets = 'train' must be a list"):
+        spec.parse({**VALID, "targets": "train"})

@@ -60,9 +60,12 @@ def plan(study_file: Path, params_path: Path, check_cluster: bool) -> None:
     if dvc_yaml.is_file():
         from ddpmlab.study.reruns import stages_to_rerun
 
-        click.echo(f"  each task reruns: {', '.join(stages_to_rerun(dvc_yaml, list(tasks[0].overrides)))} (the rest comes from DVC's cache)")
+        reruns = stages_to_rerun(dvc_yaml, list(tasks[0].overrides))
+        if found.targets:
+            click.echo(f"  each task runs up to: {', '.join(found.targets)} (targets)")
+        click.echo(f"  each task reruns: {', '.join(reruns)} (the rest comes from DVC's cache)")
     for task in tasks:
-        click.echo(f"  {task.name}\n    {command_line([*set_arguments(task.overrides), '--name', task.name])}")
+        click.echo(f"  {task.name}\n    {command_line([*set_arguments(task.overrides), '--name', task.name, *found.targets])}")
 
 
 def _git(*args: str) -> str:

@@ -28,11 +28,27 @@ from ddpmlab.pipeline.presets import set_arguments
 from ddpmlab.study.spec import Study, StudyError, Task
 
 TIMEOUT_S = 60
+# squeue's states of a task that has a node (every other state in the queue waits for one)
+ACTIVE = {"running", "completing", "configuring", "suspended", "stopped", "resizing", "signaling", "stage_out"}
 
 
-def write_tasks(folder: Path, tasks: list[Task]) -> None:
-    lines = [f"{i}\t{t.name}\t{shlex.join([*set_arguments(t.overrides), '--name', t.name])}\n" for i, t in enumerate(tasks)]
-    (folder / "tasks.tsv").write_text("".join(lines))
+def write_tasks(folder: Path, tasks: list[Task], targets: list[str] = ()) -> dict[str, int]:
+    """tasks.tsv with every task; returns name -> array index. Indices only grow: a task keeps the
+    index it had, new tasks (more seeds) come after, so an array still running from an earlier
+    submission reads the same line for its index."""
+    table = folder / "tasks.tsv"
+    known = {}
+    if table.is_file():
+        for line in table.read_text().splitlines():
+            index, name, *_ = line.split("\t")
+            known[name] = int(index)
+    for task in tasks:
+        known.setdefault(task.name, max(known.values(), default=-1) + 1)
+    by_name = {t.name: t for t in tasks}
+    lines = [f"{i}\t{name}\t{shlex.join([*set_arguments(by_name[name].overrides), '--name', name, *targets])}\n"
+             for name, i in sorted(known.items(), key=lambda item: item[1]) if name in by_name]  # fmt: skip
+    table.write_text("".join(lines))
+    return known
 
 
 def batch_script(study: Study, folder: Path, repo: str, commit: str, push_url: str | None = None) -> str:
@@ -95,10 +111,10 @@ def submit(study: Study, tasks: list[Task], folder: Path, repo: str, commit: str
     for sub in ("logs", "work", "done"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     finished = done(folder)
-    todo = [(i, t) for i, t in enumerate(tasks) if t.name not in finished]
-    if not todo:
+    if all(t.name in finished for t in tasks):
         return None, []
-    write_tasks(folder, tasks)
+    index = write_tasks(folder, tasks, study.targets)
+    todo = [(index[t.name], t) for t in tasks if t.name not in finished]
     if study.path is not None:
         (folder / "study.yaml").write_text(study.path.read_text())
     (folder / "source.json").write_text(json.dumps({"repo": repo, "commit": commit, "push": push_url}, indent=2) + "\n")
@@ -141,8 +157,12 @@ def status(folder: Path) -> list[dict]:
         elif name not in latest:
             state = "not submitted"
         else:
-            state = queues[latest[name]].get(index, "failed")
-            if state == "pending" and attempts > 0:
-                state = "requeued"
+            queued = queues[latest[name]].get(index)
+            if queued is None:
+                state = "failed"  # out of the queue without its done file
+            elif queued in ACTIVE:
+                state = "running"
+            else:  # pending in any of SLURM's ways (held, requeued, waiting for a resource)
+                state = "requeued" if attempts > 0 else "pending"
         out.append({"task": name, "state": state, "attempts": attempts, "log": str(log)})
     return out

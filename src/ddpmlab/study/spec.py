@@ -10,6 +10,7 @@
     resources: {cpus: 2, gpus: 0, memory_gb: 8, time: "02:00:00", partition: gpu}
     results: {git_remote: origin, dvc_remote: team, mlflow: https://mlflow.lab.org}
     extend: {max_seeds: 12, step: 2} # how far `extend` may add replicates to unresolved configs
+    targets: [train]                 # optional: only these dvc.yaml stages (and what they need); default all
 
 Everything is checked when the file is read (:func:`load`), before anything is submitted:
 keys and types here, and each task's params as the stages check them (:func:`tasks`).
@@ -77,6 +78,7 @@ class Study:
     resources: Resources = Resources()
     results: Results = Results()
     extend: Extension = Extension()
+    targets: list[str] = field(default_factory=list)
     path: Path | None = None
 
 
@@ -116,7 +118,7 @@ def parse(raw: Any, where: str = "study") -> Study:
     """A Study from the file's mapping; StudyError names the first key or value that is wrong."""
     if not isinstance(raw, dict):
         raise StudyError(f"{where}: expected a mapping (name, factors, seeds, ...), got {type(raw).__name__}")
-    allowed = {"name", "factors", "seeds", "fixed", "executor", "resources", "results", "extend"}
+    allowed = {"name", "factors", "seeds", "fixed", "executor", "resources", "results", "extend", "targets"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise StudyError(f"{where}: unknown key {', '.join(map(repr, unknown))}: a study has {', '.join(sorted(allowed))}")
@@ -150,7 +152,11 @@ def parse(raw: Any, where: str = "study") -> Study:
     extension = _section(raw, "extend", Extension, where)
     if extension.max_seeds < len(seeds) or extension.step < 1:
         raise StudyError(f"{where}: extend = {extension} needs max_seeds >= the {len(seeds)} seeds listed and step >= 1")
-    return Study(name, dict(factors), list(seeds), dict(fixed), executor, resources, _section(raw, "results", Results, where), extension)
+    targets = raw.get("targets") or []
+    if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+        raise StudyError(f"{where}: targets = {targets!r} must be a list of dvc.yaml stage names")
+    results = _section(raw, "results", Results, where)
+    return Study(name, dict(factors), list(seeds), dict(fixed), executor, resources, results, extension, list(targets))
 
 
 def _check_resources(r: Resources, where: str) -> None:
@@ -198,6 +204,12 @@ def tasks(study: Study, params_path: Path, seeds: list[int] | None = None) -> li
     """Every config x seed of the study (``seeds``: these instead of the file's), each validated as
     the stages validate params (merged onto ``params_path``); ConfigError lists every bad task."""
     base = yaml.safe_load(Path(params_path).read_text()) or {}
+    dvc_yaml = Path(params_path).parent / "dvc.yaml"
+    if study.targets and dvc_yaml.is_file():
+        stages = list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
+        unknown = [t for t in study.targets if t not in stages]
+        if unknown:
+            raise StudyError(f"targets: {', '.join(map(repr, unknown))} is not a stage of {dvc_yaml} (it has {', '.join(stages)})")
     present = set(flatten(base))
     missing = [k for k in [*study.fixed, *study.factors, SEED_KEY] if k not in present]
     if missing:  # `dvc exp run -S` sets only keys the params file has
