@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params
+from conftest import copy_project
 from test_compare import table_rows
 
 pytestmark = pytest.mark.e2e
@@ -36,15 +35,7 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> tuple[Path, dict]:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    clone = tmp_path / "clone"
-    for name in files:
-        if (ROOT / name).is_file():
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, clone / name)
-    (clone / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    clone = copy_project(tmp_path / "clone")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in dvc.yaml = this interpreter

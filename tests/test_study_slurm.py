@@ -16,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import needs_slurm, tiny_params
+from conftest import copy_project, needs_slurm
 from ddpmlab.cli import main
 from ddpmlab.study import slurm as executor
 from ddpmlab.study import slurm_submit
@@ -74,14 +74,7 @@ def test_study_plan_checks_the_resources_against_the_scheduler(slurm, tmp_path: 
 
 def project(folder: Path, env: dict) -> Path:
     """A copy of this project with tiny params, committed, and a bare origin beside it."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
-    repo = folder / "project"
-    for name in files:
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    repo = copy_project(folder / "project")
     for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "tiny params"]):
         subprocess.run(["git", *command], cwd=repo, env=env, check=True, capture_output=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(folder / "origin.git")], env=env, check=True)
